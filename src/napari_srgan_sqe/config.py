@@ -1,0 +1,288 @@
+"""Typed, validated configuration for networks, losses and training.
+
+Every config refuses unknown keys and out-of-range values with a message naming the
+field, so a typo in a YAML/JSON file fails at once. Nothing here imports torch: the
+GUI and the command line can read and validate configs without the heavy stack.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AutoencoderConfig",
+    "ConfigError",
+    "CorruptionConfig",
+    "DiscriminatorConfig",
+    "FinetuneConfig",
+    "GeneratorConfig",
+    "LossConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "VARIANTS",
+    "generator_preset",
+    "load_config",
+    "loss_preset",
+]
+
+Scale = Annotated[int, Field(description="Integer up-scaling factor (2, 4 or 8).")]
+Variant = Literal["srgan", "srgan_e", "srgan_qe", "srgan_sqe", "bicubic", "l1"]
+VARIANTS: tuple[str, ...] = ("srgan", "srgan_e", "srgan_qe", "srgan_sqe", "bicubic", "l1")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class GeneratorConfig(_Strict):
+    """The super-resolution generator G."""
+
+    arch: Literal["srresnet", "lrnet"] = "lrnet"
+    """'srresnet': the SRGAN generator (head conv, residual blocks, log2(s) x2 up-sampling
+    stages, final conv at HR resolution). 'lrnet': all work at LR resolution, ending in a
+    conv to 3*s*s channels and PixelShuffle(s); the CPU-friendly preset."""
+    scale: int = Field(4, ge=2, le=8)
+    """Up-scaling factor. 'srresnet' needs a power of two."""
+    n_blocks: int = Field(8, ge=0, le=64)
+    """Number of residual blocks (conv3x3-BN-ReLU-conv3x3-BN + identity)."""
+    channels: int = Field(48, ge=4, le=256)
+    """Feature channels in the residual trunk."""
+    head_kernel: int = Field(3, ge=1, le=11)
+    """Kernel size of the first conv (odd). 9 in the SRGAN paper."""
+    tail_kernel: int = Field(3, ge=1, le=11)
+    """Kernel size of the final conv to RGB (odd); at HR resolution for 'srresnet'."""
+    batch_norm: bool = False
+    """Batch normalisation inside residual blocks (SRGAN uses it)."""
+    bicubic_skip: bool = True
+    """Add the bicubic up-sampling of the input, so the network learns the residual."""
+
+    @field_validator("head_kernel", "tail_kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("kernel size must be odd")
+        return v
+
+    @model_validator(mode="after")
+    def _scale_fits_arch(self) -> GeneratorConfig:
+        if self.arch == "srresnet" and self.scale & (self.scale - 1):
+            raise ValueError(f"arch 'srresnet' needs a power-of-two scale, got {self.scale}")
+        return self
+
+
+class AutoencoderConfig(_Strict):
+    """The autoencoder whose frozen encoder E defines the manifold loss."""
+
+    channels: list[int] = Field(default_factory=lambda: [64, 32, 8], min_length=1, max_length=5)
+    """Channels of each encoder stage; every stage after the first halves the size."""
+    blocks_per_stage: int = Field(1, ge=0, le=4)
+    """Residual blocks in each stage."""
+
+
+class DiscriminatorConfig(_Strict):
+    """The discriminator D: strided convs with BN (not the first) and LeakyReLU(0.2)."""
+
+    channels: list[int] = Field(
+        default_factory=lambda: [32, 64, 128, 256], min_length=2, max_length=8
+    )
+    """Channels of each conv; every conv halves the spatial size."""
+
+
+class LossConfig(_Strict):
+    """Weights and parameters of the generator objective L_G (SPEC section 3)."""
+
+    fidelity: Literal["quasi", "l1"] = "quasi"
+    """Fidelity term: the quasi-norm L_Q (q=2 is MSE-like), or plain L1."""
+    q: float = Field(0.8, gt=0.0, le=2.0)
+    """Quasi-norm exponent of the fidelity term (0 < q <= 2)."""
+    eps: float = Field(1e-4, gt=0.0, le=1.0)
+    """Smoothing term of the quasi-norm for [0, 1] data."""
+    q_manifold: float = Field(0.8, gt=0.0, le=2.0)
+    """Quasi-norm exponent of the manifold term."""
+    lam_q: float = Field(1.0, ge=0.0)
+    lam_e: float = Field(0.1, ge=0.0)
+    """Weight of the manifold loss through the frozen encoder (0 disables it)."""
+    lam_s: float = Field(0.1, ge=0.0)
+    """Weight of the SSIM perception loss (0 disables it)."""
+    lam_a: float = Field(1e-3, ge=0.0)
+    """Weight of the non-saturating adversarial loss (0 disables the GAN phase)."""
+    lam_vgg: float = Field(0.0, ge=0.0)
+    """Weight of the VGG19 content loss (srgan row; needs a local weights file)."""
+    vgg_weights: str | None = None
+    """Path of a local VGG19 .safetensors file for the srgan row."""
+    ssim_window: int = Field(11, ge=3, le=31)
+    ssim_sigma: float = Field(1.5, gt=0.0, le=10.0)
+
+
+def loss_preset(variant: str, *, q: float = 0.8) -> LossConfig:
+    """The loss weights of one row of the paper's comparison (SPEC section 3)."""
+    if variant == "srgan":
+        return LossConfig(q=2.0, q_manifold=2.0, lam_e=0.0, lam_s=0.0)
+    if variant == "srgan_e":
+        return LossConfig(q=2.0, q_manifold=2.0, lam_s=0.0)
+    if variant == "srgan_qe":
+        return LossConfig(q=q, q_manifold=q, lam_s=0.0)
+    if variant == "srgan_sqe":
+        return LossConfig(q=q, q_manifold=q)
+    if variant == "l1":
+        return LossConfig(fidelity="l1", lam_e=0.0, lam_s=0.0, lam_a=0.0)
+    if variant == "bicubic":
+        return LossConfig(lam_q=0.0, lam_e=0.0, lam_s=0.0, lam_a=0.0)
+    raise ConfigError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+
+
+def generator_preset(preset: str, scale: int = 4) -> GeneratorConfig:
+    """Named generator presets: 'paper' (SRGAN 16x64, 9x9 head/tail, BN), 'light'
+    (8x48, all at LR resolution, CPU-friendly) and 'tiny' (for tests)."""
+    if preset == "paper":
+        return GeneratorConfig(
+            arch="srresnet",
+            scale=scale,
+            n_blocks=16,
+            channels=64,
+            head_kernel=9,
+            tail_kernel=9,
+            batch_norm=True,
+            bicubic_skip=True,
+        )
+    if preset == "light":
+        return GeneratorConfig(arch="lrnet", scale=scale, n_blocks=8, channels=48)
+    if preset == "tiny":
+        return GeneratorConfig(arch="lrnet", scale=scale, n_blocks=2, channels=16)
+    raise ConfigError(f"unknown generator preset {preset!r}; choose paper, light or tiny")
+
+
+class ModelConfig(_Strict):
+    """Everything needed to rebuild a model from its file alone."""
+
+    name: str = Field("unnamed", min_length=1, max_length=200)
+    variant: Variant = "srgan_sqe"
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    autoencoder: AutoencoderConfig | None = None
+    """Present when the file also carries the encoder (needed to fine-tune with L_E)."""
+
+    @property
+    def scale(self) -> int:
+        return self.generator.scale
+
+
+class CorruptionConfig(_Strict):
+    """Corruption of a fraction of training pairs (robustness study, SPEC section 1)."""
+
+    kind: Literal["none", "noise", "blur", "contrast"] = "none"
+    fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction f of training pairs that are corrupted (chosen per pair, seeded)."""
+    strength: float | None = None
+    """noise: sigma in [0.02, 0.1]; blur: sigma in [1, 3] HR px; contrast: factor in
+    [0.5, 0.8]. None picks the middle of the range."""
+    target: Literal["hr", "pair"] = "pair"
+    """'pair': corrupt HR before D_s so LR inherits it; 'hr': corrupt the HR target only."""
+
+    @model_validator(mode="after")
+    def _strength_in_range(self) -> CorruptionConfig:
+        ranges = {"noise": (0.02, 0.1), "blur": (1.0, 3.0), "contrast": (0.5, 0.8)}
+        if self.kind in ranges and self.strength is not None:
+            lo, hi = ranges[self.kind]
+            if not lo <= self.strength <= hi:
+                raise ValueError(
+                    f"strength for {self.kind} must lie in [{lo}, {hi}], got {self.strength}"
+                )
+        return self
+
+
+class TrainConfig(_Strict):
+    """A training run: data, model, objective, schedule."""
+
+    train_dirs: list[str] = Field(min_length=1)
+    """Folders of HR images (PNG/JPEG/TIFF) used for training."""
+    val_dirs: list[str] = Field(default_factory=list)
+    """Folders of held-out HR images for validation metrics."""
+    val_images: int = Field(6, ge=0)
+    """Cap on validation images used during training."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+    corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
+    patch_size: int = Field(256, ge=16, le=2048)
+    """HR patch size; LR patches are patch_size / scale."""
+    batch_size: int = Field(8, ge=1, le=1024)
+    ae_steps: int = Field(500, ge=0)
+    """Autoencoder pre-training steps (skipped when lam_e is 0)."""
+    warmup_steps: int = Field(2000, ge=0)
+    """Fidelity-only generator steps before the GAN phase."""
+    gan_steps: int = Field(2000, ge=0)
+    """Alternating D / G steps (skipped when lam_a is 0: then plain generator steps)."""
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    warmup_lr: float = Field(2e-4, gt=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    val_every: int = Field(500, ge=1)
+    out_dir: str = "runs/default"
+    augment: bool = True
+    """Random flips and 90-degree rotations of training patches."""
+
+    @model_validator(mode="after")
+    def _patch_divisible(self) -> TrainConfig:
+        s = self.model.generator.scale
+        if self.patch_size % s:
+            raise ValueError(f"patch_size {self.patch_size} is not a multiple of the scale {s}")
+        return self
+
+
+class FinetuneConfig(_Strict):
+    """Region fine-tuning (paired or self-supervised)."""
+
+    mode: Literal["paired", "self-supervised"] = "paired"
+    steps: int = Field(200, ge=1, le=100_000)
+    lr: float = Field(5e-5, gt=0.0, le=1.0)
+    batch_size: int = Field(4, ge=1, le=256)
+    patch_size: int = Field(96, ge=16, le=1024)
+    """HR patch size for paired mode; in self-supervised mode, the size of the
+    pseudo-HR patch cut from the LR region."""
+    train_layers: Literal["all", "last"] = "all"
+    """'last': only the layers after the residual trunk are trained."""
+    val_fraction: float = Field(0.25, ge=0.05, le=0.5)
+    """Part of each region held out for validation (a stripe on its right side)."""
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(lam_a=0.0))
+    seed: int = 0
+    val_every: int = Field(25, ge=1)
+
+
+def load_config(path: str | Path, cls: type[BaseModel] = TrainConfig) -> Any:
+    """Read a JSON or YAML config file and validate it, with readable errors."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    return validate(cls, data, source=str(path))
+
+
+def validate(cls: type[BaseModel], data: Any, *, source: str = "config") -> Any:
+    """Validate `data` as `cls`; raise ConfigError naming each bad field."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError(f"invalid {cls.__name__} in {source}:\n" + "\n".join(lines)) from None
