@@ -25,7 +25,23 @@ _EXPORTS: dict[str, str] = {
 }
 _SUBMODULES = {"metrics", "config", "degradation", "losses"}
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+__all__ = [
+    "ModelFileError",
+    "Predictor",
+    "Slide",
+    "SlideError",
+    "__version__",
+    "config",
+    "degradation",
+    "degrade",
+    "finetune",
+    "load_model",
+    "losses",
+    "metrics",
+    "open_slide",
+    "save_model",
+    "super_resolve",
+]
 
 if TYPE_CHECKING:
     from napari_srgan_sqe import config, degradation, losses, metrics
