@@ -1,0 +1,82 @@
+"""The `srgan-sqe` command line: one module per subcommand, loaded only when used.
+
+Each subcommand module defines `add_arguments(parser)` and `run(args) -> int`.
+Errors meant for people (bad files, bad options) are printed as one line on stderr
+with exit status 2; nothing prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from napari_srgan_sqe import __version__
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "view": ("napari_srgan_sqe.cli.view", "open napari with a slide (default: the bundled sample)"),
+    "enhance": ("napari_srgan_sqe.cli.enhance", "super-resolve a slide to a pyramidal OME-Zarr / OME-TIFF"),
+    "evaluate": ("napari_srgan_sqe.cli.evaluate", "measure a model against bicubic on held-out images"),
+    "train": ("napari_srgan_sqe.cli.train", "train a model from a config file"),
+    "finetune": ("napari_srgan_sqe.cli.finetune", "adapt a model to regions of a slide"),
+    "bench": ("napari_srgan_sqe.cli.bench", "measure model and pipeline throughput"),
+    "models": ("napari_srgan_sqe.cli.models", "list bundled models or describe a model file"),
+    "experiment": ("napari_srgan_sqe.cli.experiment", "run the robustness experiment"),
+}
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed without a traceback."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="srgan-sqe",
+        description="Robust 4x super-resolution of H&E whole-slide images (SRGAN_SQE).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser()
+    # Parse the command name first, then let only that module add its options, so
+    # `srgan-sqe --help` never imports torch.
+    known, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    if getattr(known, "command", None) is None:
+        parser.parse_args(argv)  # handles --help / --version / errors
+        parser.print_help()
+        return 2
+    name = known.command
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"srgan-sqe {name}", description=SUBCOMMANDS[name][1])
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # errors meant for people get one clear line
+        if _is_user_error(exc):
+            print(f"srgan-sqe {name}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from napari_srgan_sqe.config import ConfigError
+
+    names = {"SlideError", "ModelFileError", "ConfigError", "UserError", "DataError", "RegionError"}
+    return isinstance(exc, UserError | ConfigError) or type(exc).__name__ in names
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
