@@ -125,7 +125,8 @@ class LossConfig(_Strict):
 def loss_preset(variant: str, *, q: float = 0.8) -> LossConfig:
     """The loss weights of one row of the paper's comparison (SPEC section 3)."""
     if variant == "srgan":
-        return LossConfig(q=2.0, q_manifold=2.0, lam_e=0.0, lam_s=0.0)
+        # VGG54 content loss with SRGAN's rescaling (1 / 12.75^2); needs local weights.
+        return LossConfig(q=2.0, q_manifold=2.0, lam_e=0.0, lam_s=0.0, lam_vgg=6e-3)
     if variant == "srgan_e":
         return LossConfig(q=2.0, q_manifold=2.0, lam_s=0.0)
     if variant == "srgan_qe":
@@ -201,12 +202,18 @@ class CorruptionConfig(_Strict):
 class TrainConfig(_Strict):
     """A training run: data, model, objective, schedule."""
 
-    train_dirs: list[str] = Field(min_length=1)
-    """Folders of HR images (PNG/JPEG/TIFF) used for training."""
-    val_dirs: list[str] = Field(default_factory=list)
-    """Folders of held-out HR images for validation metrics."""
+    data: list[str] = Field(min_length=1)
+    """Folders of HR images (PNG/JPEG/TIFF) or single image files. Relative paths are
+    resolved against the config file's folder."""
+    split_file: str | None = None
+    """JSON file with "train" and "val" lists of file names (found in `data`); without
+    it every image trains and `val_data` validates."""
+    val_data: list[str] = Field(default_factory=list)
+    """Folders or files of held-out HR images (when there is no split file)."""
     val_images: int = Field(6, ge=0)
     """Cap on validation images used during training."""
+    val_crop: int = Field(384, ge=32)
+    """Side of the centre crop of each validation image (HR px), to keep validation cheap."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
@@ -258,6 +265,9 @@ class FinetuneConfig(_Strict):
     loss: LossConfig = Field(default_factory=lambda: LossConfig(lam_a=0.0))
     seed: int = 0
     val_every: int = Field(25, ge=1)
+    """Validate on the held-out stripes every this many steps (and after the last)."""
+    max_minutes: float | None = Field(None, gt=0.0)
+    """Stop after this many minutes even if steps remain (the best state is kept)."""
 
 
 def load_config(path: str | Path, cls: type[BaseModel] = TrainConfig) -> Any:

@@ -1,0 +1,49 @@
+"""`srgan-sqe train --config FILE`: train a model, with progress, checkpoints and resume."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="training config (JSON or YAML)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (overrides out_dir in the config)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (then --resume)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_srgan_sqe.config import TrainConfig, load_config
+    from napari_srgan_sqe.training.trainer import Trainer
+
+    cfg: TrainConfig = load_config(args.config, TrainConfig)
+    if args.out is not None:
+        cfg.out_dir = str(args.out.resolve())
+    if args.threads is not None:
+        cfg.num_threads = args.threads
+    trainer = Trainer(cfg, base_dir=args.config.resolve().parent)
+    bar = tqdm(total=trainer.total, unit="step", dynamic_ncols=True)
+
+    def show(ev) -> None:
+        bar.n = ev.step
+        shown = {k: f"{v:.4g}" for k, v in ev.losses.items() if k in ("g", "d", "ae", "fidelity")}
+        if ev.val:
+            shown["val_psnr"] = f"{ev.val['val_psnr']:.2f}"
+        bar.set_postfix(phase=ev.phase, **shown, refresh=False)
+        bar.refresh()
+
+    try:
+        trainer.run(resume=args.resume, callback=show, max_steps=args.max_steps)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted at step {trainer.step}; checkpoint saved in {trainer.out_dir} (use --resume)")
+        return 130
+    bar.close()
+    done = trainer.step >= trainer.total
+    where = trainer.out_dir / ("model.safetensors" if done else "checkpoint.safetensors")
+    print(f"{'finished' if done else 'paused'} at step {trainer.step}/{trainer.total}: {where}")
+    return 0

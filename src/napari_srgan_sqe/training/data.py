@@ -1,0 +1,173 @@
+"""Training data: HR images in memory, seeded random patches, corruption, LR by D_s.
+
+Every batch is a pure function of (seed, step): the patch sampler draws from
+`np.random.default_rng([seed, step])`, so a resumed run sees exactly the batches an
+uninterrupted run would have seen, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_srgan_sqe.config import CorruptionConfig
+from napari_srgan_sqe.degradation import corrupt
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+
+__all__ = [
+    "DataError",
+    "PatchBatch",
+    "PatchSampler",
+    "find_images",
+    "load_rgb",
+    "resolve_split",
+]
+
+
+class DataError(ValueError):
+    """Training or evaluation data that cannot be used, with the reason in words."""
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an 8-bit RGB image (H, W, 3) uint8; refuse anything else with a reason.
+
+    Training needs true-colour H&E: grayscale, 16-bit, float and images with real
+    transparency are refused rather than silently converted. An alpha channel that is
+    fully opaque is dropped.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+    if arr.dtype != np.uint8:
+        raise DataError(f"{path}: {arr.dtype} pixels; training needs 8-bit RGB images")
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        if arr[..., 3].min() < 255:
+            raise DataError(f"{path}: has transparent pixels (RGBA); training needs opaque RGB")
+        arr = arr[..., :3]
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise DataError(f"{path}: image mode {mode!r}, shape {arr.shape}; training needs RGB images")
+    return np.ascontiguousarray(arr)
+
+
+def find_images(sources: Iterable[str | Path]) -> list[Path]:
+    """Image files in the given folders (sorted) or the given files themselves."""
+    found: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            found += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return found
+
+
+def resolve_split(
+    data: Sequence[str | Path], split_file: str | Path | None, val_data: Sequence[str | Path] = ()
+) -> tuple[list[Path], list[Path]]:
+    """(train, val) image paths: by the split file's name lists, or all of `data` / `val_data`."""
+    images = find_images(data)
+    if split_file is None:
+        return images, find_images(val_data)
+    try:
+        split = json.loads(Path(split_file).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read split file {split_file}: {exc}") from None
+    by_name = {p.name: p for p in images}
+    out = []
+    for key in ("train", "val"):
+        missing = [n for n in split.get(key, []) if n not in by_name]
+        if missing:
+            raise DataError(f"split file {split_file}: {key} images not found in {list(data)}: {missing[:3]}")
+        out.append([by_name[n] for n in split.get(key, [])])
+    train, val = out
+    overlap = {p.name for p in train} & {p.name for p in val}
+    if overlap:
+        raise DataError(f"split file {split_file}: images in both train and val: {sorted(overlap)[:3]}")
+    return train, val
+
+
+@dataclass
+class PatchBatch:
+    """One training batch: HR targets and LR inputs, float32 NCHW in [0, 1]."""
+
+    hr: np.ndarray
+    lr_source: np.ndarray
+    """The HR the LR is made from (corrupted when the whole pair is corrupted)."""
+    corrupted: np.ndarray
+    """Boolean (N,): which pairs were corrupted."""
+
+
+class PatchSampler:
+    """Random HR patches from images held in memory, with optional corruption."""
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        patch_size: int,
+        batch_size: int,
+        seed: int = 0,
+        augment: bool = True,
+        corruption: CorruptionConfig | None = None,
+    ) -> None:
+        if not images:
+            raise DataError("no training images: the folders are empty or hold no PNG/JPEG/TIFF files")
+        small = [im.shape[:2] for im in images if min(im.shape[:2]) < patch_size]
+        if small:
+            raise DataError(
+                f"patch size {patch_size} is larger than {len(small)} training image(s), e.g. {small[0]}; "
+                "choose a smaller patch_size"
+            )
+        self.images = list(images)
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.augment = augment
+        self.corruption = corruption or CorruptionConfig()
+
+    def batch(self, step: int) -> PatchBatch:
+        """The batch for global step `step` (deterministic)."""
+        rng = np.random.default_rng([self.seed, step])
+        p = self.patch_size
+        hr = np.empty((self.batch_size, p, p, 3), np.float32)
+        src = np.empty_like(hr)
+        flags = np.zeros(self.batch_size, bool)
+        c = self.corruption
+        for i in range(self.batch_size):
+            im = self.images[rng.integers(len(self.images))]
+            y = rng.integers(im.shape[0] - p + 1)
+            x = rng.integers(im.shape[1] - p + 1)
+            patch = im[y : y + p, x : x + p].astype(np.float32) / 255.0
+            if self.augment:
+                patch = np.rot90(patch, k=int(rng.integers(4)))
+                if rng.random() < 0.5:
+                    patch = patch[:, ::-1]
+            clean = np.ascontiguousarray(patch)
+            hit = c.kind != "none" and rng.random() < c.fraction
+            flags[i] = hit
+            if hit:
+                bad = corrupt(clean, c.kind, c.strength, rng=rng)
+                hr[i] = bad
+                src[i] = bad if c.target == "pair" else clean
+            else:
+                hr[i] = src[i] = clean
+        return PatchBatch(
+            hr=np.ascontiguousarray(hr.transpose(0, 3, 1, 2)),
+            lr_source=np.ascontiguousarray(src.transpose(0, 3, 1, 2)),
+            corrupted=flags,
+        )

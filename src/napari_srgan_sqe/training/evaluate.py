@@ -1,0 +1,157 @@
+"""Evaluation: D_s then SR on held-out HR images, scored against HR next to baselines.
+
+Every method sees the same LR (the reference degradation of the HR image) and is
+scored with the same metrics, on the whole image. Bicubic uses the pixel-centre
+convention of D_s (torch `align_corners=False`), Lanczos is Pillow's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_srgan_sqe.degradation import degrade
+from napari_srgan_sqe.io.atomic import atomic_path
+from napari_srgan_sqe.metrics import all_metrics
+from napari_srgan_sqe.models.modelfile import SRModel, load_model
+from napari_srgan_sqe.models.predictor import Predictor
+from napari_srgan_sqe.training.data import DataError, find_images, load_rgb
+
+METRICS = ("psnr", "ssim", "ms_ssim", "qilv", "rrmse")
+
+__all__ = ["EvalResult", "bicubic_upscale", "evaluate", "lanczos_upscale"]
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    """Bicubic up-sampling (uint8 in, uint8 out), aligned with D_s's pixel centres."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].float() / 255.0
+    y = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    return (y[0].permute(1, 2, 0).clamp(0, 1) * 255.0).round().byte().numpy()
+
+
+def lanczos_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    """Lanczos up-sampling (Pillow), uint8 in and out."""
+    from PIL import Image
+
+    h, w = lr.shape[:2]
+    return np.asarray(Image.fromarray(lr).resize((w * scale, h * scale), Image.Resampling.LANCZOS))
+
+
+@dataclass
+class EvalResult:
+    """Per-image and mean metrics of every method."""
+
+    rows: list[dict] = field(default_factory=list)
+    """One row per (image, method): image, method, and each metric."""
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean of each metric per method (MS-SSIM over the images large enough)."""
+        out: dict[str, dict[str, float]] = {}
+        for method in dict.fromkeys(r["method"] for r in self.rows):
+            rows = [r for r in self.rows if r["method"] == method]
+            out[method] = {
+                m: float(np.mean([r[m] for r in rows if r[m] is not None]))
+                for m in METRICS
+                if any(r[m] is not None for r in rows)
+            }
+        return out
+
+    def table(self) -> str:
+        """A plain-text table of the summary, with PSNR gain over bicubic."""
+        s = self.summary()
+        base = s.get("bicubic", {}).get("psnr")
+        head = f"{'method':<28}" + "".join(f"{m:>9}" for m in METRICS) + f"{'dB vs bic':>11}"
+        lines = [head, "-" * len(head)]
+        for method, vals in s.items():
+            cells = "".join(f"{vals.get(m, float('nan')):>9.4f}" for m in METRICS)
+            gain = f"{vals['psnr'] - base:>+11.2f}" if base is not None else ""
+            lines.append(f"{method:<28}{cells}{gain}")
+        return "\n".join(lines)
+
+    def write(self, out_dir: str | Path) -> tuple[Path, Path]:
+        """Write rows as CSV and the summary as JSON (atomically)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path, json_path = out / "evaluation.csv", out / "evaluation.json"
+        with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["image", "method", *METRICS])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps({"summary": self.summary(), "rows": self.rows}, indent=2))
+        return csv_path, json_path
+
+
+def evaluate(
+    models: Sequence[SRModel | str | Path],
+    data: Sequence[str | Path],
+    *,
+    scale: int = 4,
+    device: str = "auto",
+    baselines: Sequence[str] = ("bicubic", "lanczos"),
+    crops_dir: str | Path | None = None,
+    crop_size: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Score models and baselines on HR images (folders or files) degraded by D_s."""
+    paths = find_images(data)
+    if not paths:
+        raise DataError(f"no images found in {', '.join(map(str, data))}")
+    loaded = [m if isinstance(m, SRModel) else load_model(m) for m in models]
+    for m in loaded:
+        if m.scale != scale:
+            raise ValueError(f"model {m.name!r} is for scale {m.scale}, but scale {scale} was asked for")
+    predictors = [(m.name, Predictor(m, device=device)) for m in loaded]
+    upscalers: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    for b in baselines:
+        if b == "bicubic":
+            upscalers[b] = lambda lr: bicubic_upscale(lr, scale)
+        elif b == "lanczos":
+            upscalers[b] = lambda lr: lanczos_upscale(lr, scale)
+        else:
+            raise ValueError(f"unknown baseline {b!r}; choose bicubic or lanczos")
+    upscalers |= {name: pred.predict_image for name, pred in predictors}
+
+    result = EvalResult()
+    for i, path in enumerate(paths):
+        hr = load_rgb(path)
+        hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
+        lr = degrade(hr, scale)
+        outputs = {name: up(lr) for name, up in upscalers.items()}
+        for name, sr in outputs.items():
+            vals = all_metrics(sr, hr)
+            result.rows.append({"image": path.name, "method": name, **{m: vals.get(m) for m in METRICS}})
+        if crops_dir is not None:
+            _save_crops(Path(crops_dir) / f"{path.stem}.png", lr, outputs, hr, scale, crop_size)
+        if progress is not None:
+            progress(i + 1, len(paths))
+    return result
+
+
+def _save_crops(
+    path: Path, lr: np.ndarray, outputs: dict[str, np.ndarray], hr: np.ndarray, scale: int, size: int
+) -> None:
+    """LR (nearest-neighbour) | each method | HR, for a centre crop, side by side."""
+    from PIL import Image
+
+    size = min(size, hr.shape[0], hr.shape[1])
+    size -= size % scale
+    y = (hr.shape[0] - size) // 2 // scale * scale
+    x = (hr.shape[1] - size) // 2 // scale * scale
+    lr_crop = lr[y // scale : (y + size) // scale, x // scale : (x + size) // scale]
+    panels = [np.repeat(np.repeat(lr_crop, scale, 0), scale, 1)]
+    panels += [o[y : y + size, x : x + size] for o in outputs.values()]
+    panels.append(hr[y : y + size, x : x + size])
+    gap = np.full((size, 4, 3), 255, np.uint8)
+    row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(row).save(tmp, format="PNG")

@@ -1,0 +1,304 @@
+"""The SRGAN_SQE training loop: autoencoder pre-training, fidelity warm-up, GAN phase.
+
+One global step counter runs through the three phases (SPEC section 3):
+  [0, ae_steps)                         autoencoder on HR patches (skipped if lam_e = 0)
+  [ae_steps, ae_steps + warmup_steps)    generator, fidelity term only
+  [..., + gan_steps)                    full objective; D and G alternate when lam_a > 0
+Batches depend only on (seed, step), and checkpoints hold every weight and optimizer
+moment, so `resume` continues exactly where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_srgan_sqe.config import TrainConfig
+from napari_srgan_sqe.degradation import degrade, degrade_torch
+from napari_srgan_sqe.io.checkpoints import read_safetensors, write_safetensors
+from napari_srgan_sqe.losses import GeneratorObjective, discriminator_loss, l1_loss, quasi_norm_loss
+from napari_srgan_sqe.metrics import psnr, qilv, ssim
+from napari_srgan_sqe.models.autoencoder import build_autoencoder
+from napari_srgan_sqe.models.discriminator import build_discriminator
+from napari_srgan_sqe.models.generator import build_generator
+from napari_srgan_sqe.models.modelfile import SRModel, save_model
+from napari_srgan_sqe.models.predictor import Predictor, resolve_device
+from napari_srgan_sqe.training.data import PatchSampler, load_rgb, resolve_split
+from napari_srgan_sqe.training.state import (
+    pack_modules,
+    pack_optimizers,
+    unpack_modules,
+    unpack_optimizers,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+MODEL = "model.safetensors"
+LOG = "log.jsonl"
+
+
+@dataclass
+class StepEvent:
+    """What the loop reports after each step (for progress bars and GUIs)."""
+
+    step: int
+    total: int
+    phase: str
+    losses: dict[str, float]
+    val: dict[str, float] | None = None
+    elapsed_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Train one model from a validated `TrainConfig`."""
+
+    def __init__(self, cfg: TrainConfig, *, base_dir: str | Path | None = None) -> None:
+        self.cfg = cfg
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        self.out_dir = _resolve(base, cfg.out_dir)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.device = resolve_device(cfg.device)
+        train_paths, val_paths = resolve_split(
+            [_resolve(base, d) for d in cfg.data],
+            _resolve(base, cfg.split_file) if cfg.split_file else None,
+            [_resolve(base, d) for d in cfg.val_data],
+        )
+        self.train_paths, self.val_paths = train_paths, val_paths[: cfg.val_images]
+        self.sampler = PatchSampler(
+            [load_rgb(p) for p in train_paths],
+            patch_size=cfg.patch_size,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            augment=cfg.augment,
+            corruption=cfg.corruption,
+        )
+        self.val_images = [_centre_crop(load_rgb(p), cfg.val_crop, cfg.model.scale) for p in self.val_paths]
+
+        torch.manual_seed(cfg.seed)
+        loss = cfg.loss
+        self.G = build_generator(cfg.model.generator).to(self.device)
+        self.AE = build_autoencoder(cfg.autoencoder).to(self.device) if loss.lam_e > 0 else None
+        self.D = build_discriminator(cfg.discriminator).to(self.device) if loss.lam_a > 0 else None
+        betas = tuple(cfg.betas)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.warmup_lr, betas=betas)
+        self.opt_ae = torch.optim.Adam(self.AE.parameters(), lr=1e-3, betas=betas) if self.AE else None
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas) if self.D else None
+        self.ae_steps = cfg.ae_steps if self.AE is not None else 0
+        self.total = self.ae_steps + cfg.warmup_steps + cfg.gan_steps
+        self.step = 0
+        self._objective: GeneratorObjective | None = None
+
+    # -- phases --------------------------------------------------------------
+    def phase(self, step: int) -> str:
+        if step < self.ae_steps:
+            return "ae"
+        if step < self.ae_steps + self.cfg.warmup_steps:
+            return "warmup"
+        return "gan"
+
+    def _fidelity(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        loss = self.cfg.loss
+        if loss.fidelity == "l1":
+            return l1_loss(sr, hr)
+        return quasi_norm_loss(sr, hr, q=loss.q, eps=loss.eps)
+
+    def objective(self) -> GeneratorObjective:
+        if self._objective is None:
+            encoder = self.AE.encoder if self.AE is not None else None
+            if encoder is not None:
+                for p in encoder.parameters():
+                    p.requires_grad_(False)
+                encoder.eval()
+            self._objective = GeneratorObjective(self.cfg.loss, encoder=encoder)
+        return self._objective
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimisation step of whichever phase `step` falls in."""
+        batch = self.sampler.batch(step)
+        hr = torch.from_numpy(batch.hr).to(self.device)
+        phase = self.phase(step)
+        if phase == "ae":
+            self.AE.train()
+            recon = self.AE(hr)
+            loss = l1_loss(recon, hr)
+            self.opt_ae.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_ae.step()
+            return {"ae": loss.item()}
+        lr_img = degrade_torch(torch.from_numpy(batch.lr_source).to(self.device), self.cfg.model.scale)
+        self.G.train()
+        if phase == "warmup":
+            _set_lr(self.opt_g, self.cfg.warmup_lr)
+            sr = self.G(lr_img)
+            loss = self._fidelity(sr, hr)
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_g.step()
+            return {"g": loss.item()}
+        _set_lr(self.opt_g, self.cfg.lr)
+        out: dict[str, float] = {}
+        sr = self.G(lr_img)
+        fake_logits = None
+        if self.D is not None:
+            self.D.train()
+            d_loss = discriminator_loss(self.D(hr), self.D(sr.detach()))
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            out["d"] = d_loss.item()
+            fake_logits = self.D(sr)
+        total, terms = self.objective()(sr, hr, fake_logits=fake_logits)
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_g.step()
+        out["g"] = total.item()
+        out.update({k: float(v) for k, v in terms.items()})
+        return out
+
+    # -- validation ----------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """Mean PSNR / SSIM / QILV of SR vs HR on the fixed validation crops."""
+        if not self.val_images:
+            return {}
+        # A copy: the Predictor may change the weights' memory layout (channels_last),
+        # which would make the continuing run differ from a resumed one.
+        model = copy.deepcopy(self.as_model(with_encoder=False))
+        pred = Predictor(model, device=str(self.device), precision="fp32")
+        rows = []
+        for hr in self.val_images:
+            sr = pred.predict_image(degrade(hr, self.cfg.model.scale))
+            rows.append((psnr(sr, hr), ssim(sr, hr), qilv(sr, hr)))
+        self.G.train()
+        m = np.mean(rows, axis=0)
+        return {"val_psnr": float(m[0]), "val_ssim": float(m[1]), "val_qilv": float(m[2])}
+
+    def as_model(self, *, with_encoder: bool = True, **metadata: str) -> SRModel:
+        """The generator (and, at the end, the frozen encoder) as a model, in eval mode."""
+        encoder = self.AE.encoder if self.AE is not None and with_encoder else None
+        config = self.cfg.model.model_copy(update={"autoencoder": self.cfg.autoencoder if encoder else None})
+        model = SRModel(self.G, config=config, encoder=encoder, metadata=metadata)
+        return model.eval()
+
+    # -- checkpoints -----------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        tensors = pack_modules({"G": self.G, "AE": self.AE, "D": self.D})
+        tensors |= pack_optimizers({"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d})
+        meta = {"step": str(self.step), "config": self.cfg.model_dump_json(), "kind": "training-checkpoint"}
+        path = self.out_dir / CHECKPOINT
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_safetensors(path, tensors, meta)
+        return path
+
+    def load_checkpoint(self, path: str | Path | None = None) -> int:
+        path = Path(path) if path is not None else self.out_dir / CHECKPOINT
+        tensors, meta = read_safetensors(path)
+        saved = TrainConfig.model_validate_json(meta["config"])
+        if _schedule_free(saved) != _schedule_free(self.cfg):
+            raise ValueError(f"checkpoint {path} was written with a different configuration; cannot resume")
+        unpack_modules(tensors, {"G": self.G, "AE": self.AE, "D": self.D})
+        unpack_optimizers(tensors, {"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d})
+        self.step = int(meta["step"])
+        return self.step
+
+    # -- the loop ------------------------------------------------------------
+    def run(
+        self,
+        *,
+        resume: bool = False,
+        stop_event: threading.Event | None = None,
+        callback: Callable[[StepEvent], None] | None = None,
+        max_steps: int | None = None,
+    ) -> SRModel:
+        """Train to the end of the schedule (or `max_steps` more steps); return the model.
+
+        Checkpoints every `checkpoint_every` steps, at the end, on stop and on Ctrl-C.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and (self.out_dir / CHECKPOINT).exists():
+            self.load_checkpoint()
+            log.info("resumed at step %d of %d", self.step, self.total)
+        end = self.total if max_steps is None else min(self.total, self.step + max_steps)
+        t0 = time.perf_counter()
+        logf = (self.out_dir / LOG).open("a")
+        try:
+            while self.step < end:
+                if stop_event is not None and stop_event.is_set():
+                    break
+                losses = self.train_step(self.step)
+                self.step += 1
+                val = None
+                at_val = self.step % self.cfg.val_every == 0 or self.step == self.total
+                if at_val and self.phase(self.step - 1) != "ae":
+                    val = self.validate()
+                record = {"step": self.step, "phase": self.phase(self.step - 1), **losses, **(val or {})}
+                if self.step % 10 == 0 or val:
+                    logf.write(json.dumps(record) + "\n")
+                    logf.flush()
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if callback is not None:
+                    callback(
+                        StepEvent(self.step, self.total, record["phase"], losses, val, time.perf_counter() - t0)
+                    )
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            raise
+        finally:
+            logf.close()
+        self.save_checkpoint()
+        model = self.as_model(
+            training_data=", ".join(p.name for p in self.train_paths)[:4000],
+            steps=str(self.step),
+        )
+        if self.step >= self.total:
+            save_model(model, self.out_dir / MODEL)
+        return model
+
+
+def _schedule_free(cfg: TrainConfig) -> dict:
+    """The parts of a config that must match for a resume (schedule lengths may grow)."""
+    d = cfg.model_dump()
+    for k in ("gan_steps", "checkpoint_every", "val_every", "out_dir", "num_threads", "device"):
+        d.pop(k, None)
+    return d
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _resolve(base: Path, p: str) -> Path:
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else base / q
+
+
+def _centre_crop(img: np.ndarray, size: int, scale: int) -> np.ndarray:
+    size = min(size, img.shape[0], img.shape[1])
+    size -= size % scale
+    y, x = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+    return np.ascontiguousarray(img[y : y + size, x : x + size])
+
+
+def train(cfg: TrainConfig, *, base_dir: str | Path | None = None, resume: bool = False, **kwargs: Any) -> SRModel:
+    """Train a model from a config (Python entry point of `srgan-sqe train`)."""
+    return Trainer(cfg, base_dir=base_dir).run(resume=resume, **kwargs)
+
+
+def estimate_eta(elapsed_s: float, done: int, total: int) -> float:
+    """Seconds left, from the mean step time so far."""
+    return math.inf if done == 0 else elapsed_s / done * (total - done)

@@ -1,0 +1,61 @@
+"""Project-wide gates: lint, layering, manifest, installed package contents."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from importlib import metadata, resources
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_layering_contracts_hold():
+    """GUI code only under _napari; config free of torch; layers point down."""
+    exe = shutil.which("lint-imports")
+    if exe is None:
+        pytest.skip("import-linter is not installed (it is in the test extra)")
+    res = _run(exe, "--config", str(ROOT / "pyproject.toml"))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_ruff_clean():
+    res = _run(sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks", "experiments")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_npe2_manifest_validates():
+    res = _run(sys.executable, "-m", "npe2", "validate", "napari-srgan-sqe")
+    assert res.returncode == 0 and "valid" in (res.stdout + res.stderr).lower(), res.stdout + res.stderr
+
+
+def test_manifest_ships_inside_the_package():
+    """The napari.manifest entry point resolves to the same file as the top-level manifest."""
+    eps = [ep for ep in metadata.entry_points(group="napari.manifest") if ep.name == "napari-srgan-sqe"]
+    assert eps, "napari.manifest entry point missing"
+    shipped = resources.files("napari_srgan_sqe").joinpath("napari.yaml").read_text()
+    assert shipped == (ROOT / "napari.yaml").read_text()
+
+
+def test_cli_help_does_not_import_torch():
+    code = (
+        "import sys; from napari_srgan_sqe.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported by --help'\n"
+        "assert 'napari' not in sys.modules, 'napari imported by --help'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_no_pickled_model_files_shipped():
+    pkg = Path(resources.files("napari_srgan_sqe"))
+    bad = [p for p in pkg.rglob("*") if p.suffix in {".pt", ".pth", ".pkl", ".pickle", ".ckpt"}]
+    assert not bad
