@@ -33,12 +33,16 @@ def test_ruff_clean():
 
 def test_npe2_manifest_validates():
     res = _run(sys.executable, "-m", "npe2", "validate", "napari-srgan-sqe")
-    assert res.returncode == 0 and "valid" in (res.stdout + res.stderr).lower(), res.stdout + res.stderr
+    assert res.returncode == 0 and "valid" in (res.stdout + res.stderr).lower(), (
+        res.stdout + res.stderr
+    )
 
 
 def test_manifest_ships_inside_the_package():
     """The napari.manifest entry point resolves to the same file as the top-level manifest."""
-    eps = [ep for ep in metadata.entry_points(group="napari.manifest") if ep.name == "napari-srgan-sqe"]
+    eps = [
+        ep for ep in metadata.entry_points(group="napari.manifest") if ep.name == "napari-srgan-sqe"
+    ]
     assert eps, "napari.manifest entry point missing"
     shipped = resources.files("napari_srgan_sqe").joinpath("napari.yaml").read_text()
     assert shipped == (ROOT / "napari.yaml").read_text()

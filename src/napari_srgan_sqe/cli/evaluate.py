@@ -7,17 +7,34 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", required=True,
-                        help="bundled model name or .safetensors file (repeat to compare several)")
-    parser.add_argument("--data", action="append", required=True, type=Path,
-                        help="folder or image file of HR images (repeatable)")
-    parser.add_argument("--split", type=Path, default=None,
-                        help="JSON split file: evaluate only its 'val' images found in --data")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="bundled model name or .safetensors file (repeat to compare several)",
+    )
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        type=Path,
+        help="folder or image file of HR images (repeatable)",
+    )
+    parser.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help="JSON split file: evaluate only its 'val' images found in --data",
+    )
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="folder for evaluation.csv / .json")
-    parser.add_argument("--crops", type=Path, default=None,
-                        help="folder for side-by-side PNG crops (LR | bicubic | lanczos | SR... | HR)")
+    parser.add_argument(
+        "--crops",
+        type=Path,
+        default=None,
+        help="folder for side-by-side PNG crops (LR | bicubic | lanczos | SR... | HR)",
+    )
     parser.add_argument("--no-lanczos", action="store_true")
 
 
@@ -37,8 +54,15 @@ def run(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    result = evaluate(args.model, data, scale=args.scale, device=args.device, baselines=baselines,
-                      crops_dir=args.crops, progress=progress)
+    result = evaluate(
+        args.model,
+        data,
+        scale=args.scale,
+        device=args.device,
+        baselines=baselines,
+        crops_dir=args.crops,
+        progress=progress,
+    )
     bar.close()
     print(result.table())
     if args.out is not None:

@@ -8,9 +8,15 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="training config (JSON or YAML)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    parser.add_argument("--out", type=Path, default=None, help="run folder (overrides out_dir in the config)")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (then --resume)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run's last checkpoint"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="run folder (overrides out_dir in the config)"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps (then --resume)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
@@ -40,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         trainer.run(resume=args.resume, callback=show, max_steps=args.max_steps)
     except KeyboardInterrupt:
         bar.close()
-        print(f"interrupted at step {trainer.step}; checkpoint saved in {trainer.out_dir} (use --resume)")
+        print(
+            f"interrupted at step {trainer.step}; checkpoint saved in {trainer.out_dir} (use --resume)"
+        )
         return 130
     bar.close()
     done = trainer.step >= trainer.total

@@ -58,7 +58,9 @@ def load_rgb(path: str | Path) -> np.ndarray:
             raise DataError(f"{path}: has transparent pixels (RGBA); training needs opaque RGB")
         arr = arr[..., :3]
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise DataError(f"{path}: image mode {mode!r}, shape {arr.shape}; training needs RGB images")
+        raise DataError(
+            f"{path}: image mode {mode!r}, shape {arr.shape}; training needs RGB images"
+        )
     return np.ascontiguousarray(arr)
 
 
@@ -92,12 +94,16 @@ def resolve_split(
     for key in ("train", "val"):
         missing = [n for n in split.get(key, []) if n not in by_name]
         if missing:
-            raise DataError(f"split file {split_file}: {key} images not found in {list(data)}: {missing[:3]}")
+            raise DataError(
+                f"split file {split_file}: {key} images not found in {list(data)}: {missing[:3]}"
+            )
         out.append([by_name[n] for n in split.get(key, [])])
     train, val = out
     overlap = {p.name for p in train} & {p.name for p in val}
     if overlap:
-        raise DataError(f"split file {split_file}: images in both train and val: {sorted(overlap)[:3]}")
+        raise DataError(
+            f"split file {split_file}: images in both train and val: {sorted(overlap)[:3]}"
+        )
     return train, val
 
 
@@ -126,7 +132,9 @@ class PatchSampler:
         corruption: CorruptionConfig | None = None,
     ) -> None:
         if not images:
-            raise DataError("no training images: the folders are empty or hold no PNG/JPEG/TIFF files")
+            raise DataError(
+                "no training images: the folders are empty or hold no PNG/JPEG/TIFF files"
+            )
         small = [im.shape[:2] for im in images if min(im.shape[:2]) < patch_size]
         if small:
             raise DataError(

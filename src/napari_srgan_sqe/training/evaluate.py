@@ -86,7 +86,9 @@ class EvalResult:
             writer.writeheader()
             writer.writerows(self.rows)
         with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps({"summary": self.summary(), "rows": self.rows}, indent=2))
+            Path(tmp).write_text(
+                json.dumps({"summary": self.summary(), "rows": self.rows}, indent=2)
+            )
         return csv_path, json_path
 
 
@@ -108,7 +110,9 @@ def evaluate(
     loaded = [m if isinstance(m, SRModel) else load_model(m) for m in models]
     for m in loaded:
         if m.scale != scale:
-            raise ValueError(f"model {m.name!r} is for scale {m.scale}, but scale {scale} was asked for")
+            raise ValueError(
+                f"model {m.name!r} is for scale {m.scale}, but scale {scale} was asked for"
+            )
     predictors = [(m.name, Predictor(m, device=device)) for m in loaded]
     upscalers: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     for b in baselines:
@@ -128,7 +132,9 @@ def evaluate(
         outputs = {name: up(lr) for name, up in upscalers.items()}
         for name, sr in outputs.items():
             vals = all_metrics(sr, hr)
-            result.rows.append({"image": path.name, "method": name, **{m: vals.get(m) for m in METRICS}})
+            result.rows.append(
+                {"image": path.name, "method": name, **{m: vals.get(m) for m in METRICS}}
+            )
         if crops_dir is not None:
             _save_crops(Path(crops_dir) / f"{path.stem}.png", lr, outputs, hr, scale, crop_size)
         if progress is not None:
@@ -137,7 +143,12 @@ def evaluate(
 
 
 def _save_crops(
-    path: Path, lr: np.ndarray, outputs: dict[str, np.ndarray], hr: np.ndarray, scale: int, size: int
+    path: Path,
+    lr: np.ndarray,
+    outputs: dict[str, np.ndarray],
+    hr: np.ndarray,
+    scale: int,
+    size: int,
 ) -> None:
     """LR (nearest-neighbour) | each method | HR, for a centre crop, side by side."""
     from PIL import Image

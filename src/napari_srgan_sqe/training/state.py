@@ -44,7 +44,9 @@ def pack_optimizers(optimizers: dict[str, torch.optim.Optimizer | None]) -> dict
     return out
 
 
-def unpack_optimizers(tensors: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer | None]) -> None:
+def unpack_optimizers(
+    tensors: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer | None]
+) -> None:
     """Restore optimizer state written by `pack_optimizers`; groups come from the live optimizer."""
     for name, opt in optimizers.items():
         if opt is None:

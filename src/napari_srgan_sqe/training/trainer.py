@@ -86,7 +86,9 @@ class Trainer:
             augment=cfg.augment,
             corruption=cfg.corruption,
         )
-        self.val_images = [_centre_crop(load_rgb(p), cfg.val_crop, cfg.model.scale) for p in self.val_paths]
+        self.val_images = [
+            _centre_crop(load_rgb(p), cfg.val_crop, cfg.model.scale) for p in self.val_paths
+        ]
 
         torch.manual_seed(cfg.seed)
         loss = cfg.loss
@@ -95,8 +97,12 @@ class Trainer:
         self.D = build_discriminator(cfg.discriminator).to(self.device) if loss.lam_a > 0 else None
         betas = tuple(cfg.betas)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.warmup_lr, betas=betas)
-        self.opt_ae = torch.optim.Adam(self.AE.parameters(), lr=1e-3, betas=betas) if self.AE else None
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas) if self.D else None
+        self.opt_ae = (
+            torch.optim.Adam(self.AE.parameters(), lr=1e-3, betas=betas) if self.AE else None
+        )
+        self.opt_d = (
+            torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas) if self.D else None
+        )
         self.ae_steps = cfg.ae_steps if self.AE is not None else 0
         self.total = self.ae_steps + cfg.warmup_steps + cfg.gan_steps
         self.step = 0
@@ -139,7 +145,9 @@ class Trainer:
             loss.backward()
             self.opt_ae.step()
             return {"ae": loss.item()}
-        lr_img = degrade_torch(torch.from_numpy(batch.lr_source).to(self.device), self.cfg.model.scale)
+        lr_img = degrade_torch(
+            torch.from_numpy(batch.lr_source).to(self.device), self.cfg.model.scale
+        )
         self.G.train()
         if phase == "warmup":
             _set_lr(self.opt_g, self.cfg.warmup_lr)
@@ -189,7 +197,9 @@ class Trainer:
     def as_model(self, *, with_encoder: bool = True, **metadata: str) -> SRModel:
         """The generator (and, at the end, the frozen encoder) as a model, in eval mode."""
         encoder = self.AE.encoder if self.AE is not None and with_encoder else None
-        config = self.cfg.model.model_copy(update={"autoencoder": self.cfg.autoencoder if encoder else None})
+        config = self.cfg.model.model_copy(
+            update={"autoencoder": self.cfg.autoencoder if encoder else None}
+        )
         model = SRModel(self.G, config=config, encoder=encoder, metadata=metadata)
         return model.eval()
 
@@ -197,7 +207,11 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         tensors = pack_modules({"G": self.G, "AE": self.AE, "D": self.D})
         tensors |= pack_optimizers({"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d})
-        meta = {"step": str(self.step), "config": self.cfg.model_dump_json(), "kind": "training-checkpoint"}
+        meta = {
+            "step": str(self.step),
+            "config": self.cfg.model_dump_json(),
+            "kind": "training-checkpoint",
+        }
         path = self.out_dir / CHECKPOINT
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_safetensors(path, tensors, meta)
@@ -208,7 +222,9 @@ class Trainer:
         tensors, meta = read_safetensors(path)
         saved = TrainConfig.model_validate_json(meta["config"])
         if _schedule_free(saved) != _schedule_free(self.cfg):
-            raise ValueError(f"checkpoint {path} was written with a different configuration; cannot resume")
+            raise ValueError(
+                f"checkpoint {path} was written with a different configuration; cannot resume"
+            )
         unpack_modules(tensors, {"G": self.G, "AE": self.AE, "D": self.D})
         unpack_optimizers(tensors, {"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d})
         self.step = int(meta["step"])
@@ -244,7 +260,12 @@ class Trainer:
                 at_val = self.step % self.cfg.val_every == 0 or self.step == self.total
                 if at_val and self.phase(self.step - 1) != "ae":
                     val = self.validate()
-                record = {"step": self.step, "phase": self.phase(self.step - 1), **losses, **(val or {})}
+                record = {
+                    "step": self.step,
+                    "phase": self.phase(self.step - 1),
+                    **losses,
+                    **(val or {}),
+                }
                 if self.step % 10 == 0 or val:
                     logf.write(json.dumps(record) + "\n")
                     logf.flush()
@@ -252,7 +273,14 @@ class Trainer:
                     self.save_checkpoint()
                 if callback is not None:
                     callback(
-                        StepEvent(self.step, self.total, record["phase"], losses, val, time.perf_counter() - t0)
+                        StepEvent(
+                            self.step,
+                            self.total,
+                            record["phase"],
+                            losses,
+                            val,
+                            time.perf_counter() - t0,
+                        )
                     )
         except KeyboardInterrupt:
             self.save_checkpoint()
@@ -294,7 +322,9 @@ def _centre_crop(img: np.ndarray, size: int, scale: int) -> np.ndarray:
     return np.ascontiguousarray(img[y : y + size, x : x + size])
 
 
-def train(cfg: TrainConfig, *, base_dir: str | Path | None = None, resume: bool = False, **kwargs: Any) -> SRModel:
+def train(
+    cfg: TrainConfig, *, base_dir: str | Path | None = None, resume: bool = False, **kwargs: Any
+) -> SRModel:
     """Train a model from a config (Python entry point of `srgan-sqe train`)."""
     return Trainer(cfg, base_dir=base_dir).run(resume=resume, **kwargs)
 

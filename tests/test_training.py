@@ -1,0 +1,186 @@
+"""Training pipeline: exact resume, corruption fraction, evaluation, data checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_srgan_sqe.config import ConfigError, CorruptionConfig, TrainConfig, load_config
+from napari_srgan_sqe.degradation import degrade
+from napari_srgan_sqe.metrics import ms_ssim, psnr, qilv, rrmse, ssim
+from napari_srgan_sqe.models.modelfile import load_model
+from napari_srgan_sqe.training.data import DataError, PatchSampler, load_rgb, resolve_split
+from napari_srgan_sqe.training.evaluate import bicubic_upscale, evaluate
+from napari_srgan_sqe.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+MONUSEG = ROOT.parent / "shared" / "data" / "monuseg_train"
+needs_data = pytest.mark.skipif(
+    not MONUSEG.is_dir(), reason="shared H&E data (../shared/data) not present"
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def crops(tmp_path: Path) -> Path:
+    """Two 160x160 crops of real H&E images, as PNG files."""
+    out = tmp_path / "hr"
+    out.mkdir()
+    for name in sorted(p.name for p in MONUSEG.glob("*.png"))[:2]:
+        im = load_rgb(MONUSEG / name)[300:460, 300:460]
+        Image.fromarray(im).save(out / name)
+    return out
+
+
+def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=[str(data)],
+        val_data=[str(data)],
+        model={"generator": {"arch": "lrnet", "n_blocks": 1, "channels": 8}},
+        autoencoder={"channels": [8, 4]},
+        discriminator={"channels": [8, 16]},
+        patch_size=32,
+        batch_size=2,
+        ae_steps=2,
+        warmup_steps=3,
+        gan_steps=4,
+        val_every=4,
+        checkpoint_every=100,
+        val_crop=64,
+        out_dir=str(out),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@needs_data
+def test_resume_continues_exactly(crops: Path, tmp_path: Path):
+    straight = Trainer(tiny_config(crops, tmp_path / "a"))
+    straight.run()
+    first = Trainer(tiny_config(crops, tmp_path / "b"))
+    first.run(max_steps=5)  # stops mid-warm-up, after one validation
+    resumed = Trainer(tiny_config(crops, tmp_path / "b"))
+    resumed.run(resume=True)
+    assert resumed.step == straight.step == 9
+    for mod in ("G", "AE", "D"):
+        a, b = getattr(straight, mod).state_dict(), getattr(resumed, mod).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{mod}.{key} differs after resume"
+    # the finished run wrote a loadable model that carries the frozen encoder
+    model = load_model(tmp_path / "b" / "model.safetensors")
+    assert model.encoder is not None and model.scale == 4
+    records = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert any("val_psnr" in r for r in records)
+
+
+@needs_data
+def test_resume_refuses_a_different_config(crops: Path, tmp_path: Path):
+    Trainer(tiny_config(crops, tmp_path / "a")).run(max_steps=2)
+    other = Trainer(tiny_config(crops, tmp_path / "a", patch_size=48))
+    with pytest.raises(ValueError, match="different configuration"):
+        other.run(resume=True)
+
+
+def test_corruption_fraction_is_respected_and_seeded():
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]
+    corr = CorruptionConfig(kind="noise", fraction=0.3, strength=0.05)
+    s1 = PatchSampler(images, patch_size=16, batch_size=50, seed=3, corruption=corr)
+    s2 = PatchSampler(images, patch_size=16, batch_size=50, seed=3, corruption=corr)
+    flags = np.concatenate([s1.batch(step).corrupted for step in range(40)])
+    assert abs(flags.mean() - 0.3) < 0.03  # 2000 pairs
+    b1, b2 = s1.batch(7), s2.batch(7)
+    np.testing.assert_array_equal(b1.hr, b2.hr)
+    np.testing.assert_array_equal(b1.corrupted, b2.corrupted)
+    # corrupted pairs differ from their clean source only where a corruption was applied
+    hit = b1.corrupted
+    assert hit.any() and (~hit).any()
+    np.testing.assert_array_equal(b1.hr[~hit], b1.lr_source[~hit])
+
+
+def test_corruption_of_hr_target_only_keeps_lr_clean():
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]
+    corr = CorruptionConfig(kind="contrast", fraction=1.0, target="hr")
+    b = PatchSampler(images, patch_size=16, batch_size=4, seed=0, corruption=corr).batch(0)
+    assert b.corrupted.all()
+    assert not np.allclose(b.hr, b.lr_source)
+    assert b.hr.std() < b.lr_source.std()  # contrast toward grey
+
+
+@needs_data
+def test_evaluate_bicubic_row_equals_hand_computed(crops: Path, tmp_path: Path):
+    result = evaluate(["bicubic-x4"], [crops], baselines=("bicubic",), crops_dir=tmp_path / "png")
+    rows = [r for r in result.rows if r["method"] == "bicubic"]
+    assert len(rows) == 2
+    for row in rows:
+        hr = load_rgb(crops / row["image"])
+        sr = bicubic_upscale(degrade(hr, 4), 4)
+        assert row["psnr"] == pytest.approx(psnr(sr, hr), abs=1e-9)
+        assert row["ssim"] == pytest.approx(ssim(sr, hr), abs=1e-9)
+        assert row["qilv"] == pytest.approx(qilv(sr, hr), abs=1e-9)
+        assert row["rrmse"] == pytest.approx(rrmse(sr, hr), abs=1e-9)
+        assert row["ms_ssim"] is None or row["ms_ssim"] == pytest.approx(ms_ssim(sr, hr))
+    # the bundled bicubic model is the same interpolation as the baseline
+    summary = result.summary()
+    assert summary["bicubic-x4"]["psnr"] == pytest.approx(summary["bicubic"]["psnr"], abs=0.05)
+    assert "dB vs bic" in result.table()
+    csv_path, json_path = result.write(tmp_path / "out")
+    assert csv_path.read_text().count("\n") == 1 + len(result.rows)
+    assert json.loads(json_path.read_text())["summary"]["bicubic"]["psnr"] > 15
+    assert len(list((tmp_path / "png").glob("*.png"))) == 2
+
+
+def test_training_refuses_an_empty_folder(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no training images"):
+        Trainer(tiny_config(tmp_path / "empty", tmp_path / "run"))
+
+
+def test_training_refuses_non_rgb_images(tmp_path: Path):
+    data = tmp_path / "gray"
+    data.mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(data / "g.png")
+    with pytest.raises(DataError, match="needs RGB"):
+        Trainer(tiny_config(data, tmp_path / "run"))
+    Image.fromarray(np.zeros((64, 64), np.uint16)).save(data / "g.png")
+    with pytest.raises(DataError, match="8-bit RGB|needs RGB"):
+        Trainer(tiny_config(data, tmp_path / "run"))
+
+
+def test_training_refuses_patches_larger_than_images(tmp_path: Path):
+    data = tmp_path / "small"
+    data.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(data / "s.png")
+    with pytest.raises(DataError, match="larger than"):
+        Trainer(tiny_config(data, tmp_path / "run", patch_size=64))
+
+
+def test_config_errors_name_the_field(tmp_path: Path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"data": ["x"], "batch_sise": 4, "loss": {"q": 3.0}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg, TrainConfig)
+    msg = str(info.value)
+    assert "batch_sise" in msg and "loss.q" in msg
+
+
+def test_split_file_is_fixed_and_disjoint():
+    split = json.loads((ROOT / "experiments" / "monuseg_split.json").read_text())
+    assert len(split["train"]) == 24 and len(split["val"]) == 6
+    assert not set(split["train"]) & set(split["val"])
+    if MONUSEG.is_dir():
+        train, val = resolve_split([MONUSEG], ROOT / "experiments" / "monuseg_split.json")
+        assert len(train) == 24 and len(val) == 6
