@@ -1,0 +1,263 @@
+"""Image quality metrics exactly as SPEC section 4 defines them.
+
+Numpy functions take (H, W, C) or (H, W) arrays, uint8 or float in [0, 1], and
+compute every metric per channel, then average over channels. They use scipy's
+separable Gaussian filters and run on ~1000 x 1000 crops on every camera move.
+`ssim_torch` / `psnr_torch` are the differentiable training-loop versions; the
+SSIM loss in `losses` uses the same code.
+
+SSIM matches `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=1)`: 11 x 11 Gaussian window, population
+covariance, and only the valid region (skimage filters then crops (win - 1) / 2).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "MS_SSIM_MIN_SIZE",
+    "MS_SSIM_WEIGHTS",
+    "all_metrics",
+    "ms_ssim",
+    "psnr",
+    "psnr_torch",
+    "qilv",
+    "rrmse",
+    "ssim",
+    "ssim_torch",
+    "ssim_torch_per_channel",
+]
+
+K1, K2 = 0.01, 0.03
+WINDOW, SIGMA = 11, 1.5
+MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_MIN_SIZE = 161  # ceil(161 / 2**4) = 11: the coarsest scale still holds one window
+
+
+# ----------------------------------------------------------------------------- numpy
+# Internally images are float32 (C, H, W), so each channel is one contiguous plane:
+# filters and per-channel reductions stay fast on ~1000 x 1000 crops.
+def _as_float(img: Any, what: str) -> np.ndarray:
+    a = np.asarray(img)
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / np.float32(255)
+    elif np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32, copy=False)
+    else:
+        raise ValueError(
+            f"{what} must be uint8 or float in [0, 1], got dtype {a.dtype}; convert it first"
+        )
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise ValueError(f"{what} must be an image (H, W) or (H, W, C), got shape {a.shape}")
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def _pair(estimate: Any, reference: Any) -> tuple[np.ndarray, np.ndarray]:
+    if np.shape(estimate) != np.shape(reference):
+        raise ValueError(
+            f"estimate and reference differ in shape: {np.shape(estimate)} vs {np.shape(reference)}"
+        )
+    return _as_float(estimate, "estimate"), _as_float(reference, "reference")
+
+
+def _chan_mean(x: np.ndarray) -> np.ndarray:
+    """Per-channel mean of (C, H, W): float32 row sums (pairwise), float64 after."""
+    return x.sum(axis=2, dtype=np.float32).sum(axis=1, dtype=np.float64) / (x.shape[1] * x.shape[2])
+
+
+def _filter(x: np.ndarray, window: int, sigma: float) -> np.ndarray:
+    """Gaussian filter of each channel, valid region only (border of radius cropped)."""
+    from scipy.ndimage import gaussian_filter
+
+    rad = (window - 1) // 2
+    out = gaussian_filter(x, sigma=(0.0, sigma, sigma), mode="reflect", truncate=rad / sigma)
+    return out[:, rad : x.shape[1] - rad, rad : x.shape[2] - rad]
+
+
+def _moments(x: np.ndarray, y: np.ndarray, window: int = WINDOW, sigma: float = SIGMA):
+    """Local means, variances and covariance (population) over the valid region."""
+    if min(x.shape[1:]) < window:
+        raise ValueError(f"images must be at least {window} px a side, got {x.shape[1:]}")
+    mx, my = _filter(x, window, sigma), _filter(y, window, sigma)
+    vx = _filter(x * x, window, sigma) - mx * mx
+    vy = _filter(y * y, window, sigma) - my * my
+    cxy = _filter(x * y, window, sigma) - mx * my
+    return mx, my, vx, vy, cxy
+
+
+def _ssim_cs(mx, my, vx, vy, cxy) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """Per-channel means of the SSIM map and of its contrast-structure part."""
+    c1, c2 = K1**2, K2**2
+    cs_map = (2 * cxy + c2) / (vx + vy + c2)
+    lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
+    return _chan_mean(lum * cs_map), _chan_mean(cs_map)
+
+
+def ssim(estimate: Any, reference: Any) -> float:
+    """Mean SSIM (11 x 11 Gaussian window, sigma 1.5), per channel, averaged."""
+    e, r = _pair(estimate, reference)
+    return float(_ssim_cs(*_moments(e, r))[0].mean())
+
+
+def _pool2(x: np.ndarray) -> np.ndarray:
+    """2 x 2 average pooling; an odd last row/column is paired with itself."""
+    if x.shape[1] % 2:
+        x = np.concatenate([x, x[:, -1:]], axis=1)
+    if x.shape[2] % 2:
+        x = np.concatenate([x, x[:, :, -1:]], axis=2)
+    return 0.25 * (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2])
+
+
+def _ms_ssim(e: np.ndarray, r: np.ndarray, first: tuple | None = None) -> float:
+    if min(e.shape[1:]) < MS_SSIM_MIN_SIZE:
+        raise ValueError(
+            f"MS-SSIM needs at least {MS_SSIM_MIN_SIZE} px a side (5 scales of an 11 px "
+            f"window), got {e.shape[1]} x {e.shape[2]}"
+        )
+    out = np.ones(e.shape[0])
+    for j, w in enumerate(MS_SSIM_WEIGHTS):
+        if j > 0:
+            e, r = _pool2(e), _pool2(r)
+        s, cs = _ssim_cs(*(first if j == 0 and first is not None else _moments(e, r)))
+        v = s if j == len(MS_SSIM_WEIGHTS) - 1 else cs
+        out *= np.maximum(v, 0.0) ** w
+    return float(out.mean())
+
+
+def ms_ssim(estimate: Any, reference: Any) -> float:
+    """Multi-scale SSIM: 5 scales, weights MS_SSIM_WEIGHTS, 2 x 2 average pooling.
+
+    Negative contrast-structure values are clipped to 0 before the fractional powers.
+    """
+    return _ms_ssim(*_pair(estimate, reference))
+
+
+def _qilv_from(vx: np.ndarray, vy: np.ndarray) -> float:
+    c1, c2 = K1**2, K2**2
+    n = vx.shape[1] * vx.shape[2]
+    mx, my = _chan_mean(vx), _chan_mean(vy)
+    dx = vx - mx.astype(np.float32)[:, None, None]
+    dy = vy - my.astype(np.float32)[:, None, None]
+    sx = np.sqrt(_chan_mean(dx * dx) * n / (n - 1))
+    sy = np.sqrt(_chan_mean(dy * dy) * n / (n - 1))
+    sxy = _chan_mean(dx * dy)
+    q = (
+        (2 * mx * my + c1)
+        / (mx**2 + my**2 + c1)
+        * (2 * sx * sy + c2)
+        / (sx**2 + sy**2 + c2)
+        * (sxy + c2 / 2)
+        / (sx * sy + c2 / 2)
+    )
+    return float(q.mean())
+
+
+def qilv(estimate: Any, reference: Any) -> float:
+    """QILV (Aja-Fernandez 2006) on local variances, valid region; per channel, averaged.
+
+    With SPEC's N-1 standard deviations and mean covariance, identical images give
+    1 - 1/N. More sensitive to blur than SSIM (which is more sensitive to noise).
+    """
+    _, _, vx, vy, _ = _moments(*_pair(estimate, reference))
+    return _qilv_from(vx, vy)
+
+
+def psnr(estimate: Any, reference: Any) -> float:
+    """10 log10(1 / MSE) per channel, averaged; inf when the images are identical."""
+    return _psnr(*_pair(estimate, reference))
+
+
+def _psnr(e: np.ndarray, r: np.ndarray) -> float:
+    d = e - r
+    with np.errstate(divide="ignore"):
+        return float(np.mean(10.0 * np.log10(1.0 / _chan_mean(d * d))))
+
+
+def rrmse(estimate: Any, reference: Any) -> float:
+    """||estimate - reference||_2 / ||reference||_2 per channel, averaged."""
+    return _rrmse(*_pair(estimate, reference))
+
+
+def _rrmse(e: np.ndarray, r: np.ndarray) -> float:
+    d = e - r
+    num, den = np.sqrt(_chan_mean(d * d)), np.sqrt(_chan_mean(r * r))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(num == 0, 0.0, num / den)
+    return float(ratio.mean())
+
+
+def all_metrics(estimate: Any, reference: Any) -> dict[str, float | None]:
+    """psnr, ssim, ms_ssim (None below MS_SSIM_MIN_SIZE px), qilv and rrmse at once.
+
+    Shares the filtered moments between SSIM, MS-SSIM and QILV.
+    """
+    e, r = _pair(estimate, reference)
+    mom = _moments(e, r)
+    small = min(e.shape[1:]) < MS_SSIM_MIN_SIZE
+    return {
+        "psnr": _psnr(e, r),
+        "ssim": float(_ssim_cs(*mom)[0].mean()),
+        "ms_ssim": None if small else _ms_ssim(e, r, first=mom),
+        "qilv": _qilv_from(mom[2], mom[3]),
+        "rrmse": _rrmse(e, r),
+    }
+
+
+# ----------------------------------------------------------------------------- torch
+def _gauss_torch(window: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    x = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(dtype=like.dtype, device=like.device)
+
+
+def ssim_torch_per_channel(
+    pred: torch.Tensor, target: torch.Tensor, *, window: int = WINDOW, sigma: float = SIGMA
+) -> torch.Tensor:
+    """Differentiable mean SSIM per image and channel, (N, C), valid region, data range 1."""
+    import torch.nn.functional as F
+
+    if pred.shape != target.shape or pred.ndim != 4:
+        raise ValueError(
+            f"expected two NCHW batches of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    n, c, h, w = pred.shape
+    if min(h, w) < window:
+        raise ValueError(f"SSIM needs at least {window} px a side, got {h} x {w}")
+    k = _gauss_torch(window, sigma, pred)
+    kv, kh = k.view(1, 1, -1, 1).expand(c, 1, -1, 1), k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(x, kv, groups=c), kh, groups=c)
+
+    mx, my = f(pred), f(target)
+    vx = f(pred * pred) - mx * mx
+    vy = f(target * target) - my * my
+    cxy = f(pred * target) - mx * my
+    c1, c2 = K1**2, K2**2
+    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean(dim=(2, 3))
+
+
+def ssim_torch(
+    pred: torch.Tensor, target: torch.Tensor, *, window: int = WINDOW, sigma: float = SIGMA
+) -> torch.Tensor:
+    """Mean SSIM over batch and channels (a 0-d tensor), differentiable."""
+    return ssim_torch_per_channel(pred, target, window=window, sigma=sigma).mean()
+
+
+def psnr_torch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR per channel and image (data range 1), averaged over both; a 0-d tensor."""
+    import torch
+
+    mse = ((pred.float() - target.float()) ** 2).mean(dim=(2, 3))
+    return (10.0 * torch.log10(1.0 / mse)).mean()

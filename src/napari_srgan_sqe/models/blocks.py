@@ -1,0 +1,78 @@
+"""Building blocks shared by the networks, and the receptive-field arithmetic.
+
+`halo_of` computes the exact receptive-field radius (in LR pixels) of a chain of
+convolutions and pixel shuffles, so every network's `halo` follows from its layers
+instead of being written down by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Bicubic", "ResidualBlock", "conv", "halo_of"]
+
+
+def conv(
+    c_in: int, c_out: int, kernel: int = 3, stride: int = 1, *, bias: bool = True
+) -> nn.Conv2d:
+    """A 'same' zero-padded convolution (odd kernel)."""
+    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=bias)
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-[BN]-ReLU-conv3x3-[BN] + identity (SRGAN's block)."""
+
+    def __init__(self, channels: int, *, batch_norm: bool = True, res_scale: float = 1.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [conv(channels, channels, bias=not batch_norm)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(channels))
+        layers += [nn.ReLU(inplace=True), conv(channels, channels, bias=not batch_norm)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(*layers)
+        if res_scale != 1.0:  # small residuals at init keep deep BN-free trunks stable
+            with torch.no_grad():
+                self.body[-1].weight.mul_(res_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Bicubic(nn.Module):
+    """Bicubic up-sampling by `scale` (no weights): the 'bicubic' baseline and skip."""
+
+    halo = 2  # 4 taps around a sample point that lies within +-0.5 LR px of its pixel
+
+    def __init__(self, scale: int = 4) -> None:
+        super().__init__()
+        self.scale = int(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+
+def halo_of(ops: Sequence[tuple[str, int]], scale: int) -> int:
+    """Receptive-field radius, in LR pixels, of a chain of ops applied input -> output.
+
+    `ops` lists ("conv", radius) at the current resolution and ("shuffle", factor).
+    For every sub-pixel phase of an output pixel y (LR location y // scale) the input
+    interval it depends on is propagated back exactly (with the floor of each pixel
+    shuffle); the result is the largest distance from y // scale to either end.
+    """
+    worst = 0
+    for phase in range(scale):
+        lo = hi = phase  # output pixel y = phase; its LR location is 0
+        for kind, value in reversed(ops):
+            if kind == "conv":
+                lo, hi = lo - value, hi + value
+            elif kind == "shuffle":
+                lo, hi = lo // value, hi // value
+            else:
+                raise ValueError(f"unknown op {kind!r}")
+        worst = max(worst, -lo, hi)
+    return worst

@@ -1,0 +1,137 @@
+"""Super-resolution generators G (SPEC section 2): 'srresnet' and 'lrnet'.
+
+Both take float NCHW RGB in [0, 1] and return NCHW at `scale` x the size, unclamped.
+`halo` is the receptive-field radius in LR pixels, derived from the layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from napari_srgan_sqe.config import GeneratorConfig
+from napari_srgan_sqe.models.blocks import Bicubic, ResidualBlock, conv, halo_of
+
+__all__ = ["LRNet", "SRResNet", "build_generator"]
+
+
+class _Generator(nn.Module):
+    """Shared trunk: head conv + ReLU, residual blocks, conv(-BN) + long skip."""
+
+    scale: int
+    halo: int
+
+    def __init__(
+        self,
+        scale: int,
+        n_blocks: int,
+        channels: int,
+        head_kernel: int,
+        batch_norm: bool,
+        bicubic_skip: bool,
+    ) -> None:
+        super().__init__()
+        self.scale = int(scale)
+        self.head = nn.Sequential(conv(3, channels, head_kernel), nn.ReLU(inplace=True))
+        res_scale = 1.0 if batch_norm else 0.1
+        self.blocks = nn.Sequential(
+            *[
+                ResidualBlock(channels, batch_norm=batch_norm, res_scale=res_scale)
+                for _ in range(n_blocks)
+            ]
+        )
+        trunk: list[nn.Module] = [conv(channels, channels, bias=not batch_norm)]
+        if batch_norm:
+            trunk.append(nn.BatchNorm2d(channels))
+        self.trunk_tail = nn.Sequential(*trunk)
+        self.skip = Bicubic(scale) if bicubic_skip else None
+        self._lr_ops: list[tuple[str, int]] = [("conv", head_kernel // 2)]
+        self._lr_ops += [("conv", 1)] * (2 * n_blocks) + [("conv", 1)]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        return h + self.trunk_tail(self.blocks(h))
+
+    def upsample(self, f: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.upsample(self.features(x))
+        if self.skip is not None:
+            y = y + self.skip(x)
+        return y
+
+    def _set_halo(self, ops: list[tuple[str, int]]) -> None:
+        halo = halo_of(ops, self.scale)
+        self.halo = max(halo, Bicubic.halo) if self.skip is not None else halo
+
+
+class SRResNet(_Generator):
+    """The SRGAN generator: log2(s) x2 up-sampling stages and a final conv at HR."""
+
+    def __init__(
+        self,
+        scale: int = 4,
+        n_blocks: int = 16,
+        channels: int = 64,
+        head_kernel: int = 9,
+        tail_kernel: int = 9,
+        batch_norm: bool = True,
+        bicubic_skip: bool = True,
+    ) -> None:
+        if scale < 2 or scale & (scale - 1):
+            raise ValueError(f"SRResNet needs a power-of-two scale, got {scale}")
+        super().__init__(scale, n_blocks, channels, head_kernel, batch_norm, bicubic_skip)
+        stages: list[nn.Module] = []
+        ops = list(self._lr_ops)
+        for _ in range(int(math.log2(scale))):
+            stages += [conv(channels, 4 * channels), nn.PixelShuffle(2), nn.ReLU(inplace=True)]
+            ops += [("conv", 1), ("shuffle", 2)]
+        self.up = nn.Sequential(*stages)
+        self.tail = conv(channels, 3, tail_kernel)
+        ops.append(("conv", tail_kernel // 2))
+        self._set_halo(ops)
+
+    def upsample(self, f: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.up(f))
+
+
+class LRNet(_Generator):
+    """All work at LR resolution; a conv to 3*s*s channels and PixelShuffle(s) at the end."""
+
+    def __init__(
+        self,
+        scale: int = 4,
+        n_blocks: int = 8,
+        channels: int = 48,
+        head_kernel: int = 3,
+        tail_kernel: int = 3,
+        batch_norm: bool = False,
+        bicubic_skip: bool = True,
+    ) -> None:
+        super().__init__(scale, n_blocks, channels, head_kernel, batch_norm, bicubic_skip)
+        self.tail = conv(channels, 3 * scale * scale, tail_kernel)
+        if bicubic_skip:  # start close to bicubic: the net learns a small residual
+            with torch.no_grad():
+                self.tail.weight.mul_(0.1)
+        self.shuffle = nn.PixelShuffle(scale)
+        self._set_halo(self._lr_ops + [("conv", tail_kernel // 2), ("shuffle", scale)])
+
+    def upsample(self, f: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.tail(f))
+
+
+def build_generator(cfg: GeneratorConfig) -> nn.Module:
+    """The generator described by `cfg` (random init; seed torch before calling)."""
+    cls = {"srresnet": SRResNet, "lrnet": LRNet}[cfg.arch]
+    return cls(
+        scale=cfg.scale,
+        n_blocks=cfg.n_blocks,
+        channels=cfg.channels,
+        head_kernel=cfg.head_kernel,
+        tail_kernel=cfg.tail_kernel,
+        batch_norm=cfg.batch_norm,
+        bicubic_skip=cfg.bicubic_skip,
+    )

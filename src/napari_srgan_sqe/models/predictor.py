@@ -1,0 +1,183 @@
+"""Running a model on batches of tiles: device, precision and the tensor contract."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["DeviceError", "Predictor", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+class DeviceError(RuntimeError):
+    """The requested device does not exist on this machine."""
+
+
+def _available() -> list[str]:
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names.insert(0, "cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.insert(0, "mps")
+    return names
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; 'cuda[:i]', 'mps', 'cpu' checked to exist."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = name.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}; choose auto, cuda, mps or cpu") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {name!r} requested but CUDA is not available here (available: {', '.join(_available())})"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceError(
+                f"device 'mps' requested but it is not available here (available: {', '.join(_available())})"
+            )
+    elif dev.type != "cpu":
+        raise DeviceError(f"unsupported device {name!r}; choose auto, cuda, mps or cpu")
+    return dev
+
+
+class Predictor:
+    """A model on a device, applied to batches of RGB tiles.
+
+    Tensor contract (see docs/architecture.md):
+    - input: tiles (N, h, w, 3) NHWC, uint8 in [0, 255] or float in [0, 1]; inside,
+      float32 NCHW in [0, 1] (channels_last memory format).
+    - the network returns (N, 3, h*s, w*s), unclamped; an output pixel depends only on
+      input pixels within `halo` LR px. Convolutions zero-pad, so a tile must carry a
+      margin of `halo` LR px read from its neighbours (or, at the image border, a
+      half-sample symmetric extension d c b a | a b c d).
+    - `run(tiles, crop=c)` removes `c * s` HR px from every side, clamps to [0, 1] and
+      rounds to uint8 on the device before the copy to the host: (N, (h-2c)s, (w-2c)s, 3).
+    - precision: fp32 on CPU/MPS; on CUDA autocast to bf16 (fp16 where bf16 is not
+      supported). Out-of-memory halves the batch and retries down to 1 tile.
+    Torch's thread count is left as the user set it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        max_batch: int = 16,
+    ) -> None:
+        self.device = resolve_device(device)
+        if precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+        if precision == "auto":
+            precision = "fp32"
+            if self.device.type == "cuda":
+                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        self.precision = precision
+        self.max_batch = max(1, int(max_batch))
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+
+    @property
+    def scale(self) -> int:
+        return int(self.model.scale)
+
+    @property
+    def halo(self) -> int:
+        return int(self.model.halo)
+
+    @property
+    def device_name(self) -> str:
+        """What was picked, e.g. 'cpu' or 'cuda:0 (NVIDIA H100 80GB HBM3)'."""
+        if self.device.type == "cuda":
+            idx = (
+                self.device.index if self.device.index is not None else torch.cuda.current_device()
+            )
+            return f"cuda:{idx} ({torch.cuda.get_device_name(idx)})"
+        return str(self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32" or self.device.type == "cpu":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _forward(self, batch: np.ndarray, crop: int) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = x.contiguous(memory_format=torch.channels_last)
+        c = crop * self.scale
+        with torch.inference_mode():
+            with self._autocast():
+                y = self.model(x)
+            if c:
+                y = y[:, :, c : y.shape[2] - c, c : y.shape[3] - c]
+            y = y.float().clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+            return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+    def run(self, tiles: np.ndarray, *, crop: int = 0) -> np.ndarray:
+        """Super-resolve tiles (N, h, w, 3) -> uint8 (N, (h-2crop)*s, (w-2crop)*s, 3)."""
+        tiles = np.asarray(tiles)
+        if tiles.ndim != 4 or tiles.shape[-1] != 3:
+            raise ValueError(f"expected tiles (N, h, w, 3), got shape {tiles.shape}")
+        if tiles.dtype != np.uint8 and not np.issubdtype(tiles.dtype, np.floating):
+            raise ValueError(f"tiles must be uint8 or float in [0, 1], got dtype {tiles.dtype}")
+        n, h, w, _ = tiles.shape
+        if crop < 0 or 2 * crop >= min(h, w):
+            raise ValueError(f"crop {crop} leaves nothing of a {h} x {w} tile")
+        out = np.empty((n, (h - 2 * crop) * self.scale, (w - 2 * crop) * self.scale, 3), np.uint8)
+        batch, i = self.max_batch, 0
+        while i < n:
+            try:
+                out[i : i + batch] = self._forward(tiles[i : i + batch], crop)
+            except torch.cuda.OutOfMemoryError:
+                if batch == 1:
+                    raise torch.cuda.OutOfMemoryError(
+                        f"out of GPU memory on {self.device_name} even for one {h} x {w} tile; "
+                        "use smaller tiles or the CPU"
+                    ) from None
+                torch.cuda.empty_cache()
+                batch = max(1, batch // 2)
+                log.warning("out of GPU memory: batch of tiles reduced to %d", batch)
+                continue
+            i += batch
+        return out
+
+    def predict_image(self, img: np.ndarray) -> np.ndarray:
+        """The whole-image reference: pad by `halo` (half-sample symmetric), run, crop.
+
+        uint8 in -> uint8 out; float in [0, 1] -> float32 out (quantised to 1/255 steps).
+        """
+        img = np.asarray(img)
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"expected an RGB image (H, W, 3), got shape {img.shape}")
+        p = self.halo
+        padded = np.pad(img, ((p, p), (p, p), (0, 0)), mode="symmetric")
+        out = self.run(padded[None], crop=p)[0]
+        if img.dtype == np.uint8:
+            return out
+        return out.astype(np.float32) / 255.0

@@ -1,0 +1,72 @@
+"""The explicit registry of architectures and bundled models.
+
+Plain dictionaries filled here, at import, with no side effects and no filesystem
+scanning: what is registered can be read and grepped in this one file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari_srgan_sqe.models.blocks import Bicubic
+from napari_srgan_sqe.models.generator import LRNet, SRResNet
+
+__all__ = ["ARCHITECTURES", "BUNDLED_MODELS", "WEIGHTS_DIR", "BundledModel", "list_models"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+ARCHITECTURES: dict[str, type] = {
+    "srresnet": SRResNet,
+    "lrnet": LRNet,
+    "bicubic": Bicubic,
+}
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model shipped with the package (`file` is None for weight-free models)."""
+
+    name: str
+    file: str | None
+    description: str
+    licence: str
+    scale: int = 4
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.file is None else WEIGHTS_DIR.parent / self.file
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "srgan-sqe-he-x4": BundledModel(
+        name="srgan-sqe-he-x4",
+        file="weights/srgan-sqe-he-x4.safetensors",
+        description="SRGAN_SQE, light preset, 4x, trained on MoNuSeg 2018 H&E (TCGA, 40x)",
+        licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg; non-commercial use)",
+    ),
+    "bicubic-x4": BundledModel(
+        name="bicubic-x4",
+        file=None,
+        description="Bicubic interpolation, 4x (baseline, no weights)",
+        licence="BSD-3-Clause",
+    ),
+}
+
+
+def list_models() -> list[dict]:
+    """The bundled models as plain dicts (name, scale, description, licence, available)."""
+    out = []
+    for m in BUNDLED_MODELS.values():
+        path = m.path
+        out.append(
+            {
+                "name": m.name,
+                "scale": m.scale,
+                "description": m.description,
+                "licence": m.licence,
+                "file": None if path is None else str(path),
+                "available": path is None or path.is_file(),
+            }
+        )
+    return out
