@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _is_user_error(exc: BaseException) -> bool:
     from napari_srgan_sqe.config import ConfigError
 
-    names = {"SlideError", "ModelFileError", "ConfigError", "UserError", "DataError", "RegionError"}
+    names = {"SlideError", "ModelFileError", "ConfigError", "UserError", "DataError", "RegionError", "ExportError", "DeviceError", "CheckpointError"}
     return isinstance(exc, UserError | ConfigError) or type(exc).__name__ in names
 
 

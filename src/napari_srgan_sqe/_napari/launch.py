@@ -1,0 +1,98 @@
+"""`srgan-sqe view`: napari with a slide (default: the bundled sample) and the widgets docked.
+
+napari is imported only after the slide has opened and a display was found, so a
+bad path or a headless machine gives one clear line instead of a Qt abort.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "NO_DISPLAY",
+    "NoDisplayError",
+    "check_display",
+    "dock_widgets",
+    "launch_viewer",
+    "show_slide",
+]
+
+log = logging.getLogger(__name__)
+
+PLUGIN = "napari-srgan-sqe"
+WIDGETS = ("Enhance", "Compare")
+NO_DISPLAY = "no display: run under a desktop session or `xvfb-run -a srgan-sqe view`"
+
+
+class NoDisplayError(RuntimeError):
+    """No graphical display to open napari on."""
+
+
+def check_display() -> None:
+    """Raise `NoDisplayError` on Linux without X11 / Wayland and no Qt platform chosen."""
+    if not sys.platform.startswith("linux"):
+        return
+    if any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")):
+        return
+    raise NoDisplayError(NO_DISPLAY)
+
+
+def show_slide(viewer: Any, slide: Any) -> Any:
+    """Add a `Slide` to `viewer` as the reader would; return the layer."""
+    from napari_srgan_sqe._napari.reader import slide_layer_data
+
+    data, meta, _ = slide_layer_data(slide)[0]
+    return viewer.add_image(data, **meta)
+
+
+def dock_widgets(viewer: Any, names: tuple[str, ...] = WIDGETS) -> dict[str, Any]:
+    """Dock this plugin's widgets by display name; a missing one is logged, not fatal."""
+    docked = {}
+    for name in names:
+        try:
+            _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        except Exception as exc:  # a widget that fails to build must not stop the viewer
+            log.warning("could not dock the %r widget: %s", name, exc)
+            continue
+        docked[name] = widget
+    return docked
+
+
+def _start_enhance(widget: Any, layer: Any, *, simulate_lr: bool) -> None:
+    try:
+        if simulate_lr:
+            widget.enhance(simulate_from=layer)
+        else:
+            widget.enhance(layer)
+    except Exception as exc:
+        log.warning("could not start enhancing %r: %s", layer.name, exc)
+
+
+def launch_viewer(
+    path: str | Path | None = None, *, simulate_lr: bool = False, enhance: bool = True
+) -> int:
+    """Open napari with the slide at `path` (default: the sample) and run it; return 0.
+
+    `simulate_lr`: treat the slide as HR and super-resolve LR simulated from it (so
+    the Compare widget can measure against HR). `enhance`: start the lazy SR layer
+    at once with the default model. Raises `SlideError` for an unreadable slide and
+    `NoDisplayError` without a display, both before napari is imported.
+    """
+    from napari_srgan_sqe.io.sample import sample_slide_path
+    from napari_srgan_sqe.io.slides import open_slide
+
+    slide = open_slide(path if path is not None else sample_slide_path())
+    check_display()
+    import napari
+
+    viewer = napari.Viewer(title=f"napari-srgan-sqe: {slide.path.name}")
+    layer = show_slide(viewer, slide)
+    widgets = dock_widgets(viewer)
+    if enhance and "Enhance" in widgets:
+        _start_enhance(widgets["Enhance"], layer, simulate_lr=simulate_lr)
+    napari.run()
+    return 0

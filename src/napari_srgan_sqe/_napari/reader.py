@@ -1,0 +1,79 @@
+"""npe2 reader: whole-slide images and plain images as one lazy RGB image layer.
+
+`get_reader` answers from the path alone (extension, or zarr metadata for folders),
+so napari asks it cheaply; it returns None for anything else. For a path it accepts,
+the returned function raises `SlideError` when the file is broken: napari catches it
+and shows "Tried opening with napari-srgan-sqe, but failed" with our reason, which
+says more than the "no reader" message a None would lead to; the viewer stays up.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_srgan_sqe.io._formats import extension, is_supported_path
+
+__all__ = ["get_reader", "layer_name", "read_slides", "slide_layer_data"]
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def get_reader(path: str | Sequence[str]) -> Callable[..., list[LayerData]] | None:
+    """The reader function for a supported path (or a list of them), else None."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    if not paths or not all(is_supported_path(p) for p in paths):
+        return None
+    return read_slides
+
+
+def read_slides(path: str | Sequence[str]) -> list[LayerData]:
+    """One image layer per path; raises `SlideError` for unreadable files."""
+    from napari_srgan_sqe.io.slides import open_slide
+
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    return [item for p in paths for item in slide_layer_data(open_slide(p))]
+
+
+def layer_name(path: str | Path) -> str:
+    """File name without its (compound) extension."""
+    name = Path(path).name.rstrip("/")
+    ext = extension(name)
+    return name[: -len(ext)] if ext and name.lower().endswith(ext) else name
+
+
+@functools.cache
+def _image_accepts(parameter: str) -> bool:
+    from napari.layers import Image
+
+    return parameter in inspect.signature(Image.__init__).parameters
+
+
+def slide_layer_data(slide: Any) -> list[LayerData]:
+    """napari layer data of a `Slide`: multiscale when it has more than one level.
+
+    The layer scale is the pixel size in um (with units "um" on napari >= 0.6), or 1
+    when the file records none; the metadata keep mpp, path and format.
+    """
+    multiscale = len(slide.levels) > 1
+    mpp = slide.mpp
+    meta: dict[str, Any] = {
+        "name": layer_name(slide.path),
+        "rgb": True,
+        "multiscale": multiscale,
+        "scale": (mpp, mpp) if mpp else (1.0, 1.0),
+        "contrast_limits": [0, 255],
+        "metadata": {
+            "mpp": mpp,
+            "path": str(slide.path),
+            "slide_format": slide.format,
+            "downsamples": list(slide.downsamples),
+        },
+    }
+    if mpp and _image_accepts("units"):
+        meta["units"] = ("um", "um")
+    data = list(slide.levels) if multiscale else slide.levels[0]
+    return [(data, meta, "image")]

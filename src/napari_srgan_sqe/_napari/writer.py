@@ -1,0 +1,60 @@
+"""npe2 writers: an image layer (one level or multiscale) as pyramidal OME-Zarr / OME-TIFF.
+
+Data that are not (y, x, 3) uint8 are converted by the reading rules (grayscale
+replicated, RGBA on white, uint16 / 257, float [0, 1] x 255). napari's save dialog
+has already confirmed replacing an existing file, so these overwrite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["layer_levels_and_mpp", "write_ome_tiff", "write_ome_zarr"]
+
+
+def layer_levels_and_mpp(data: Any, meta: dict[str, Any]) -> tuple[list[Any], float | None]:
+    """Levels (y, x, 3) uint8, finest first, and the pixel size in um (or None).
+
+    The pixel size comes from the layer metadata ("mpp", set by this plugin's reader),
+    else from a scale in length units, else from a scale other than 1 taken as um
+    (napari labels every layer "pixel" unless told otherwise).
+    """
+    from napari_srgan_sqe.io._formats import to_um
+    from napari_srgan_sqe.io.slides import as_rgb8
+
+    name = str(meta.get("name", "layer"))
+    if meta.get("multiscale") or isinstance(data, list | tuple):
+        raw = [data[i] for i in range(len(data))]
+    else:
+        raw = [data]
+    levels = [as_rgb8(level, path=name) for level in raw]
+
+    mpp = (meta.get("metadata") or {}).get("mpp")
+    if mpp:
+        return levels, float(mpp)
+    scale = meta.get("scale")
+    if scale is None:
+        return levels, None
+    units = meta.get("units")
+    from_units = to_um(float(scale[-1]), str(units[-1])) if units else None
+    if from_units:
+        return levels, from_units
+    if float(scale[-1]) not in (0.0, 1.0):  # napari's default unit is "pixel": read as um
+        return levels, float(scale[-1])
+    return levels, None
+
+
+def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write one image layer as a pyramidal OME-Zarr (NGFF 0.4)."""
+    from napari_srgan_sqe.io import pyramid
+
+    levels, mpp = layer_levels_and_mpp(data, meta)
+    return [str(pyramid.write_ome_zarr(levels, path, mpp=mpp, overwrite=True, resume=False))]
+
+
+def write_ome_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write one image layer as a tiled pyramidal OME-TIFF."""
+    from napari_srgan_sqe.io import pyramid
+
+    levels, mpp = layer_levels_and_mpp(data, meta)
+    return [str(pyramid.write_ome_tiff(levels, path, mpp=mpp, overwrite=True, resume=False))]

@@ -1,0 +1,41 @@
+"""`srgan-sqe view [PATH]`: open napari with a slide (default: the bundled sample)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from napari_srgan_sqe.cli import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="slide or image to open (.svs .ndpi .mrxs .tif .ome.tif .ome.zarr .png ...); "
+        "default: the bundled sample slide",
+    )
+    parser.add_argument(
+        "--simulate-lr",
+        action="store_true",
+        help="treat the slide as HR: super-resolve LR simulated from it, so quality "
+        "can be measured against the original",
+    )
+    parser.add_argument(
+        "--no-enhance",
+        dest="enhance",
+        action="store_false",
+        help="only show the slide and the widgets; do not start super-resolving",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_srgan_sqe._napari.launch import NoDisplayError, launch_viewer
+
+    try:
+        return launch_viewer(args.path, simulate_lr=args.simulate_lr, enhance=args.enhance)
+    except NoDisplayError as exc:
+        raise UserError(str(exc)) from None

@@ -1,0 +1,155 @@
+"""OME-Zarr images (NGFF multiscales 0.1 - 0.5, zarr v2 or v3) through zarr 3.
+
+Axes may come in any order ("cyx", "yxc", "tczyx" ...); axes other than c, y, x must
+have size 1. The pixel size is the x scale of level 0 (dataset and multiscale
+`coordinateTransformations` multiplied) when the x axis has a length unit.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from napari_srgan_sqe.io import _formats
+from napari_srgan_sqe.io.slides import (
+    LevelSource,
+    Slide,
+    SlideError,
+    aligned_chunk,
+    as_rgb8,
+    check_convertible,
+    downsamples_of,
+    shared_handle,
+    to_yxc,
+)
+
+
+class _ZarrHandle:
+    """The root group of an OME-Zarr and its arrays, looked up once each."""
+
+    def __init__(self, path: Path) -> None:
+        self.root = zarr.open_group(path, mode="r")
+        self._arrays: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def array(self, name: str) -> Any:
+        with self._lock:
+            if name not in self._arrays:
+                self._arrays[name] = self.root[name]
+            return self._arrays[name]
+
+
+class ZarrLevel(LevelSource):
+    """One dataset (level) of an OME-Zarr, in the file's own axes and dtype."""
+
+    kind = "zarr"
+
+    def __init__(self, path: Path, level: int, shape: Any, dtype: Any, *, dataset: str) -> None:
+        super().__init__(path, level, shape, dtype)
+        self.dataset = dataset
+
+    def _open(self, path: Path) -> _ZarrHandle:
+        return _ZarrHandle(path)
+
+    def _read(self, handle: _ZarrHandle, key: tuple[slice, ...]) -> np.ndarray:
+        return np.asarray(handle.array(self.dataset)[key])
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return (*super().__dask_tokenize__(), self.dataset)
+
+
+def _scale(transforms: Any, ndim: int) -> list[float]:
+    scale = [1.0] * ndim
+    for t in transforms or []:
+        if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale", [])) == ndim:
+            scale = [a * float(b) for a, b in zip(scale, t["scale"])]
+    return scale
+
+
+def _axis_letters(axes: list[Any] | None, ndim: int) -> tuple[str, list[str | None]]:
+    """Axes as tifffile-style letters (C, Y, X; others T, Z, Q) and their units."""
+    if axes is None:  # NGFF 0.1 / 0.2: always t, c, z, y, x
+        names: list[Any] = list("tczyx")[-ndim:]
+        axes = [{"name": n} for n in names]
+    letters, units = [], []
+    for ax in axes:
+        name = (ax if isinstance(ax, str) else ax.get("name", "")).lower()
+        kind = "" if isinstance(ax, str) else str(ax.get("type", "")).lower()
+        if name == "c" or kind == "channel":
+            letters.append("C")
+        elif name in ("y", "x", "z", "t"):
+            letters.append(name.upper())
+        else:
+            letters.append("Q")
+        units.append(None if isinstance(ax, str) else ax.get("unit"))
+    return "".join(letters), units
+
+
+def _multiscales(group: Any) -> tuple[Any, dict[str, Any]] | None:
+    attrs = group.attrs.asdict()
+    ome = attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs
+    if ome.get("multiscales"):
+        return group, ome["multiscales"][0]
+    if "bioformats2raw.layout" in ome and "0" in group:  # image 0 of a plate / series
+        return _multiscales(group["0"])
+    return None
+
+
+def open_ome_zarr(path: Path, *, chunk: int) -> Slide:
+    """Open an OME-Zarr multiscale image (metadata only)."""
+    if (path / _formats.INCOMPLETE_MARKER).exists():
+        raise SlideError(
+            path,
+            "this OME-Zarr export was interrupted and is incomplete; "
+            "run the same export again to resume it",
+        )
+    try:
+        handle = shared_handle(ZarrLevel.kind, path, _ZarrHandle)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as exc:
+        raise SlideError(path, f"not a zarr group ({exc})") from exc
+    found = _multiscales(handle.root)
+    if found is None:
+        raise SlideError(path, "not an OME-Zarr image: no NGFF 'multiscales' metadata")
+    group, ms = found
+    prefix = f"{group.path}/" if group.path else ""
+    datasets = [d["path"] for d in ms["datasets"]]
+    arrays = [group[name] for name in datasets]
+    ndim = arrays[0].ndim
+    letters, units = _axis_letters(ms.get("axes"), ndim)
+    channel_sizes = [n for ax, n in zip(letters, arrays[0].shape) if ax == "C" and n > 1]
+    check_convertible(path, arrays[0].dtype, channel_sizes[0] if channel_sizes else 1)
+
+    levels = []
+    for i, (name, arr) in enumerate(zip(datasets, arrays)):
+        grid = getattr(arr, "shards", None) or arr.chunks
+        chunks = tuple(
+            aligned_chunk(c, chunk) if ax in "YX" else n
+            for ax, c, n in zip(letters, grid, arr.shape)
+        )
+        src = ZarrLevel(path, i, arr.shape, arr.dtype, dataset=prefix + name)
+        src._handle = handle
+        levels.append(as_rgb8(to_yxc(src.to_dask(chunks), letters, path=path), path=path))
+
+    scale = _scale(ms["datasets"][0].get("coordinateTransformations"), ndim)
+    scale = [a * b for a, b in zip(scale, _scale(ms.get("coordinateTransformations"), ndim))]
+    x = letters.index("X")
+    mpp = _formats.to_um(scale[x], units[x])
+    version = ms.get("version") or group.attrs.asdict().get("ome", {}).get("version")
+    metadata = {
+        "ngff_version": version,
+        "axes": letters,
+        "datasets": datasets,
+        "name": ms.get("name"),
+    }
+    return Slide(
+        levels=levels,
+        mpp=mpp,
+        downsamples=downsamples_of([lvl.shape for lvl in levels]),
+        path=path,
+        format="ome-zarr",
+        metadata=metadata,
+    )

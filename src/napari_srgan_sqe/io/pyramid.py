@@ -1,0 +1,482 @@
+"""Write (y, x, 3) uint8 image pyramids as OME-Zarr (resumable) or OME-TIFF (atomic).
+
+Both writers take either a list of levels (finest first, numpy or dask) or a single
+level 0, from which coarser levels are built by 2 x 2 mean (rounded), each from the
+level just written. Memory stays bounded whatever the image size: level 0 is computed
+and written one unit at a time, where a unit is a block of whole output chunks that
+also covers whole input chunks, so an expensive lazy input (the SR engine's) is
+computed exactly once per chunk.
+
+OME-Zarr: zarr format 2 with NGFF 0.4 metadata, the version napari-ome-zarr,
+ome-zarr-py, QuPath, Fiji/MoBIE, vizarr and Bio-Formats all read (NGFF 0.5 needs zarr
+format 3, which fewer readers support yet). NGFF 0.4 orders axes channel before
+space, so arrays are (c, y, x) with chunks (3, chunk, chunk); `open_slide` gives them
+back as (y, x, 3). A progress record (`.incomplete`) lists the units written; a
+rerun after an interruption skips them and redoes the unit that was being written.
+The NGFF metadata are written last, then the record is removed.
+
+OME-TIFF: BigTIFF, tiled, pyramid levels in SubIFDs, lossless zlib with horizontal
+predictor by default, pixel size in the OME-XML and in the resolution tags. The
+pyramid is first written to a hidden, resumable OME-Zarr staging folder next to the
+target (so expensive levels are computed once and in any order), then streamed tile
+by tile into a temporary file that is renamed over the target only when complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numcodecs
+import numpy as np
+import tifffile
+import zarr
+
+from napari_srgan_sqe.io._formats import INCOMPLETE_MARKER, looks_like_zarr
+from napari_srgan_sqe.io.atomic import atomic_path, remove_path
+
+__all__ = [
+    "DEFAULT_COMPRESSOR",
+    "INCOMPLETE_MARKER",
+    "ExportError",
+    "write_ome_tiff",
+    "write_ome_zarr",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+NGFF_VERSION = "0.4"
+DEFAULT_COMPRESSOR: Any = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
+_STAGING_COMPRESSOR: Any = numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.NOSHUFFLE)
+_MAX_UNIT = 4  # a unit spans at most this many output chunks per axis
+
+
+class ExportError(OSError):
+    """Writing an export failed (disk full, folder not writable ...); names the path."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    level: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.level}/{self.y0}/{self.x0}/{self.y1}/{self.x1}"
+
+
+@dataclass
+class _Pyramid:
+    given: list[Any]  # dask arrays (y, x, 3) uint8 supplied by the caller
+    shapes: list[tuple[int, int]]  # (y, x) of every level, given and built
+    factors: list[tuple[float, float]]  # level-0 size over level size, per axis
+
+
+def _pyramid(levels: Any, *, chunk: int, n_levels: int | None) -> _Pyramid:
+    given = list(levels) if isinstance(levels, list | tuple) else [levels]
+    if not given:
+        raise ValueError("no levels to write")
+    arrays = []
+    for i, lvl in enumerate(given):
+        if lvl.ndim != 3 or lvl.shape[2] != 3 or np.dtype(lvl.dtype) != np.uint8:
+            raise ValueError(
+                f"level {i}: expected a (y, x, 3) uint8 array, got {lvl.shape} {lvl.dtype} "
+                "(napari_srgan_sqe.io.slides.as_rgb8 converts other images)"
+            )
+        arrays.append(
+            lvl if isinstance(lvl, da.Array) else da.from_array(lvl, chunks=(chunk, chunk, 3))
+        )
+    shapes = [(int(a.shape[0]), int(a.shape[1])) for a in arrays]
+    h0, w0 = shapes[0]
+    factors = [(h0 / h, w0 / w) for h, w in shapes]
+    if len(arrays) == 1:
+        while (n_levels is None and max(shapes[-1]) > chunk) or (
+            n_levels is not None and len(shapes) < n_levels and max(shapes[-1]) > 1
+        ):
+            h, w = shapes[-1]
+            shapes.append((-(-h // 2), -(-w // 2)))
+            factors.append((factors[-1][0] * 2, factors[-1][1] * 2))
+    return _Pyramid(arrays, shapes, factors)
+
+
+def _edges(chunks: Sequence[int], size: int, chunk: int) -> list[int]:
+    """Unit edges on one axis: output-chunk edges that are also input-chunk edges.
+
+    Units then cover whole input chunks, each computed once. Input chunks that never
+    line up with the output grid (300 vs 256 px) would make units huge; then units are
+    single output chunks and the input chunks under two units are computed twice.
+    """
+    grid = [*range(0, size, chunk), size]
+    ends = set(np.cumsum([0, *chunks]).tolist())
+    common = [e for e in grid if e in ends]
+    if max(np.diff(common)) > max(_MAX_UNIT * chunk, *chunks):
+        log.warning(
+            "input chunks %s do not line up with %d px output chunks: some are computed "
+            "more than once (rechunk the input to a multiple of %d)",
+            sorted(set(chunks)),
+            chunk,
+            chunk,
+        )
+        return grid
+    return common
+
+
+def _plan(pyr: _Pyramid, chunk: int) -> list[list[_Unit]]:
+    plan = []
+    for level, (h, w) in enumerate(pyr.shapes):
+        if level < len(pyr.given):
+            ys = _edges(pyr.given[level].chunks[0], h, chunk)
+            xs = _edges(pyr.given[level].chunks[1], w, chunk)
+        else:
+            ys, xs = [*range(0, h, chunk), h], [*range(0, w, chunk), w]
+        plan.append(
+            [
+                _Unit(level, y0, y1, x0, x1)
+                for y0, y1 in zip(ys[:-1], ys[1:])
+                for x0, x1 in zip(xs[:-1], xs[1:])
+            ]
+        )
+    return plan
+
+
+def _halve(prev: Any, u: _Unit) -> np.ndarray:
+    """2 x 2 mean (rounded) of the previous level under unit `u`, as (3, y, x)."""
+    _, h, w = prev.shape
+    block = np.asarray(prev[:, 2 * u.y0 : min(2 * u.y1, h), 2 * u.x0 : min(2 * u.x1, w)])
+    ny, nx = 2 * (u.y1 - u.y0), 2 * (u.x1 - u.x0)
+    if block.shape[1:] != (ny, nx):  # odd edge: repeat the last row / column
+        block = np.pad(
+            block, ((0, 0), (0, ny - block.shape[1]), (0, nx - block.shape[2])), mode="edge"
+        )
+    s = block.reshape(3, ny // 2, 2, nx // 2, 2).sum(axis=(2, 4), dtype=np.uint16)
+    return ((s + 2) // 4).astype(np.uint8)
+
+
+def _read_record(marker: Path) -> tuple[dict[str, Any] | None, set[str]]:
+    lines = marker.read_text().split("\n")[:-1]  # a line cut by a kill has no newline
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    return header, set(lines[1:])
+
+
+def _write_levels(
+    pyr: _Pyramid,
+    root: Path,
+    *,
+    chunk: int,
+    compressor: Any,
+    progress: Progress | None,
+    resume: bool,
+    concurrency: int | None,
+    extra_total: int = 0,
+) -> tuple[Any, int]:
+    """Write every level into the zarr group `root`, resumably; return (group, units)."""
+    plan = _plan(pyr, chunk)
+    total = sum(len(units) for units in plan)
+    fingerprint = {
+        "writer": "napari-srgan-sqe pyramid",
+        "shapes": [list(s) for s in pyr.shapes],
+        "given": len(pyr.given),
+        "chunk": chunk,
+        "compressor": repr(compressor),
+    }
+    marker = root / INCOMPLETE_MARKER
+    done: set[str] = set()
+    if marker.exists() and resume:
+        header, done = _read_record(marker)
+        if header != fingerprint:
+            log.warning("%s: an interrupted export with other settings is restarted", root)
+            done = set()
+            remove_path(root)
+    elif marker.exists():
+        remove_path(root)
+    if not root.exists():
+        with atomic_path(root) as tmp:  # the marker exists from the first moment
+            group = zarr.open_group(tmp, mode="w", zarr_format=2)
+            for i, (h, w) in enumerate(pyr.shapes):
+                group.create_array(
+                    name=str(i),
+                    shape=(3, h, w),
+                    chunks=(3, chunk, chunk),
+                    dtype="uint8",
+                    compressors=compressor,
+                    fill_value=0,
+                    chunk_key_encoding={"name": "v2", "separator": "/"},
+                )
+            (tmp / INCOMPLETE_MARKER).write_text(json.dumps(fingerprint) + "\n")
+    group = zarr.open_group(root, mode="r+", zarr_format=2)
+    arrays = [group[str(i)] for i in range(len(pyr.shapes))]
+    n_done = sum(u.key in done for units in plan for u in units)
+    workers = concurrency or os.cpu_count() or 1
+    if progress:
+        progress(n_done, total + extra_total)
+    with open(marker, "a") as record, ThreadPoolExecutor(workers) as pool:
+        for level, units in enumerate(plan):
+            todo = [u for u in units if u.key not in done]
+            for start in range(0, len(todo), workers):
+                batch = todo[start : start + workers]
+                if level < len(pyr.given):
+                    src = pyr.given[level]
+                    blocks = dask.compute(*[src[u.y0 : u.y1, u.x0 : u.x1] for u in batch])
+                    blocks = [b.transpose(2, 0, 1) for b in blocks]
+                else:
+                    blocks = list(pool.map(lambda u: _halve(arrays[u.level - 1], u), batch))
+                for u, block in zip(batch, blocks):
+                    arrays[level][:, u.y0 : u.y1, u.x0 : u.x1] = block
+                    record.write(u.key + "\n")
+                    record.flush()
+                    n_done += 1
+                    if progress:
+                        progress(n_done, total + extra_total)
+    return group, total
+
+
+def _ngff_attrs(pyr: _Pyramid, mpp: float | None, name: str) -> dict[str, Any]:
+    unit = {"unit": "micrometer"} if mpp else {}
+    base = mpp or 1.0
+    datasets = []
+    for i, (fy, fx) in enumerate(pyr.factors):
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [1.0, base * fy, base * fx]}]
+        if i:  # pixel centres of a box-filtered level sit (f - 1) / 2 level-0 px inwards
+            transforms.append(
+                {
+                    "type": "translation",
+                    "translation": [0.0, base * (fy - 1) / 2, base * (fx - 1) / 2],
+                }
+            )
+        datasets.append({"path": str(i), "coordinateTransformations": transforms})
+    window = {"start": 0, "end": 255, "min": 0, "max": 255}
+    channels = [
+        {
+            "label": label,
+            "color": color,
+            "window": window,
+            "active": True,
+            "coefficient": 1.0,
+            "family": "linear",
+            "inverted": False,
+        }
+        for label, color in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
+    ]
+    return {
+        "multiscales": [
+            {
+                "version": NGFF_VERSION,
+                "name": name,
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space", **unit},
+                    {"name": "x", "type": "space", **unit},
+                ],
+                "datasets": datasets,
+                **({"type": "mean"} if len(pyr.given) == 1 and len(pyr.shapes) > 1 else {}),
+                "metadata": {"writer": "napari-srgan-sqe", "downscaling": "2x2 mean, rounded"},
+            }
+        ],
+        "omero": {
+            "version": NGFF_VERSION,
+            "name": name,
+            "channels": channels,
+            "rdefs": {"model": "color", "defaultT": 0, "defaultZ": 0},
+        },
+    }
+
+
+def _check_target(path: Path, *, overwrite: bool) -> None:
+    if not path.exists() or (path / INCOMPLETE_MARKER).exists():
+        return
+    if not overwrite:
+        raise FileExistsError(
+            errno.EEXIST, "already exists (pass overwrite=True to replace it)", str(path)
+        )
+    if path.is_dir() and not looks_like_zarr(path):
+        raise FileExistsError(
+            errno.EEXIST, "exists and is not a zarr folder; not replacing it", str(path)
+        )
+
+
+def _export_error(exc: OSError, path: Path, note: str) -> ExportError:
+    reason = exc.strerror or f"{exc} (is the disk full?)"
+    return ExportError(exc.errno or errno.EIO, f"cannot write {path}: {reason}{note}", str(path))
+
+
+def write_ome_zarr(
+    levels: Any,
+    path: str | Path,
+    *,
+    mpp: float | None = None,
+    chunk: int = 512,
+    n_levels: int | None = None,
+    progress: Progress | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    compressor: Any = DEFAULT_COMPRESSOR,
+    concurrency: int | None = None,
+) -> Path:
+    """Write a pyramid as an NGFF 0.4 OME-Zarr (zarr format 2), chunk by chunk.
+
+    `levels`: list of (y, x, 3) uint8 arrays, finest first, or one level 0 (coarser
+    levels by 2 x 2 mean: `n_levels` in all, default until one chunk holds a level).
+    `mpp`: um per level-0 pixel. `progress(done, total)` is called after each unit.
+    `resume`: skip units an interrupted run with the same shapes recorded.
+    `overwrite`: replace an existing complete export. `concurrency`: units computed
+    at once (default: CPU count; with a dask.distributed client, on its workers).
+    Raises `ExportError` (an OSError) naming the path when writing fails.
+    """
+    root = Path(path)
+    _check_target(root, overwrite=overwrite)
+    pyr = _pyramid(levels, chunk=chunk, n_levels=n_levels)
+    try:
+        if root.exists() and not (root / INCOMPLETE_MARKER).exists():
+            remove_path(root)
+        group, _ = _write_levels(
+            pyr,
+            root,
+            chunk=chunk,
+            compressor=compressor,
+            progress=progress,
+            resume=resume,
+            concurrency=concurrency,
+        )
+        name = root.name.removesuffix(".zarr").removesuffix(".ome")
+        group.attrs.update(_ngff_attrs(pyr, mpp, name))
+        (root / INCOMPLETE_MARKER).unlink()
+    except ExportError:
+        raise
+    except OSError as exc:
+        note = "; the partial export is kept and the same call resumes it" if root.exists() else ""
+        raise _export_error(exc, root, note) from exc
+    return root
+
+
+def _tiles(arr: Any, tile: int, tick: Callable[[], None]) -> Iterator[np.ndarray]:
+    """Tiles of a (3, y, x) zarr array as (tile, tile, 3), row by row (edge tiles smaller)."""
+    _, h, w = arr.shape
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            block = np.ascontiguousarray(
+                np.asarray(arr[:, y : y + tile, x : x + tile]).transpose(1, 2, 0)
+            )
+            tick()
+            yield block
+
+
+def write_ome_tiff(
+    levels: Any,
+    path: str | Path,
+    *,
+    mpp: float | None = None,
+    tile: int = 512,
+    n_levels: int | None = None,
+    compression: str | None = "zlib",
+    progress: Progress | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    concurrency: int | None = None,
+) -> Path:
+    """Write a pyramid as a tiled BigTIFF OME-TIFF with SubIFD levels, atomically.
+
+    Arguments as for `write_ome_zarr`; `tile` is the TIFF tile edge (a multiple of 16)
+    and `compression` a tifffile codec name ("zlib", "lzw", "zstd", None ...). Progress
+    counts the staging units, then the TIFF tiles. Nothing appears under `path` until
+    the file is complete; an interrupted call leaves a hidden `.NAME.partial.zarr`
+    next to it, which the same call resumes and removes when done.
+    """
+    final = Path(path)
+    if tile % 16:
+        raise ValueError(f"tile must be a multiple of 16, got {tile}")
+    if final.exists() and not overwrite:
+        raise FileExistsError(
+            errno.EEXIST, "already exists (pass overwrite=True to replace it)", str(final)
+        )
+    pyr = _pyramid(levels, chunk=tile, n_levels=n_levels)
+    staging = final.with_name(f".{final.name}.partial.zarr")
+    if staging.exists() and not (staging / INCOMPLETE_MARKER).exists():
+        remove_path(staging)  # not a resumable staging folder of ours
+    n_tiles = sum(math.ceil(h / tile) * math.ceil(w / tile) for h, w in pyr.shapes)
+    try:
+        group, n_units = _write_levels(
+            pyr,
+            staging,
+            chunk=tile,
+            compressor=_STAGING_COMPRESSOR,
+            progress=progress,
+            resume=resume,
+            concurrency=concurrency,
+            extra_total=n_tiles,
+        )
+        count = [n_units]
+
+        def tick() -> None:
+            count[0] += 1
+            if progress:
+                progress(count[0], n_units + n_tiles)
+
+        name = final.name.removesuffix(".tiff").removesuffix(".tif").removesuffix(".ome")
+        with atomic_path(final) as tmp:
+            _stream_tiff(
+                group, pyr, tmp, name=name, tile=tile, mpp=mpp, compression=compression, tick=tick
+            )
+    except OSError as exc:
+        note = f"; intermediate data are kept in {staging} to resume" if staging.exists() else ""
+        raise _export_error(exc, final, note) from exc
+    remove_path(staging)
+    return final
+
+
+def _stream_tiff(
+    group: Any,
+    pyr: _Pyramid,
+    tmp: Path,
+    *,
+    name: str,
+    tile: int,
+    mpp: float | None,
+    compression: str | None,
+    tick: Callable[[], None],
+) -> None:
+    predictor = compression in ("zlib", "deflate", "adobe_deflate", "lzw", "zstd")
+    metadata: dict[str, Any] = {"axes": "YXS", "Name": name}
+    if mpp:
+        metadata.update(
+            PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm"
+        )
+    with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
+        for i, (h, w) in enumerate(pyr.shapes):
+            options: dict[str, Any] = {
+                "shape": (h, w, 3),
+                "dtype": np.uint8,
+                "tile": (tile, tile),
+                "photometric": "rgb",
+                "compression": compression,
+                "predictor": predictor,
+            }
+            if mpp:
+                fy, fx = pyr.factors[i]
+                options.update(
+                    resolution=(1e4 / (mpp * fx), 1e4 / (mpp * fy)), resolutionunit="CENTIMETER"
+                )
+            if i == 0:
+                options.update(subifds=len(pyr.shapes) - 1, metadata=metadata)
+            else:
+                options.update(subfiletype=1, metadata=None)
+            tw.write(_tiles(group[str(i)], tile, tick), **options)

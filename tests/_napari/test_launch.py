@@ -1,0 +1,51 @@
+"""`srgan-sqe view`: clear failures without a display or with a bad path; viewer set-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from napari_srgan_sqe._napari.launch import NO_DISPLAY, dock_widgets, show_slide
+from napari_srgan_sqe.io.slides import open_slide
+
+
+def _view(*args: str, headless: bool) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if headless:
+        for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+            env.pop(name, None)
+    code = "import sys; from napari_srgan_sqe.cli import main; r = main(); " + (
+        "assert 'napari' not in sys.modules; sys.exit(r)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, "view", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="display detection is for Linux")
+def test_view_without_display_says_so() -> None:
+    run = _view(headless=True)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"srgan-sqe view: error: {NO_DISPLAY}"
+
+
+def test_view_with_bad_path_says_so(tmp_path: Path) -> None:
+    run = _view(str(tmp_path / "missing.svs"), headless=False)
+    assert run.returncode == 2
+    assert "cannot read" in run.stderr and "no such file" in run.stderr
+
+
+def test_show_slide_and_dock_widgets(make_napari_viewer, cmu_svs: Path) -> None:
+    viewer = make_napari_viewer()
+    layer = show_slide(viewer, open_slide(cmu_svs))
+    assert layer.rgb and tuple(layer.scale) == pytest.approx((0.499, 0.499))
+    docked = dock_widgets(viewer, names=("Compare", "No such widget"))
+    assert set(docked) <= {"Compare"}  # a missing widget is logged, not raised
