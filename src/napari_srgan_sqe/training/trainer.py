@@ -225,9 +225,18 @@ class Trainer:
             raise ValueError(
                 f"checkpoint {path} was written with a different configuration; cannot resume"
             )
+        step = int(meta["step"])
+        if saved.warmup_steps != self.cfg.warmup_steps:
+            # A warm-up may be lengthened or shortened only while the run is still in it.
+            ae = self.ae_steps
+            if step >= ae + min(saved.warmup_steps, self.cfg.warmup_steps):
+                raise ValueError(
+                    f"checkpoint {path} is at step {step}, past the warm-up of one of the two "
+                    "schedules; warmup_steps can change only while the run is still warming up"
+                )
         unpack_modules(tensors, {"G": self.G, "AE": self.AE, "D": self.D})
         unpack_optimizers(tensors, {"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d})
-        self.step = int(meta["step"])
+        self.step = step
         return self.step
 
     # -- the loop ------------------------------------------------------------
@@ -298,9 +307,9 @@ class Trainer:
 
 
 def _schedule_free(cfg: TrainConfig) -> dict:
-    """The parts of a config that must match for a resume (schedule lengths may grow)."""
+    """The parts of a config that must match for a resume (the schedule's lengths may change)."""
     d = cfg.model_dump()
-    for k in ("gan_steps", "checkpoint_every", "val_every", "out_dir", "num_threads", "device"):
+    for k in ("gan_steps", "warmup_steps", "checkpoint_every", "val_every", "out_dir", "num_threads", "device"):
         d.pop(k, None)
     return d
 

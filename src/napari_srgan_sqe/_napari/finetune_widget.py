@@ -1,0 +1,573 @@
+"""The "Fine-tune" widget: adapt the SR layer's model to rectangles drawn on the slide.
+
+The widget only arranges layers and watches events. Reading the regions, training
+(`training.finetune.iter_finetune`), saving the new version and switching the SR
+pyramid to it all run in `finetune_job`, a generator in a napari thread worker that
+yields typed events; the GUI thread turns them into the progress bar, the plot, the
+labels and, at the end, `show_pyramid` on the SR layer. Nothing here imports torch.
+
+Versions go to `models_dir()` (`$NAPARI_SRGAN_SQE_MODELS`, default
+`~/.napari-srgan-sqe/models/`) as `<parent>-ft-<YYYYmmdd-HHMMSS>.safetensors`, with
+the parent model and the regions in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QPointF, QTimer, Signal
+from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_srgan_sqe._napari import _layers
+
+__all__ = ["Failed", "FinetuneWidget", "Switched", "finetune_job", "models_dir"]
+
+SHAPES_NAME = "Fine-tune regions"
+MODES = ("paired", "self-supervised")
+LOSS_PRESETS = ("srgan_sqe", "srgan_qe", "srgan_e", "srgan", "l1")
+
+
+def models_dir() -> Path:
+    """Where fine-tuned versions are saved: $NAPARI_SRGAN_SQE_MODELS or ~/.napari-srgan-sqe/models."""
+    env = os.environ.get("NAPARI_SRGAN_SQE_MODELS")
+    return Path(env).expanduser() if env else Path.home() / ".napari-srgan-sqe" / "models"
+
+
+def version_path(folder: Path, parent_name: str) -> Path:
+    """A new, unused `<parent>-ft-<timestamp>[-n].safetensors` in `folder`."""
+    base = re.sub(r"-ft-\d{8}-\d{6}(-\d+)?$", "", parent_name) or "model"
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = folder / f"{base}-ft-{stamp}.safetensors", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{base}-ft-{stamp}-{n}.safetensors"
+    return path
+
+
+@dataclass(frozen=True)
+class Switched:
+    """The worker's last event: the result, the saved file (None if not improved)."""
+
+    result: Any
+    path: Path | None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The worker caught an error (passed as an event: superqt drops RuntimeErrors)."""
+
+    error: BaseException
+
+
+def finetune_job(
+    lr_level: Any,
+    hr_level: Any,
+    rects: list[tuple[int, int, int, int]],
+    pyramid: Any,
+    config: Any,
+    stop_event: threading.Event,
+    folder: Path,
+) -> Generator[Any, None, None]:
+    """Worker body: cut regions, fine-tune, save the new version, switch the pyramid.
+
+    Yields the library's events (Started, Step, Validated), then `Switched`, or
+    `Failed` on any error (torch raises RuntimeErrors, which superqt's generator
+    worker would swallow without a signal). Touches no viewer object.
+    """
+    from napari_srgan_sqe.models.modelfile import save_model
+    from napari_srgan_sqe.training.finetune import Finished, cut_regions, iter_finetune
+
+    try:
+        model = pyramid.model
+        regions = cut_regions(lr_level, rects, hr=hr_level, scale=model.scale, config=config)
+        path = version_path(folder, model.name)
+        meta = {"finetune_regions": json.dumps([dict(zip("xywh", r, strict=True)) for r in rects])}
+        events = iter_finetune(
+            model,
+            regions,
+            config=config,
+            stop_event=stop_event,
+            device=str(getattr(pyramid.predictor, "device", "auto")),
+            name=path.stem,
+            metadata=meta,
+        )
+        for ev in events:
+            if not isinstance(ev, Finished):
+                yield ev
+                continue
+            saved = None
+            if ev.result.improved:
+                folder.mkdir(parents=True, exist_ok=True)
+                saved = save_model(ev.result.model, path)
+                pyramid.set_model(ev.result.model)
+            yield Switched(ev.result, saved)
+    except Exception as exc:  # noqa: BLE001 - reported to the user on the GUI thread
+        yield Failed(exc)
+
+
+class CurvePlot(QWidget):
+    """A small live plot: training loss (orange) and validation PSNR (blue), each on its own
+    scale, against the step."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(110)
+        self.loss: list[tuple[float, float]] = []
+        self.psnr: list[tuple[float, float]] = []
+
+    def clear(self) -> None:
+        self.loss, self.psnr = [], []
+        self.update()
+
+    def add_loss(self, step: int, value: float) -> None:
+        self.loss.append((float(step), float(value)))
+
+    def add_val(self, step: int, value: float) -> None:
+        self.psnr.append((float(step), float(value)))
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        w, h, m = self.width(), self.height(), 6
+        p.setPen(QPen(QColor(128, 128, 128)))
+        p.drawRect(0, 0, w - 1, h - 1)
+        steps = [s for s, _ in self.loss + self.psnr] or [0.0]
+        x_max = max(max(steps), 1.0)
+        rows = (
+            (self.loss, QColor(230, 140, 30), "loss {:.4g}"),
+            (self.psnr, QColor(60, 140, 230), "validation PSNR {:.2f} dB"),
+        )
+        line_h = p.fontMetrics().height()
+        for row, (series, color, label) in enumerate(rows):
+            if not series:
+                continue
+            lo, hi = min(v for _, v in series), max(v for _, v in series)
+            span = (hi - lo) or 1.0
+            pts = [
+                QPointF(m + (w - 2 * m) * s / x_max, h - m - (h - 2 * m) * (v - lo) / span)
+                for s, v in series
+            ]
+            p.setPen(QPen(color, 1.5))
+            for a, b in zip(pts, pts[1:], strict=False):
+                p.drawLine(a, b)
+            if len(pts) == 1:
+                p.drawEllipse(pts[0], 2.0, 2.0)
+            p.drawText(QPointF(m, m + line_h * (row + 1)), label.format(series[-1][1]))
+        p.end()
+
+
+class _Job:
+    """A running fine-tune: its stop event and worker (outlives the widget if need be)."""
+
+    def __init__(self) -> None:
+        self.stop_event = threading.Event()
+        self.worker: Any = None
+
+    def shutdown(self, *_: Any) -> None:
+        """Stop training (within one step) and ask the worker to quit."""
+        self.stop_event.set()
+        if self.worker is not None:
+            self.worker.quit()
+
+
+class FinetuneWidget(QWidget):
+    """Draw rectangles, pick a mode and settings, Start / Stop; the SR layer switches."""
+
+    finished = Signal(object)
+    """Emitted on the GUI thread with the FinetuneResult once the layers are updated."""
+
+    def __init__(
+        self, napari_viewer: Any, parent: QWidget | None = None, *, folder: Path | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._folder = Path(folder) if folder is not None else models_dir()
+        self.extra_config: dict[str, Any] = {}
+        """FinetuneConfig fields not in the form (batch_size, patch_size, val_every, seed)."""
+        self._job: _Job | None = None
+        self._pbar: Any = None
+        self._shapes: Any = None
+        self._sr: Any = None
+        self._t_last_draw = 0.0
+
+        self.regions_label = QLabel()
+        self.regions_label.setWordWrap(True)
+        self.draw_button = QPushButton("Draw rectangles")
+        self.mode_box = QComboBox()
+        self.mode_box.addItems(MODES)
+        self.steps_box = QSpinBox()
+        self.steps_box.setRange(1, 100_000)
+        self.steps_box.setValue(200)
+        self.lr_box = QDoubleSpinBox()
+        self.lr_box.setDecimals(6)
+        self.lr_box.setRange(1e-6, 1e-1)
+        self.lr_box.setSingleStep(1e-5)
+        self.lr_box.setValue(5e-5)
+        self.loss_box = QComboBox()
+        self.loss_box.addItems(LOSS_PRESETS)
+        self.loss_box.setToolTip("Loss weights of the paper's variants, without the GAN term")
+        self.layers_box = QComboBox()
+        self.layers_box.addItems(("all", "last"))
+        self.layers_box.setToolTip("'last': only the layers after the residual trunk")
+        self.val_box = QDoubleSpinBox()
+        self.val_box.setRange(0.05, 0.5)
+        self.val_box.setSingleStep(0.05)
+        self.val_box.setValue(0.25)
+        self.val_box.setToolTip("Right-hand stripe of each region held out for validation")
+        self.start_button = QPushButton("Start")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.status = QLabel("")
+        self.eta_label = QLabel("")
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumHeight(6 * self.log.fontMetrics().height() + 10)
+        self.log.setPlaceholderText("notes, before / after metrics and errors appear here")
+        self.minutes_box = QDoubleSpinBox()
+        self.minutes_box.setRange(0.0, 24 * 60.0)
+        self.minutes_box.setSpecialValueText("none")
+        self.minutes_box.setSuffix(" min")
+        self.minutes_box.setToolTip("Stop after this time even if steps remain (best state kept)")
+        self.folder_label = QLabel(f"versions saved in: {self._folder}")
+        self.folder_label.setWordWrap(True)
+        self.plot = CurvePlot()
+
+        form = QFormLayout()
+        form.addRow("Mode", self.mode_box)
+        form.addRow("Steps", self.steps_box)
+        form.addRow("Time limit", self.minutes_box)
+        form.addRow("Learning rate", self.lr_box)
+        form.addRow("Loss preset", self.loss_box)
+        form.addRow("Layers", self.layers_box)
+        form.addRow("Validation part", self.val_box)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        layout = QVBoxLayout(self)
+        for w in (self.regions_label, self.draw_button):
+            layout.addWidget(w)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        state = QHBoxLayout()
+        state.addWidget(self.status, 1)
+        state.addWidget(self.eta_label)
+        layout.addLayout(state)
+        for w in (self.log, self.plot, self.folder_label):
+            layout.addWidget(w)
+        layout.addStretch(1)
+
+        self.draw_button.clicked.connect(self.draw_mode)
+        self.start_button.clicked.connect(lambda: self.start())
+        self.stop_button.clicked.connect(self.stop)
+        for ev in ("inserted", "removed", "moved"):
+            getattr(self.viewer.layers.events, ev).connect(self._refresh)
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self._shutdown)
+        self.shapes_layer()
+        self._refresh()
+
+    # ---------------------------------------------------------------- public API
+    @property
+    def folder(self) -> Path:
+        """Folder of the saved versions (shown in the widget)."""
+        return self._folder
+
+    @folder.setter
+    def folder(self, value: Path) -> None:
+        self._folder = Path(value)
+        self.folder_label.setText(f"versions saved in: {self._folder}")
+
+    @property
+    def running(self) -> bool:
+        return self._job is not None
+
+    def shapes_layer(self) -> Any:
+        """The Shapes layer of regions; created (in add-rectangle mode) if there is none."""
+        layers = self.viewer.layers
+        if self._shapes is not None and self._shapes in layers:
+            return self._shapes
+        shapes = [lay for lay in layers if type(lay).__name__ == "Shapes"]
+        named = [lay for lay in shapes if lay.name == SHAPES_NAME]
+        layer = (named or shapes[::-1] or [None])[0]
+        if layer is None:
+            layer = self.viewer.add_shapes(
+                name=SHAPES_NAME, edge_color="yellow", face_color="transparent", edge_width=2
+            )
+            layer.mode = "add_rectangle"
+        self._watch_shapes(layer)
+        return layer
+
+    def draw_mode(self) -> None:
+        """Select the regions layer, bring it to the top, and switch to add-rectangle."""
+        layer = self.shapes_layer()
+        self._raise_shapes()
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+
+    def regions(self) -> list[tuple[int, int, int, int]]:
+        """Rectangles (x, y, w, h) in LR level-0 px: the selected ones, or all; clipped."""
+        pair, shapes = self._pair(), self.shapes_layer()
+        if pair is None or pair.lr is None:
+            return []
+        rects = _rectangles(shapes, pair.lr)
+        chosen = [rects[i] for i in sorted(shapes.selected_data) if i in rects]
+        return chosen or list(rects.values())
+
+    def start(self) -> bool:
+        """Check the inputs, then train in a worker; False (with a notification) if not possible."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+        from napari.utils.notifications import show_error
+
+        from napari_srgan_sqe.config import ConfigError, FinetuneConfig, loss_preset, validate
+        from napari_srgan_sqe.training.finetune import RegionError, check_regions
+
+        if self.running:
+            return False
+        pair = self._pair()
+        pyramid = _layers.pyramid_of(pair.sr) if pair is not None and pair.sr else None
+        mode = self.mode_box.currentText()
+        try:
+            if pyramid is None:
+                raise RegionError("no SR layer: run Enhance first (its model is fine-tuned)")
+            if pyramid.model.variant == "bicubic":
+                raise RegionError("the SR layer uses bicubic (no weights): Enhance with a model")
+            if mode == "paired" and pair.hr is None:
+                raise RegionError("paired mode needs an HR layer; use self-supervised")
+            loss = loss_preset(self.loss_box.currentText()).model_copy(update={"lam_a": 0.0})
+            cfg = validate(
+                FinetuneConfig,
+                {
+                    "mode": mode,
+                    "steps": self.steps_box.value(),
+                    "lr": self.lr_box.value(),
+                    "train_layers": self.layers_box.currentText(),
+                    "val_fraction": self.val_box.value(),
+                    "max_minutes": self.minutes_box.value() or None,
+                    "loss": loss.model_dump(),
+                    **self.extra_config,
+                },
+                source="the Fine-tune settings",
+            )
+            lr_level = _layers.layer_levels(pair.lr)[0]
+            rects = check_regions(
+                self.regions(), lr_level.shape, mode=mode, scale=pyramid.scale, config=cfg
+            )
+        except (RegionError, ConfigError) as exc:
+            self.status.setText("cannot start")
+            self.log.appendPlainText(f"cannot start: {exc}")
+            show_error(f"Fine-tune: {exc}")
+            return False
+        hr_level = _layers.layer_levels(pair.hr)[0] if mode == "paired" else None
+        job = _Job()
+        worker = create_worker(
+            finetune_job,
+            lr_level,
+            hr_level,
+            [tuple(r) for r in rects],
+            pyramid,
+            cfg,
+            job.stop_event,
+            self.folder,
+            _start_thread=False,
+        )
+        job.worker = worker
+        worker.yielded.connect(self._on_event)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_worker_finished)
+        self.destroyed.connect(job.shutdown)  # the widget closed or napari quit mid-run
+        self._job, self._sr = job, pair.sr
+        self._pbar = progress(total=cfg.steps, desc="Fine-tune")
+        self.plot.clear()
+        self.status.setText("training")
+        self.log.appendPlainText(
+            f"{mode} fine-tuning of {pyramid.model.name!r} on {len(rects)} region(s)"
+        )
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        worker.start()
+        return True
+
+    def stop(self) -> None:
+        """End training within one step; the best model so far is kept."""
+        if self._job is not None:
+            self._job.stop_event.set()
+            self.status.setText("stopping ...")
+            self.log.appendPlainText("stopping: the best state validated so far is kept")
+            self.stop_button.setEnabled(False)
+
+    # ---------------------------------------------------------------- worker events (GUI thread)
+    def _on_event(self, ev: Any) -> None:
+        from napari_srgan_sqe.training.finetune import Started, Step, Validated
+
+        if isinstance(ev, Started):
+            for note in ev.notes:
+                self.log.appendPlainText(f"note: {note}")
+            b = ev.before
+            self.log.appendPlainText(f"before: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}")
+        elif isinstance(ev, Step):
+            self.plot.add_loss(ev.step, ev.loss)
+            if self._pbar is not None:
+                self._pbar.update(ev.step - self._pbar.n)
+            total = self._pbar.total if self._pbar is not None else "?"
+            self.eta_label.setText(f"step {ev.step}/{total}, ETA {_fmt_s(ev.eta_s)}")
+        elif isinstance(ev, Validated):
+            self.plot.add_val(ev.step, ev.psnr)
+            if ev.step > 0:
+                best = "best so far" if ev.best else "not better"
+                self.status.setText(f"val PSNR {ev.psnr:.2f} dB ({best})")
+                if ev.best:
+                    self.log.appendPlainText(
+                        f"step {ev.step}: PSNR {ev.psnr:.2f} dB, SSIM {ev.ssim:.4f} (best so far)"
+                    )
+        elif isinstance(ev, Switched):
+            self._on_switched(ev)
+        elif isinstance(ev, Failed):
+            self._on_error(ev.error)
+        now = time.perf_counter()
+        if now - self._t_last_draw > 0.25 or isinstance(ev, Validated | Switched):
+            self._t_last_draw = now
+            self.plot.update()
+
+    def _on_switched(self, ev: Switched) -> None:
+        res = ev.result
+        b, a = res.before, res.after
+        stopped = f", stopped after {res.steps_done} steps" if res.stopped else ""
+        if res.improved and ev.path is not None:
+            sr = self._sr
+            if sr is not None and sr in self.viewer.layers:
+                _layers.show_pyramid(sr)
+                sr.name = re.sub(r"\([^()]*\)$", f"({res.model.name})", sr.name)
+                sr.refresh()
+            text = (
+                f"PSNR {b['psnr']:.2f} -> {a['psnr']:.2f} dB, SSIM {b['ssim']:.4f} -> "
+                f"{a['ssim']:.4f} (best step {res.best_step}{stopped})\n"
+                f"saved {ev.path.name}; the SR layer now uses it"
+            )
+        else:
+            text = (
+                f"validation did not improve (PSNR {b['psnr']:.2f} dB before, SSIM "
+                f"{b['ssim']:.4f}{stopped}): the original model is kept"
+            )
+        self.log.appendPlainText(text)
+        self.status.setText("done" if res.improved else "done (not improved)")
+        self.finished.emit(res)
+
+    def _on_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText("failed")
+        self.log.appendPlainText(f"failed: {exc}; the previous model stays active")
+        show_error(f"Fine-tune failed: {exc}")
+
+    def _on_worker_finished(self) -> None:
+        if self._job is not None:
+            self.destroyed.disconnect(self._job.shutdown)
+        if self._pbar is not None:
+            self._pbar.close()
+        self._pbar, self._job = None, None
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.eta_label.setText("")
+
+    def _on_inserted(self, event: Any) -> None:
+        """Keep the regions layer above new image layers (else rectangles hide under them)."""
+        if event.value is not self._shapes and type(event.value).__name__ == "Image":
+            QTimer.singleShot(0, self._raise_shapes)  # not while the list is being changed
+
+    def _raise_shapes(self) -> None:
+        layers, shapes = self.viewer.layers, self._shapes
+        if shapes is not None and shapes in layers and layers.index(shapes) != len(layers) - 1:
+            layers.move(layers.index(shapes), len(layers))
+
+    def _shutdown(self, *_: Any) -> None:
+        if self._job is not None:
+            self._job.shutdown()
+
+    # ---------------------------------------------------------------- layers (GUI thread)
+    def _pair(self) -> Any:
+        return _layers.find_pair(self.viewer.layers)
+
+    def _watch_shapes(self, layer: Any) -> None:
+        if layer is self._shapes:
+            return
+        self._shapes = layer
+        layer.events.data.connect(self._refresh)
+        layer.events.highlight.connect(self._refresh)
+
+    def _refresh(self, event: Any = None) -> None:
+        """Mode availability and the regions summary, after any layer change."""
+        pair = self._pair()
+        has_hr = pair is not None and pair.hr is not None
+        item = self.mode_box.model().item(0)
+        item.setEnabled(has_hr)
+        item.setToolTip("" if has_hr else "needs an HR layer (Enhance with 'simulate LR')")
+        if not has_hr and self.mode_box.currentIndex() == 0:
+            self.mode_box.setCurrentIndex(1)
+        elif has_hr and event is not None and getattr(event, "type", "") == "inserted":
+            self.mode_box.setCurrentIndex(0)
+        if self._shapes is None or self._shapes not in self.viewer.layers:
+            self._shapes = None
+            self.regions_label.setText("no regions layer: press 'Draw rectangles'")
+            return
+        if pair is None or pair.lr is None:
+            self.regions_label.setText("no LR / SR layers yet: run Enhance first")
+            return
+        rects = _rectangles(self._shapes, pair.lr)
+        sel = [rects[i] for i in self._shapes.selected_data if i in rects]
+        area = sum(r[2] * r[3] for r in rects.values())
+        text = f"{len(rects)} rectangle(s), {area / 1e6:.3f} LR Mpx"
+        if sel:
+            sel_area = sum(r[2] * r[3] for r in sel)
+            text += f"; {len(sel)} selected ({sel_area / 1e6:.3f} Mpx): training uses those"
+        self.regions_label.setText(text)
+
+
+def _rectangles(shapes: Any, lr_layer: Any) -> dict[int, tuple[int, int, int, int]]:
+    """Rectangles of `shapes` by index, as (x, y, w, h) LR level-0 px, clipped to the image."""
+    import numpy as np
+
+    h, w = _layers.layer_levels(lr_layer)[0].shape[:2]
+    out = {}
+    for i, (kind, verts) in enumerate(zip(shapes.shape_type, shapes.data, strict=True)):
+        if kind != "rectangle":
+            continue
+        world = [shapes.data_to_world(v) for v in np.asarray(verts)]
+        data = np.array([lr_layer.world_to_data(p)[-2:] for p in world])
+        y0, x0 = np.floor(data.min(axis=0) + 0.5).astype(int)
+        y1, x1 = np.floor(data.max(axis=0) + 0.5).astype(int)
+        if y1 > 0 and x1 > 0 and y0 < h and x0 < w:  # partly outside: clip; wholly: report
+            y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
+        out[i] = (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+    return out
+
+
+def _fmt_s(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"

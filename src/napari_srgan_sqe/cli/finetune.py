@@ -1,0 +1,163 @@
+"""`srgan-sqe finetune SLIDE --region x,y,w,h ... --out MODEL.safetensors`.
+
+Paired when `--hr HR_SLIDE` is given (its level 0 is s x the slide's level 0),
+self-supervised (ZSSR-style) otherwise. Regions are in LR level-0 pixels. The new
+model is written only when the held-out validation improved; otherwise the base model
+stays the better one, nothing is written and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from napari_srgan_sqe.cli import UserError
+
+LOSS_PRESETS = ("srgan_sqe", "srgan_qe", "srgan_e", "srgan", "l1")
+
+
+def parse_region(text: str) -> tuple[int, int, int, int]:
+    """'x,y,w,h' (LR level-0 px) -> a tuple of four ints."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        x, y, w, h = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"region {text!r} must be four integers x,y,w,h (LR level-0 pixels)"
+        ) from None
+    return x, y, w, h
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slide", type=Path, help="the (LR) slide or image to adapt the model to")
+    parser.add_argument(
+        "--region",
+        action="append",
+        type=parse_region,
+        required=True,
+        metavar="X,Y,W,H",
+        help="a rectangle in LR level-0 pixels (repeat for more regions)",
+    )
+    parser.add_argument(
+        "--hr", type=Path, default=None, help="HR slide of the same tissue (s x); paired mode"
+    )
+    parser.add_argument(
+        "--model", default="srgan-sqe-he-x4", help="base model: bundled name or .safetensors path"
+    )
+    parser.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 5e-5)")
+    parser.add_argument("--layers", choices=("all", "last"), default="all", help="layers to train")
+    parser.add_argument(
+        "--loss", choices=LOSS_PRESETS, default="srgan_sqe", help="loss preset (no GAN term)"
+    )
+    parser.add_argument("--val-fraction", type=float, default=None, help="held-out stripe (0.25)")
+    parser.add_argument("--batch-size", type=int, default=None, help="patches per step (4)")
+    parser.add_argument("--patch-size", type=int, default=None, help="patch side (96)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--out", type=Path, required=True, help="new model file (.safetensors)")
+
+
+def _config(args: argparse.Namespace, mode: str) -> Any:
+    from napari_srgan_sqe.config import FinetuneConfig, loss_preset, validate
+
+    data: dict[str, Any] = {"mode": mode, "steps": args.steps, "train_layers": args.layers}
+    data["seed"] = args.seed
+    for key, value in (
+        ("lr", args.lr),
+        ("val_fraction", args.val_fraction),
+        ("batch_size", args.batch_size),
+        ("patch_size", args.patch_size),
+    ):
+        if value is not None:
+            data[key] = value
+    loss = loss_preset(args.loss).model_copy(update={"lam_a": 0.0})
+    data["loss"] = loss.model_dump()
+    return validate(FinetuneConfig, data, source="command-line options")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_srgan_sqe.io.slides import open_slide
+    from napari_srgan_sqe.models.modelfile import load_model, save_model
+    from napari_srgan_sqe.training.finetune import (
+        Finished,
+        Started,
+        Step,
+        Validated,
+        cut_regions,
+        iter_finetune,
+    )
+
+    if args.out.suffix != ".safetensors":
+        raise UserError(f"--out must end in .safetensors, got {args.out}")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    mode = "paired" if args.hr is not None else "self-supervised"
+    cfg = _config(args, mode)
+    model = load_model(args.model)
+    if model.variant == "bicubic":
+        raise UserError(f"{args.model} is the bicubic baseline; it has no weights to fine-tune")
+    slide = open_slide(args.slide)
+    hr = open_slide(args.hr) if args.hr is not None else None
+    regions = cut_regions(slide, args.region, hr=hr, scale=model.scale, config=cfg)
+    rects = [dict(zip("xywh", r, strict=True)) for r in args.region]
+    meta = {
+        "finetune_regions": json.dumps(rects),
+        "finetune_source": Path(args.slide).name,
+        "finetune_hr_source": "" if args.hr is None else Path(args.hr).name,
+    }
+    events = iter_finetune(
+        model,
+        regions,
+        mode=mode,
+        config=cfg,
+        device=args.device,
+        name=args.out.name.removesuffix(".safetensors"),
+        metadata=meta,
+        stop_event=(stop := threading.Event()),
+    )
+    print(f"{mode} fine-tuning of {model.name!r} on {len(regions)} region(s), {cfg.steps} steps")
+    bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
+    result = None
+    try:
+        for ev in events:
+            if isinstance(ev, Started):
+                for note in ev.notes:
+                    tqdm.write(f"note: {note}")
+            elif isinstance(ev, Step):
+                bar.update(ev.step - bar.n)
+                bar.set_postfix(loss=f"{ev.loss:.4g}", refresh=False)
+            elif isinstance(ev, Validated) and ev.step > 0:
+                tqdm.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB, SSIM {ev.ssim:.4f}")
+            elif isinstance(ev, Finished):
+                result = ev.result
+    finally:
+        if main:  # Ctrl-C stopped the loop (keeping the best state); restore the handler
+            signal.signal(signal.SIGINT, previous)
+        bar.close()
+    assert result is not None
+    b, a = result.before, result.after
+    print(f"before: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}  (held-out stripes)")
+    print(
+        f"after:  PSNR {a['psnr']:.2f} dB, SSIM {a['ssim']:.4f}  (best at step {result.best_step})"
+    )
+    if result.stopped:
+        print(f"stopped after {result.steps_done} steps; the best state so far is kept")
+    if not result.improved:
+        print("validation did not improve: no model written; the base model stays the better one")
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(result.model, args.out)
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,148 @@
+"""The Fine-tune widget: draw, start, progress, stop, the SR layer switches; viewer stays live."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_srgan_sqe.models.modelfile import load_model
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-srgan-sqe"
+FAST = {"patch_size": 32, "batch_size": 2, "val_every": 4, "seed": 0}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pair(viewer, tiny_model, sample_hr):
+    """HR layer + simulated LR + SR layer (tiny random model) made by the Enhance widget."""
+    _, enhance = viewer.window.add_plugin_dock_widget(PLUGIN, "Enhance")
+    hr = viewer.add_image(sample_hr[:256, :320], name="HR")
+    sr = enhance.enhance(simulate_from=hr, model=str(tiny_model), device="cpu", wait=True)
+    assert sr is not None
+    return hr, sr
+
+
+def _widget(viewer, tmp_path, *, steps: int = 2000, lr: float = 1e-3):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    widget.folder = tmp_path
+    widget.extra_config = dict(FAST)
+    widget.steps_box.setValue(steps)
+    widget.lr_box.setValue(lr)
+    return widget
+
+
+def test_draw_start_stop_switches_the_sr_layer(viewer, pair, qtbot, tmp_path, errors):
+    from qtpy.QtCore import QTimer
+
+    from napari_srgan_sqe._napari import _layers
+
+    hr, sr = pair
+    widget = _widget(viewer, tmp_path)
+    shapes = widget.shapes_layer()
+    assert shapes.name == "Fine-tune regions" and shapes.mode == "add_rectangle"
+    assert widget.mode_box.currentText() == "paired"  # an HR layer exists
+    shapes.add_rectangles(np.array([[32.0, 16.0], [224.0, 304.0]]))  # world = HR px (y, x)
+    (x, y, w, h) = widget.regions()[0]
+    assert (x, y) == (4, 8) and 70 <= w <= 72 and 47 <= h <= 48
+    assert "1 rectangle" in widget.regions_label.text()
+    assert str(tmp_path) in widget.folder_label.text()
+
+    pyramid = _layers.pyramid_of(sr)
+    old_id, old_level0 = pyramid.model.identity, sr.data[0]
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+    assert widget.start()
+    assert widget.running and not widget.start_button.isEnabled()
+    qtbot.waitUntil(lambda: len(widget.plot.psnr) >= 3, timeout=60_000)  # step 0, 4, 8
+    assert widget.plot.loss and "ETA" in widget.eta_label.text()
+    with qtbot.waitSignal(widget.finished, timeout=10_000) as blocker:
+        t_stop = time.perf_counter()
+        widget.stop()
+    stop_s = time.perf_counter() - t_stop
+    timer.stop()
+    res = blocker.args[0]
+    qtbot.waitUntil(lambda: not widget.running, timeout=5_000)
+
+    assert stop_s < 2.0, f"stop took {stop_s:.2f} s"
+    assert res.stopped and res.improved, res.summary()
+    during = [t for t in ticks if t <= t_stop]
+    gaps = np.diff(during)
+    assert len(during) >= 5 and gaps.max() < 1.0, f"GUI thread stalled: {gaps.max():.2f} s"
+    new = _layers.pyramid_of(sr).model
+    assert new.identity != old_id and new is res.model
+    assert sr.data[0] is not old_level0 and new.name in sr.name
+    saved = sorted(tmp_path.glob("tiny-test-ft-*.safetensors"))
+    assert len(saved) == 1 and saved[0].stem == new.name
+    loaded = load_model(saved[0])
+    assert loaded.identity == new.identity and loaded.metadata["parent"] == "tiny-test"
+    assert '"x": 4' in loaded.metadata["finetune_regions"]
+    log = widget.log.toPlainText()
+    assert "before: PSNR" in log and "->" in log and f"saved {saved[0].name}" in log
+    assert not errors()
+
+
+def test_bad_regions_are_refused_before_training(viewer, pair, qtbot, tmp_path, errors):
+    widget = _widget(viewer, tmp_path)
+    assert not widget.start()  # no rectangle yet
+    assert errors() and "draw at least one rectangle" in errors()[-1]
+    shapes = widget.shapes_layer()
+    shapes.add_rectangles(np.array([[32.0, 32.0], [48.0, 48.0]]))
+    assert not widget.start()
+    assert "smaller than a patch" in errors()[-1] and not widget.running
+    shapes.data = [np.array([[-400.0, -400.0], [-200.0, -200.0]])]
+    assert not widget.start()
+    assert "outside the image" in errors()[-1]
+    viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="another image")
+    qtbot.waitUntil(lambda: viewer.layers[-1].name == shapes.name, timeout=2_000)  # drawable
+
+
+def test_closing_napari_stops_training(make_napari_viewer, tiny_model, sample_hr, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    _, enhance = viewer.window.add_plugin_dock_widget(PLUGIN, "Enhance")
+    hr = viewer.add_image(sample_hr[:256, :320], name="HR")
+    enhance.enhance(simulate_from=hr, model=str(tiny_model), device="cpu", wait=True)
+    widget = _widget(viewer, tmp_path)
+    widget.shapes_layer().add_rectangles(np.array([[32.0, 16.0], [224.0, 304.0]]))
+    assert widget.start()
+    job = widget._job
+    qtbot.waitUntil(lambda: len(widget.plot.loss) >= 2, timeout=60_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: not job.worker.is_running, timeout=10_000)
+    assert job.stop_event.is_set()
+
+
+def test_a_crash_in_training_is_reported_and_the_old_model_stays(
+    viewer, pair, qtbot, tmp_path, errors, monkeypatch
+):
+    from napari_srgan_sqe._napari import _layers
+    from napari_srgan_sqe.training import finetune as lib
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")  # torch errors are RuntimeErrors
+
+    monkeypatch.setattr(lib, "iter_finetune", boom)
+    _, sr = pair
+    old = _layers.pyramid_of(sr).model
+    widget = _widget(viewer, tmp_path)
+    widget.shapes_layer().add_rectangles(np.array([[32.0, 16.0], [224.0, 304.0]]))
+    assert widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    assert any("out of memory" in e for e in errors())
+    assert _layers.pyramid_of(sr).model is old
+    assert "previous model stays active" in widget.log.toPlainText()
+    assert widget.start_button.isEnabled() and not list(tmp_path.glob("*.safetensors"))

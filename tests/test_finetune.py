@@ -1,0 +1,238 @@
+"""Region fine-tuning (library): both modes learn, stop, versions, bad regions, no harm."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_srgan_sqe.config import (
+    AutoencoderConfig,
+    FinetuneConfig,
+    ModelConfig,
+    generator_preset,
+)
+from napari_srgan_sqe.models.modelfile import load_model, new_model, save_model
+from napari_srgan_sqe.training.finetune import (
+    Finished,
+    RegionError,
+    Started,
+    Step,
+    Validated,
+    cut_regions,
+    finetune,
+    iter_finetune,
+    last_layers,
+    run_finetune,
+)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/monuseg_train"
+IMAGE = DATA / "TCGA-21-5786-01Z-00-DX1.png"  # a validation image of experiments/monuseg_split.json
+FAST = FinetuneConfig(patch_size=48, batch_size=4, lr=1e-3, val_every=10, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def hr() -> np.ndarray:
+    """A 256 x 320 crop of a real H&E image (HR, uint8 RGB)."""
+    if not IMAGE.is_file():
+        pytest.skip(f"real H&E data not found at {DATA}")
+    from napari_srgan_sqe.training.data import load_rgb
+
+    return load_rgb(IMAGE)[300:556, 300:620]
+
+
+def tiny(**kwargs) -> object:
+    torch.manual_seed(0)
+    return new_model(ModelConfig(name="tiny", generator=generator_preset("tiny"), **kwargs))
+
+
+def _run(model, regions, mode, steps=30, config=FAST, **kw):
+    events: list = []
+    result = run_finetune(
+        model, regions, mode=mode, steps=steps, config=config, device="cpu",
+        callback=events.append, **kw,
+    )  # fmt: skip
+    return result, events
+
+
+@pytest.mark.parametrize("mode", ["paired", "self-supervised"])
+def test_a_few_steps_lower_the_training_loss(hr, mode):
+    model = tiny()
+    parent_id = model.identity
+    regions = [(None, hr)] if mode == "paired" else [hr]  # self-supervised: hr plays the LR slide
+    result, events = _run(model, regions, mode)
+    losses = [e.loss for e in events if isinstance(e, Step)]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert isinstance(events[0], Started) and isinstance(events[-1], Finished)
+    assert [e.step for e in events if isinstance(e, Validated)] == [0, 10, 20, 30]
+    assert result.improved and result.after["psnr"] > result.before["psnr"]
+    assert result.model is not model and model.identity == parent_id  # parent untouched
+    assert any("L_E skipped" in n for n in result.notes)
+
+
+def test_public_finetune_returns_the_new_model(hr):
+    """`napari_srgan_sqe.finetune(model, ...)` gives a model whose metadata names its parent."""
+    import napari_srgan_sqe
+
+    parent = tiny()
+    seen: list = []
+    child = napari_srgan_sqe.finetune(
+        parent,
+        [(None, hr)],
+        mode="paired",
+        steps=20,
+        config=FAST,
+        device="cpu",
+        callback=seen.append,
+    )
+    assert napari_srgan_sqe.finetune is finetune
+    assert child is not parent and child.metadata["parent"] == "tiny"
+    assert child.identity != parent.identity
+    assert float(child.metadata["finetune_after"].split('"psnr": ')[1].split(",")[0]) > 0
+    assert any(isinstance(e, Finished) for e in seen)
+
+
+def test_stop_event_ends_the_loop_within_one_step(hr):
+    stop = threading.Event()
+    steps: list[int] = []
+
+    def on_event(ev):
+        if isinstance(ev, Step):
+            steps.append(ev.step)
+            if ev.step == 3:
+                stop.set()
+
+    cfg = FAST.model_copy(update={"val_every": 2})
+    result = run_finetune(
+        tiny(), [(None, hr)], mode="paired", steps=100, config=cfg, stop_event=stop,
+        callback=on_event, device="cpu",
+    )  # fmt: skip
+    assert steps == [1, 2, 3] and result.stopped and result.steps_done == 3
+    assert result.best_step == 2  # the best validated state so far is kept
+
+
+def test_saved_version_loads_and_differs_from_the_parent(hr, tmp_path):
+    parent = tiny()
+    result, _ = _run(parent, [(None, hr)], "paired", steps=10, metadata={"note": "x"})
+    path = save_model(result.model, tmp_path / "ft.safetensors")
+    loaded = load_model(path)
+    assert loaded.identity == result.model.identity != parent.identity
+    assert (
+        loaded.metadata["parent"] == "tiny"
+        and loaded.metadata["parent_identity"] == parent.identity
+    )
+    assert loaded.metadata["finetune_mode"] == "paired" and loaded.metadata["note"] == "x"
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(loaded(x), parent(x))
+
+
+def test_same_seed_same_model(hr):
+    a, _ = _run(tiny(), [hr], "self-supervised", steps=5)
+    b, _ = _run(tiny(), [hr], "self-supervised", steps=5)
+    assert a.model.identity == b.model.identity
+
+
+@pytest.mark.parametrize(
+    ("rect", "message"),
+    [
+        ((10, 10, 0, 40), "is empty"),
+        ((60, 50, 30, 40), "outside the image"),
+        ((-1, 0, 40, 40), "outside the image"),
+        ((0, 0, 12, 10), "smaller than a patch"),
+    ],
+)
+def test_bad_regions_raise_before_any_training(hr, rect, message):
+    from napari_srgan_sqe.degradation import degrade
+
+    lr = degrade(hr, 4)  # 64 x 80
+    with pytest.raises(RegionError, match=message):
+        cut_regions(lr, [rect], hr=hr, scale=4, config=FAST)
+    events: list = []
+    with pytest.raises(RegionError, match="smaller than a patch"):  # arrays too: before any event
+        run_finetune(
+            tiny(), [hr[:40, :40]], mode="self-supervised", config=FAST, callback=events.append
+        )
+    assert events == []
+
+
+def test_cut_regions_pairs_lr_and_hr(hr):
+    from napari_srgan_sqe.degradation import degrade
+
+    lr = degrade(hr, 4)
+    ((lr_reg, hr_reg),) = cut_regions(lr, [(4, 8, 40, 30)], hr=hr, scale=4, config=FAST)
+    assert lr_reg.shape == (30, 40, 3) and hr_reg.shape == (120, 160, 3)
+    assert np.array_equal(hr_reg, hr[32:152, 16:176])
+    with pytest.raises(RegionError, match="4 x the LR"):
+        cut_regions(lr, [(4, 8, 40, 30)], hr=hr[:200], scale=4, config=FAST)
+
+
+def test_not_improved_keeps_the_old_model(hr):
+    model = tiny()
+    cfg = FAST.model_copy(update={"lr": 0.5, "val_every": 1})  # a wrecking learning rate
+    result, events = _run(model, [(None, hr)], "paired", steps=3, config=cfg)
+    assert not result.improved and result.model is model
+    assert result.after == result.before
+    assert not any(e.best for e in events if isinstance(e, Validated) and e.step > 0)
+    assert "did not improve" in result.history[-1]["message"] and "kept" in result.summary()
+
+
+def test_last_layers_trains_only_the_tail(hr):
+    model = tiny()
+    assert last_layers(model.generator) == ["tail"]
+    paper = new_model(ModelConfig(generator=generator_preset("paper")))
+    assert last_layers(paper.generator) == ["up", "tail"]
+    cfg = FAST.model_copy(update={"train_layers": "last"})
+    result, _ = _run(model, [(None, hr)], "paired", steps=10, config=cfg)
+    new, old = result.model.generator.state_dict(), model.generator.state_dict()
+    assert all(torch.equal(new[k], old[k]) for k in old if not k.startswith("tail."))
+    assert not torch.equal(new["tail.weight"], old["tail.weight"])
+    assert any("after the residual trunk: tail" in n for n in result.notes)
+
+
+def test_the_model_encoder_gives_the_manifold_term(hr):
+    model = tiny(autoencoder=AutoencoderConfig(channels=[8, 4]))
+    events = list(
+        iter_finetune(model, [(None, hr)], mode="paired", steps=2, config=FAST, device="cpu")
+    )
+    step = next(e for e in events if isinstance(e, Step))
+    assert "manifold" in step.terms and events[0].notes == ()
+    assert events[-1].result.model.encoder is not None
+
+
+def test_cli_paired_writes_a_version_and_refuses_bad_regions(hr, tmp_path, capsys):
+    from PIL import Image
+
+    from napari_srgan_sqe.cli import main
+    from napari_srgan_sqe.degradation import degrade
+
+    Image.fromarray(hr).save(tmp_path / "hr.png")
+    Image.fromarray(degrade(hr, 4)).save(tmp_path / "lr.png")
+    base = save_model(tiny(), tmp_path / "tiny.safetensors")
+    out = tmp_path / "out" / "tiny-ft.safetensors"
+    args = [
+        "finetune", str(tmp_path / "lr.png"), "--hr", str(tmp_path / "hr.png"),
+        "--region", "0,0,80,64", "--model", str(base), "--steps", "10", "--lr", "1e-3",
+        "--patch-size", "48", "--threads", "1", "--out", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "before: PSNR" in text and "after:  PSNR" in text
+    meta = load_model(out).metadata
+    assert meta["parent"] == "tiny" and meta["finetune_mode"] == "paired"
+    assert '"w": 80' in meta["finetune_regions"] and meta["name"] == "tiny-ft"
+    bad = [a if a != "0,0,80,64" else "70,0,80,64" for a in args]
+    assert main(bad) == 2
+    assert "outside the image of 80 x 64 px" in capsys.readouterr().err
