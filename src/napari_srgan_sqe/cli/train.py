@@ -20,6 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
+def _terminate_as_interrupt() -> None:
+    """Treat SIGTERM (and SIGINT, which background jobs ignore) like Ctrl-C: the trainer
+    then writes a checkpoint before exiting."""
+    import signal
+
+    def _raise(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -32,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         cfg.num_threads = args.threads
     trainer = Trainer(cfg, base_dir=args.config.resolve().parent)
+    _terminate_as_interrupt()
     bar = tqdm(total=trainer.total, unit="step", dynamic_ncols=True)
 
     def show(ev) -> None:
