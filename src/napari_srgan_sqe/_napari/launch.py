@@ -73,20 +73,26 @@ def _start_enhance(widget: Any, layer: Any, *, simulate_lr: bool) -> None:
 
 
 def launch_viewer(
-    path: str | Path | None = None, *, simulate_lr: bool = False, enhance: bool = True
+    path: str | Path | None = None, *, simulate_lr: bool | None = None, enhance: bool = True
 ) -> int:
     """Open napari with the slide at `path` (default: the sample) and run it; return 0.
 
     `simulate_lr`: treat the slide as HR and super-resolve LR simulated from it (so
-    the Compare widget can measure against HR). `enhance`: start the lazy SR layer
-    at once with the default model. Raises `SlideError` for an unreadable slide and
-    `NoDisplayError` without a display, both before napari is imported.
+    the Compare widget can measure against HR); by default on for the sample, so
+    the LR | SR | HR comparison is there on first sight, and off for a user's slide.
+    `enhance`: start the lazy SR layer at once with the default model. Raises
+    `SlideError` for an unreadable slide and `NoDisplayError` without a display, both
+    before napari is imported. napari's asynchronous slicing is switched on (unless
+    the user set NAPARI_ASYNC), so SR tiles never block the GUI thread.
     """
     from napari_srgan_sqe.io.sample import sample_slide_path
     from napari_srgan_sqe.io.slides import open_slide
 
+    if simulate_lr is None:
+        simulate_lr = path is None
     slide = open_slide(path if path is not None else sample_slide_path())
     check_display()
+    os.environ.setdefault("NAPARI_ASYNC", "1")
     import napari
 
     viewer = napari.Viewer(title=f"napari-srgan-sqe: {slide.path.name}")

@@ -17,8 +17,14 @@ from napari_srgan_sqe import __version__
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "view": ("napari_srgan_sqe.cli.view", "open napari with a slide (default: the bundled sample)"),
-    "enhance": ("napari_srgan_sqe.cli.enhance", "super-resolve a slide to a pyramidal OME-Zarr / OME-TIFF"),
-    "evaluate": ("napari_srgan_sqe.cli.evaluate", "measure a model against bicubic on held-out images"),
+    "enhance": (
+        "napari_srgan_sqe.cli.enhance",
+        "super-resolve a slide to a pyramidal OME-Zarr / OME-TIFF",
+    ),
+    "evaluate": (
+        "napari_srgan_sqe.cli.evaluate",
+        "measure a model against bicubic on held-out images",
+    ),
     "train": ("napari_srgan_sqe.cli.train", "train a model from a config file"),
     "finetune": ("napari_srgan_sqe.cli.finetune", "adapt a model to regions of a slide"),
     "bench": ("napari_srgan_sqe.cli.bench", "measure model and pipeline throughput"),
@@ -74,7 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _is_user_error(exc: BaseException) -> bool:
     from napari_srgan_sqe.config import ConfigError
 
-    names = {"SlideError", "ModelFileError", "ConfigError", "UserError", "DataError", "RegionError", "ExportError", "DeviceError", "CheckpointError"}
+    names = {
+        "SlideError",
+        "ModelFileError",
+        "ConfigError",
+        "UserError",
+        "DataError",
+        "RegionError",
+        "ExportError",
+        "DeviceError",
+        "CheckpointError",
+    }
     return isinstance(exc, UserError | ConfigError) or type(exc).__name__ in names
 
 

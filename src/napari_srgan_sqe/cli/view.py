@@ -18,11 +18,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="slide or image to open (.svs .ndpi .mrxs .tif .ome.tif .ome.zarr .png ...); "
         "default: the bundled sample slide",
     )
-    parser.add_argument(
+    sim = parser.add_mutually_exclusive_group()
+    sim.add_argument(
         "--simulate-lr",
+        dest="simulate_lr",
         action="store_true",
+        default=None,
         help="treat the slide as HR: super-resolve LR simulated from it, so quality "
-        "can be measured against the original",
+        "can be measured against the original (default for the bundled sample)",
+    )
+    sim.add_argument(
+        "--no-simulate-lr",
+        dest="simulate_lr",
+        action="store_false",
+        help="super-resolve the slide itself (default for a slide you name)",
     )
     parser.add_argument(
         "--no-enhance",

@@ -309,7 +309,15 @@ class Trainer:
 def _schedule_free(cfg: TrainConfig) -> dict:
     """The parts of a config that must match for a resume (the schedule's lengths may change)."""
     d = cfg.model_dump()
-    for k in ("gan_steps", "warmup_steps", "checkpoint_every", "val_every", "out_dir", "num_threads", "device"):
+    for k in (
+        "gan_steps",
+        "warmup_steps",
+        "checkpoint_every",
+        "val_every",
+        "out_dir",
+        "num_threads",
+        "device",
+    ):
         d.pop(k, None)
     return d
 

@@ -1,0 +1,332 @@
+"""Layer roles, LR / SR / HR pairs, their geometry, and field-of-view crops.
+
+Shared by the Enhance, Compare and Fine-tune widgets. A *pair* is the set of layers
+that show one image at low resolution (LR), super-resolved (SR) and, when the LR was
+simulated, at the original resolution (HR). Each member carries
+`layer.metadata["srgan_sqe"] = {"role": "lr" | "sr" | "hr", "pair_id": str, "scale": int}`
+(SR layers also `"model"`), which survives saving the layer list and needs no
+registry: `find_pair(viewer.layers)` reads it back.
+
+Geometry (docs/architecture.md, pixel-centre convention): with HR of pixel size `p`
+at translate `t`, LR has scale `s p` and translate `t + (s - 1) / 2 p`; SR has HR's
+geometry. Without HR, SR is placed from LR: scale `p_lr / s`, translate
+`t_lr - (s - 1) / (2 s) p_lr`. SR level 0 is therefore always the "HR pixel grid" on
+which field-of-view crops are taken.
+
+Nothing here touches torch or dask at import, nor the viewer from a worker thread:
+`fov_box` runs on the GUI thread; `read_crop` only slices arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "META_KEY",
+    "CropBox",
+    "LayerPair",
+    "attach_pyramid",
+    "crop_margins",
+    "find_pair",
+    "find_pairs",
+    "fov_box",
+    "layer_levels",
+    "lr_transform",
+    "mark",
+    "new_pair_id",
+    "pair_id_of",
+    "pyramid_of",
+    "read_crop",
+    "rgb_image_layers",
+    "role_of",
+    "show_pyramid",
+    "sr_transform",
+    "view_rect_world",
+]
+
+META_KEY = "srgan_sqe"
+ROLES = ("lr", "sr", "hr")
+MAX_CROP = 1024
+"""Largest side (HR px) of a field-of-view crop; larger views use their centre."""
+
+
+# ------------------------------------------------------------------ roles and pairs
+def new_pair_id() -> str:
+    """A fresh, short pair identifier."""
+    return uuid.uuid4().hex[:8]
+
+
+def mark(layer: Any, role: str, pair_id: str, *, scale: int, **extra: Any) -> None:
+    """Tag `layer` as the `role` member of pair `pair_id` (emits `events.metadata`)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    meta = dict(layer.metadata)
+    meta[META_KEY] = {"role": role, "pair_id": pair_id, "scale": int(scale), **extra}
+    layer.metadata = meta
+
+
+def _tag(layer: Any) -> dict:
+    tag = getattr(layer, "metadata", {}).get(META_KEY)
+    return tag if isinstance(tag, dict) else {}
+
+
+def role_of(layer: Any) -> str | None:
+    """'lr', 'sr', 'hr' or None for a layer that belongs to no pair."""
+    return _tag(layer).get("role")
+
+
+def pair_id_of(layer: Any) -> str | None:
+    """The pair a layer belongs to, or None."""
+    return _tag(layer).get("pair_id")
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    """The layers of one pair (any may be missing) and the SR factor `scale`."""
+
+    pair_id: str
+    scale: int
+    lr: Any = None
+    sr: Any = None
+    hr: Any = None
+
+    @property
+    def layers(self) -> list[Any]:
+        """Present members, in display order LR, SR, HR."""
+        return [x for x in (self.lr, self.sr, self.hr) if x is not None]
+
+
+def find_pairs(layers: Iterable[Any]) -> dict[str, LayerPair]:
+    """Every pair in `layers`, by pair id, in layer-list order; the last of a role wins."""
+    found: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        tag = _tag(layer)
+        if tag.get("role") in ROLES and tag.get("pair_id"):
+            entry = found.setdefault(tag["pair_id"], {"scale": int(tag.get("scale", 4))})
+            entry[tag["role"]] = layer
+    return {
+        pid: LayerPair(pid, e.pop("scale"), **{r: e.get(r) for r in ROLES})
+        for pid, e in found.items()
+    }
+
+
+def find_pair(layers: Iterable[Any], which: Any = None) -> LayerPair | None:
+    """The pair of a layer or pair id `which`; by default the topmost pair with an SR layer.
+
+    Returns None when there is no such pair.
+    """
+    pairs = find_pairs(layers)
+    if which is not None:
+        pid = which if isinstance(which, str) else pair_id_of(which)
+        return pairs.get(pid) if pid else None
+    with_sr = [p for p in pairs.values() if p.sr is not None]
+    if with_sr:
+        return with_sr[-1]
+    return list(pairs.values())[-1] if pairs else None
+
+
+# ------------------------------------------------------------------ SR layers and their engine
+_PYRAMIDS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _unwrap(layer: Any) -> Any:
+    return getattr(layer, "__wrapped__", layer)  # a plugin's viewer hands out proxies
+
+
+def attach_pyramid(sr_layer: Any, pyramid: Any) -> None:
+    """Remember the `SRPyramid` behind `sr_layer` (kept alive as long as the layer)."""
+    _PYRAMIDS[_unwrap(sr_layer)] = pyramid
+
+
+def pyramid_of(sr_layer: Any) -> Any:
+    """The `SRPyramid` behind an SR layer (its `.stats`, `.model`, `.set_model`), or None."""
+    return _PYRAMIDS.get(_unwrap(sr_layer))
+
+
+def show_pyramid(sr_layer: Any, pyramid: Any = None) -> None:
+    """Point `sr_layer` at its pyramid's current arrays, e.g. after `set_model` (GUI thread).
+
+    `set_model` builds new dask arrays, so the layer must be given them again; this
+    also records the model name in the layer's pair tag (emits `events.metadata`).
+    """
+    pyramid = pyramid if pyramid is not None else pyramid_of(sr_layer)
+    if pyramid is None:
+        raise ValueError(f"layer {sr_layer.name!r} is not an SR layer made by this plugin")
+    attach_pyramid(sr_layer, pyramid)
+    sr_layer.data = list(pyramid)
+    tag = _tag(sr_layer)
+    if tag:
+        mark(sr_layer, tag["role"], tag["pair_id"], scale=tag["scale"], model=pyramid.model.name)
+
+
+# ------------------------------------------------------------------ layers and geometry
+def layer_levels(layer: Any) -> list[Any]:
+    """A layer's data as a list of levels, finest first (one level if not multiscale)."""
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        return [data[i] for i in range(len(data))]
+    return [data]
+
+
+def rgb_image_layers(layers: Iterable[Any]) -> list[Any]:
+    """Image layers holding 2-D RGB data (candidates for LR or HR)."""
+    from napari.layers import Image
+
+    out = []
+    for layer in layers:
+        if not isinstance(layer, Image) or not layer.rgb:
+            continue
+        shape = layer_levels(layer)[0].shape
+        if len(shape) == 3 and shape[-1] == 3:
+            out.append(layer)
+    return out
+
+
+def _geometry(like: Any, scale: Any, translate: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"scale": tuple(scale), "translate": tuple(translate)}
+    units = getattr(like, "units", None)  # napari >= 0.6: keep um when the source has them
+    if units is not None:
+        out["units"] = tuple(str(u) for u in units[-2:])
+    return out
+
+
+def lr_transform(hr_layer: Any, scale: int) -> dict[str, Any]:
+    """napari `scale`, `translate` (and `units`) of an LR layer simulated from `hr_layer`."""
+    p = np.asarray(hr_layer.scale[-2:], dtype=float)
+    t = np.asarray(hr_layer.translate[-2:], dtype=float)
+    return _geometry(hr_layer, scale * p, t + (scale - 1) / 2 * p)
+
+
+def sr_transform(lr_layer: Any, scale: int) -> dict[str, Any]:
+    """napari `scale`, `translate` (and `units`) of the SR layer of `lr_layer` (HR geometry)."""
+    p = np.asarray(lr_layer.scale[-2:], dtype=float)
+    t = np.asarray(lr_layer.translate[-2:], dtype=float)
+    return _geometry(lr_layer, p / scale, t - (scale - 1) / (2 * scale) * p)
+
+
+# ------------------------------------------------------------------ field of view
+def _camera(viewer: Any) -> Any:
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def _viewbox_size(viewer: Any) -> tuple[float, float]:
+    """(height, width) in screen px of the canvas, or of one grid cell in grid mode."""
+    canvas = getattr(viewer, "canvas", None)
+    if canvas is not None and hasattr(canvas, "viewbox_size"):  # napari >= 0.9
+        h, w = canvas.viewbox_size(viewer.layers)
+        return float(h), float(w)
+    h, w = viewer._canvas_size  # older napari
+    if viewer.grid.enabled:
+        rows, cols = viewer.grid.actual_shape(len(viewer.layers))
+        h, w = h / rows, w / cols
+    return float(h), float(w)
+
+
+def view_rect_world(viewer: Any) -> tuple[float, float, float, float]:
+    """(y_min, x_min, y_max, x_max) of what one view shows, in world units (2-D view)."""
+    cam = _camera(viewer)
+    cy, cx = (float(c) for c in cam.center[-2:])
+    zoom = float(cam.zoom)
+    h, w = _viewbox_size(viewer)
+    hy, hx = h / (2 * zoom), w / (2 * zoom)
+    return cy - hy, cx - hx, cy + hy, cx + hx
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A crop [y0, y1) x [x0, x1) of the SR level-0 (HR) grid, corners multiples of `scale`.
+
+    `capped` says the view was larger than the crop (the crop is its centre).
+    """
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    scale: int
+    capped: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+    @property
+    def lr(self) -> tuple[int, int, int, int]:
+        """The same region on the LR level-0 grid: (y0, y1, x0, x1)."""
+        s = self.scale
+        return self.y0 // s, self.y1 // s, self.x0 // s, self.x1 // s
+
+
+def _axis_range(lo: float, hi: float, n: int, s: int, max_side: int, min_side: int):
+    """Pixel range [a, b) covering data coords [lo, hi], snapped to s, clipped to n."""
+    a, b = math.floor(lo + 0.5), math.ceil(hi + 0.5)
+    a, b = max(0, (a // s) * s), min(n, -(-b // s) * s)
+    capped = False
+    if b - a > max_side:
+        centre = (a + b) / 2
+        a = int(round((centre - max_side / 2) / s)) * s
+        a, b, capped = a, a + max_side, True
+    elif b - a < min_side:
+        centre = (a + b) / 2 if b > a else (lo + hi) / 2
+        a = int(round((centre - min_side / 2) / s)) * s
+        b = a + min_side
+    shift = max(0, -a) - max(0, b - n)  # slide back inside [0, n)
+    a, b = max(0, a + shift), min(n, b + shift)
+    return a, b, capped
+
+
+def fov_box(
+    viewer: Any, pair: LayerPair, *, max_side: int = MAX_CROP, min_side: int | None = None
+) -> CropBox | None:
+    """The crop of SR level 0 under the current view (centre `max_side` px at most).
+
+    `min_side` (default 11 LR px, what SSIM needs) grows small views around their
+    centre. None when there is no SR layer or the view misses the image. GUI thread.
+    """
+    if pair.sr is None:
+        return None
+    s = int(pair.scale)
+    min_side = 11 * s if min_side is None else min_side
+    max_side = max(s, (max_side // s) * s)
+    h, w = layer_levels(pair.sr)[0].shape[:2]
+    h, w = (h // s) * s, (w // s) * s
+    y_min, x_min, y_max, x_max = view_rect_world(viewer)
+    corners = [pair.sr.world_to_data((y, x))[-2:] for y in (y_min, y_max) for x in (x_min, x_max)]
+    ys, xs = [c[0] for c in corners], [c[1] for c in corners]
+    if max(ys) < -0.5 or max(xs) < -0.5 or min(ys) > h - 0.5 or min(xs) > w - 0.5:
+        return None
+    y0, y1, cap_y = _axis_range(min(ys), max(ys), h, s, max_side, min_side)
+    x0, x1, cap_x = _axis_range(min(xs), max(xs), w, s, max_side, min_side)
+    if y1 - y0 < s or x1 - x0 < s:
+        return None
+    return CropBox(y0, y1, x0, x1, s, cap_y or cap_x)
+
+
+def read_crop(
+    level: Any, y0: int, y1: int, x0: int, x1: int, *, margin: int = 0
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """`level[y0:y1, x0:x1]` as numpy, with up to `margin` px more on each side.
+
+    Returns the array and the margins actually read (top, bottom, left, right), which
+    are smaller at the image border. Any array-like (numpy, dask, zarr) works.
+    """
+    h, w = level.shape[:2]
+    ty, by = min(margin, y0), min(margin, h - y1)
+    lx, rx = min(margin, x0), min(margin, w - x1)
+    region = level[y0 - ty : y1 + by, x0 - lx : x1 + rx]
+    region = region.compute() if hasattr(region, "compute") else region
+    return np.asarray(region), (ty, by, lx, rx)
+
+
+def crop_margins(img: np.ndarray, margins: Sequence[int], factor: int = 1) -> np.ndarray:
+    """Remove `margins` (top, bottom, left, right) x `factor` px from `img`."""
+    t, b, left, r = (int(m) * factor for m in margins)
+    return img[t : img.shape[0] - b, left : img.shape[1] - r]

@@ -1,0 +1,534 @@
+"""The "Enhance" widget: super-resolve an image layer lazily, tile by tile.
+
+The widget only arranges layers. Loading a model, simulating LR with the reference
+degradation and building the lazy SR pyramid happen in `prepare_enhance`, a
+generator run in a napari thread worker; it yields progress strings and returns a
+`Prepared` result that the GUI thread turns into layers. Tiles are computed later by
+dask when napari slices the SR layer (with async slicing on, off the GUI thread).
+
+Programmatic use (tests, `srgan-sqe view`):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Enhance")
+    sr = widget.enhance(simulate_from=hr_layer, model="bicubic-x4", wait=True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_srgan_sqe._napari import _layers
+
+__all__ = ["EnhanceWidget", "Prepared", "default_model_name", "prepare_enhance"]
+
+log = logging.getLogger(__name__)
+
+LOAD_FILE = "load .safetensors..."
+DEFAULT_ITEM = "default"
+DEVICES = ("auto", "cuda", "mps", "cpu")
+PREFERRED_MODELS = ("srgan-sqe-he-x4", "bicubic-x4")
+
+
+def default_model_name(models: list[dict] | None = None) -> str:
+    """The bundled model to use by default: the trained one if its weights exist."""
+    if models is None:
+        from napari_srgan_sqe.models.registry import list_models
+
+        models = list_models()
+    available = [m["name"] for m in models if m.get("available")]
+    for name in PREFERRED_MODELS:
+        if name in available:
+            return name
+    return available[0] if available else "bicubic-x4"
+
+
+# ------------------------------------------------------------------ background work
+@dataclass
+class Prepared:
+    """What a background enhance produced: the model, the SR pyramid, maybe LR levels."""
+
+    pyramid: Any = None
+    lr_levels: list[Any] | None = None
+    error: str | None = None
+
+
+def _probe() -> dict[str, Any]:
+    """Bundled models and the device 'auto' picks (imports torch: run in a worker)."""
+    from napari_srgan_sqe.models.predictor import resolve_device
+    from napari_srgan_sqe.models.registry import list_models
+
+    return {"models": list_models(), "auto": str(resolve_device("auto"))}
+
+
+def prepare_enhance(
+    *,
+    model: Any,
+    device: str,
+    tile: int | None,
+    lr_levels: list[Any] | None = None,
+    hr_levels: list[Any] | None = None,
+    expect_scale: int | None = None,
+) -> Generator[str, None, Prepared]:
+    """Load `model`, simulate LR from `hr_levels` if given, and build the lazy SR pyramid.
+
+    `model`: an SRModel, a bundled name or a .safetensors path; None is
+    `default_model_name()` (the trained model when its weights are installed).
+
+    Yields progress messages; returns `Prepared` (with `.error` set, never raising, so
+    the GUI shows one clear notification). Touches no viewer: only arrays and files.
+    """
+    try:
+        from napari_srgan_sqe.inference.engine import super_resolve
+        from napari_srgan_sqe.models.modelfile import load_model
+
+        if model is None:
+            model = default_model_name()
+        yield f"loading model {Path(str(model)).name if _is_path(model) else model} ..."
+        loaded = load_model(model) if isinstance(model, str | os.PathLike) else model
+        s = int(loaded.scale)
+        if expect_scale is not None and s != expect_scale:
+            raise ValueError(
+                f"model {loaded.name!r} is {s}x but this pair of layers is {expect_scale}x"
+            )
+        if hr_levels is not None:
+            yield f"simulating LR (D_{s}) lazily ..."
+            lr_levels = _simulate_lr(hr_levels, s)
+        yield f"preparing {loaded.name} on {device} ..."
+        pyramid = super_resolve(lr_levels, loaded, device=device, tile=tile)
+        return Prepared(pyramid=pyramid, lr_levels=lr_levels)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
+        log.debug("enhance failed", exc_info=True)
+        return Prepared(error=str(exc) or type(exc).__name__)
+
+
+def _is_path(model: Any) -> bool:
+    return isinstance(model, os.PathLike) or (
+        isinstance(model, str) and model.endswith(".safetensors")
+    )
+
+
+def _simulate_lr(hr_levels: list[Any], s: int) -> list[Any]:
+    """D_s of every HR level big enough, lazily: LR level k is D_s(HR level k)."""
+    import dask.array as da
+
+    from napari_srgan_sqe.degradation import degrade_lazy
+
+    out = []
+    for i, level in enumerate(hr_levels):
+        if i and min(level.shape[:2]) < 16 * s:
+            break
+        if not hasattr(level, "dask"):
+            level = da.from_array(level, chunks=(1024, 1024, -1))
+        out.append(degrade_lazy(level, s))
+    return out
+
+
+def _set_model(pyramid: Any, model: Any) -> Generator[str, None, Prepared]:
+    """Switch an SR pyramid to another model (worker side)."""
+    try:
+        from napari_srgan_sqe.models.modelfile import load_model
+
+        model = default_model_name() if model is None else model
+        yield f"loading model {model} ..."
+        loaded = load_model(model) if isinstance(model, str | os.PathLike) else model
+        if int(loaded.scale) != pyramid.scale:
+            raise ValueError(
+                f"model {loaded.name!r} is {loaded.scale}x but the SR layer is {pyramid.scale}x; "
+                "press Enhance to make a new SR layer"
+            )
+        pyramid.set_model(loaded)
+        return Prepared(pyramid=pyramid)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("model switch failed", exc_info=True)
+        return Prepared(error=str(exc) or type(exc).__name__)
+
+
+# ------------------------------------------------------------------ the widget
+@dataclass
+class _Request:
+    """One Enhance press: which layers, and how to place the result."""
+
+    lr_layer: Any = None
+    hr_layer: Any = None
+    pair_id: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class EnhanceWidget(QWidget):
+    """Choose LR (or simulate it from HR), a model, a device; add a lazy SR layer."""
+
+    sr_ready = Signal(object)
+    """Emitted with the SR layer when it has been added or switched to a new model."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._workers: set[Any] = set()
+        self._auto_device = "?"
+
+        self.layer_box = QComboBox()
+        self.simulate_box = QCheckBox("simulate LR from this layer (it is the HR)")
+        self.model_box = QComboBox()
+        self.device_box = QComboBox()
+        self.device_box.addItems(DEVICES)
+        self.tile_box = QSpinBox()
+        self.tile_box.setRange(0, 4096)
+        self.tile_box.setSingleStep(64)
+        self.tile_box.setSpecialValueText("auto")
+        self.tile_box.setSuffix(" LR px")
+        self.tile_box.setToolTip("Tile side; auto = 256 on CPU, 512 on a GPU")
+        self.enhance_button = QPushButton("Enhance")
+        self.status = QLabel("no SR layer yet")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Image layer", self.layer_box)
+        form.addRow(self.simulate_box)
+        form.addRow("Model", self.model_box)
+        form.addRow("Device", self.device_box)
+        form.addRow("Tile", self.tile_box)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.enhance_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.model_box.addItem(DEFAULT_ITEM, None)  # until the worker lists the models
+        self.model_box.addItem(LOAD_FILE, LOAD_FILE)
+        self._model_index = self.model_box.currentIndex()
+        self.model_box.activated.connect(self._on_model_activated)
+        self.enhance_button.clicked.connect(lambda: self.enhance())
+        for ev in ("inserted", "removed", "moved", "changed"):
+            getattr(self.viewer.layers.events, ev).connect(self._refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._watch_name)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_layers)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self._refresh_layers()
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(500)
+        self._timer.timeout.connect(self._update_status)
+        self._timer.start()
+        self._run(_probe_gen(), self._on_probe)
+
+    # ---------------------------------------------------------------- public API
+    def enhance(
+        self,
+        lr_layer: Any = None,
+        *,
+        simulate_from: Any = None,
+        model: Any = None,
+        device: str | None = None,
+        tile: int | None = None,
+        wait: bool = False,
+    ) -> Any:
+        """Add (or renew) the SR layer of `lr_layer`, or of LR simulated from `simulate_from`.
+
+        Arguments left None are read from the widget. `wait=False` (the button) loads
+        the model in a worker and returns None; `sr_ready` fires with the layer. With
+        `wait=True` the work runs in the calling thread and the SR layer is returned.
+        Failures are shown as notifications; then None is returned.
+        """
+        from napari.utils.notifications import show_error
+
+        if lr_layer is None and simulate_from is None:
+            chosen = self._chosen_layer()
+            if chosen is None:
+                show_error("Enhance: add an RGB image layer first")
+                return None
+            if self.simulate_box.isChecked():
+                simulate_from = chosen
+            else:
+                lr_layer = chosen
+        else:  # called from code: show what is being done
+            self.simulate_box.setChecked(simulate_from is not None)
+            if model is not None:
+                self._show_model(model)
+        req = self._request(lr_layer, simulate_from)
+        kwargs = dict(
+            req.kwargs,
+            model=model if model is not None else self.model_box.currentData(),
+            device=device or self.device_box.currentText().split(" ")[0],
+            tile=tile if tile is not None else (self.tile_box.value() or None),
+        )
+        if wait:
+            return self._finish(req, _drain(prepare_enhance(**kwargs)))
+        self.enhance_button.setEnabled(False)
+        self._run(prepare_enhance(**kwargs), lambda res: self._finish(req, res))
+        return None
+
+    def set_model(self, model: Any, *, sr_layer: Any = None, wait: bool = False) -> Any:
+        """Switch the SR layer (default: the current pair's) to `model`; returns it if waiting."""
+        sr_layer = sr_layer if sr_layer is not None else self._current_sr()
+        pyramid = _layers.pyramid_of(sr_layer) if sr_layer is not None else None
+        if pyramid is None:
+            return None
+
+        def done(res: Prepared) -> Any:
+            from napari.utils.notifications import show_error
+
+            if res.error:
+                show_error(f"Enhance: {res.error}")
+                return None
+            _layers.show_pyramid(sr_layer, res.pyramid)
+            sr_layer.name = self._sr_name(sr_layer)
+            self.sr_ready.emit(sr_layer)
+            return sr_layer
+
+        if wait:
+            return done(_drain(_set_model(pyramid, model)))
+        self._run(_set_model(pyramid, model), done)
+        return None
+
+    @property
+    def busy(self) -> bool:
+        """True while a model is loading or a pyramid is being prepared."""
+        return bool(self._workers)
+
+    # ---------------------------------------------------------------- helpers
+    def _run(self, gen: Generator, on_done: Any) -> None:
+        from napari.qt.threading import create_worker
+
+        def alive(fn: Any) -> Any:  # the widget may be gone (napari closed) when it ends
+            return lambda *args: fn(*args) if _alive(self) else None
+
+        worker = create_worker(_passthrough, gen, _start_thread=False)
+        worker.yielded.connect(alive(self.status.setText))
+        worker.returned.connect(alive(on_done))
+        worker.finished.connect(alive(lambda: self._worker_done(worker)))
+        self._workers.add(worker)
+        worker.start()
+
+    def _worker_done(self, worker: Any) -> None:
+        self._workers.discard(worker)
+        if not self._workers:
+            self.enhance_button.setEnabled(True)
+
+    def _request(self, lr_layer: Any, hr_layer: Any) -> _Request:
+        """Decide the pair and the levels to send to the worker (GUI thread)."""
+        if hr_layer is not None:
+            pair = _layers.find_pair(self.viewer.layers, hr_layer)
+            if pair is not None and pair.hr is not None and pair.lr is not None:
+                lr_layer, hr_layer = pair.lr, None  # LR already simulated: enhance it again
+            else:
+                return _Request(
+                    hr_layer=hr_layer,
+                    pair_id=_layers.new_pair_id(),
+                    kwargs={"hr_levels": _layers.layer_levels(hr_layer)},
+                )
+        pid = _layers.pair_id_of(lr_layer) if _layers.role_of(lr_layer) == "lr" else None
+        pair = _layers.find_pair(self.viewer.layers, pid) if pid else None
+        return _Request(
+            lr_layer=lr_layer,
+            pair_id=pid or _layers.new_pair_id(),
+            kwargs={
+                "lr_levels": _layers.layer_levels(lr_layer),
+                "expect_scale": pair.scale if pair is not None and pair.hr is not None else None,
+            },
+        )
+
+    def _finish(self, req: _Request, res: Prepared) -> Any:
+        """Add the LR (if simulated) and SR layers for a finished background prepare."""
+        from napari.utils.notifications import show_error
+
+        source = req.hr_layer if req.hr_layer is not None else req.lr_layer
+        if source not in self.viewer.layers:  # removed meanwhile, or the viewer closed
+            self.status.setText("the image layer was removed; nothing added")
+            return None
+        if res.error:
+            self.status.setText(f"failed: {res.error}")
+            show_error(f"Enhance: {res.error}")
+            return None
+        pyramid, s = res.pyramid, res.pyramid.scale
+        lr_layer = req.lr_layer
+        if req.hr_layer is not None:
+            hr = req.hr_layer
+            lr_layer = self.viewer.add_image(
+                res.lr_levels,
+                multiscale=True,
+                rgb=True,
+                name=f"{hr.name} LR (simulated {s}x)",
+                **_layers.lr_transform(hr, s),
+            )
+            _layers.mark(hr, "hr", req.pair_id, scale=s)
+        _layers.mark(lr_layer, "lr", req.pair_id, scale=s)
+        pair = _layers.find_pair(self.viewer.layers, req.pair_id)
+        geometry = _layers.sr_transform(lr_layer, s)
+        if pair is not None and pair.sr is not None:
+            sr = pair.sr
+            for key, value in geometry.items():
+                setattr(sr, key, value)
+            _layers.show_pyramid(sr, pyramid)
+        else:
+            sr = self.viewer.add_image(
+                list(pyramid), multiscale=True, rgb=True, name="SR", **geometry
+            )
+            _layers.attach_pyramid(sr, pyramid)
+            _layers.mark(sr, "sr", req.pair_id, scale=s, model=pyramid.model.name)
+        sr.name = self._sr_name(sr)
+        self._select_layer(lr_layer if req.hr_layer is None else req.hr_layer)
+        self._update_status()
+        self.sr_ready.emit(sr)
+        return sr
+
+    def _sr_name(self, sr: Any) -> str:
+        """'<HR or LR name> SR (<model>)'."""
+        pair = _layers.find_pair(self.viewer.layers, sr)
+        source = (pair.hr or pair.lr) if pair is not None else None
+        base = source.name if source is not None else "image"
+        return f"{base} SR ({_layers.pyramid_of(sr).model.name})"
+
+    def _chosen_layer(self) -> Any:
+        name = self.layer_box.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _current_sr(self) -> Any:
+        chosen = self._chosen_layer()
+        pair = _layers.find_pair(self.viewer.layers, chosen) if chosen is not None else None
+        pair = pair or _layers.find_pair(self.viewer.layers)
+        return pair.sr if pair is not None else None
+
+    def _select_layer(self, layer: Any) -> None:
+        index = self.layer_box.findText(layer.name)
+        if index >= 0:
+            self.layer_box.setCurrentIndex(index)
+
+    def _refresh_layers(self, event: Any = None) -> None:
+        current = self.layer_box.currentText()
+        names = [
+            layer.name
+            for layer in _layers.rgb_image_layers(self.viewer.layers)
+            if _layers.role_of(layer) != "sr"
+        ]
+        self.layer_box.blockSignals(True)
+        self.layer_box.clear()
+        self.layer_box.addItems(names)
+        if current in names:
+            self.layer_box.setCurrentText(current)
+        self.layer_box.blockSignals(False)
+
+    def _watch_name(self, event: Any) -> None:
+        event.value.events.name.connect(self._refresh_layers)
+
+    def _on_active_layer(self, event: Any = None) -> None:
+        active = self.viewer.layers.selection.active
+        if active is not None and self.layer_box.findText(active.name) >= 0:
+            self.layer_box.setCurrentText(active.name)
+
+    # ---------------------------------------------------------------- models / devices
+    def _on_probe(self, info: dict[str, Any]) -> None:
+        """Fill the model list (bundled, then files loaded so far) and the auto device."""
+        chosen = self.model_box.currentData()
+        files = [
+            (self.model_box.itemText(i), self.model_box.itemData(i))
+            for i in range(self.model_box.count())
+            if self.model_box.itemData(i) not in (None, LOAD_FILE)
+        ]
+        self.model_box.clear()
+        for m in info["models"]:
+            self.model_box.addItem(m["name"], m["name"])
+            if not m["available"]:
+                item = self.model_box.model().item(self.model_box.count() - 1)
+                item.setEnabled(False)
+                item.setToolTip("weights not installed")
+        for text, path in files:
+            self.model_box.addItem(text, path)
+        self.model_box.addItem(LOAD_FILE, LOAD_FILE)
+        default = chosen if chosen is not None else default_model_name(info["models"])
+        self.model_box.setCurrentIndex(max(0, self.model_box.findData(default)))
+        self._model_index = self.model_box.currentIndex()
+        self._auto_device = info["auto"]
+        self.device_box.setItemText(0, f"auto ({self._auto_device})")
+        self.status.setText(f"ready; auto device is {self._auto_device}")
+
+    def _show_model(self, model: Any) -> None:
+        """Select `model` (a bundled name or a file path) in the list, adding a file."""
+        if not isinstance(model, str | os.PathLike):
+            return
+        key = str(model)
+        index = self.model_box.findData(key)
+        if index < 0 and _is_path(model):
+            index = self.model_box.findData(LOAD_FILE)
+            self.model_box.insertItem(index, Path(key).name, key)
+            self.model_box.setItemData(index, key, Qt.ItemDataRole.ToolTipRole)
+        if index >= 0:
+            self.model_box.setCurrentIndex(index)
+            self._model_index = index
+
+    def _on_model_activated(self, index: int) -> None:
+        if self.model_box.itemData(index) == LOAD_FILE:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Load a model", "", "Model files (*.safetensors);;All files (*)"
+            )
+            if not path:
+                self.model_box.setCurrentIndex(self._model_index)
+                return
+            self._show_model(Path(path))
+            self._model_index = -1  # a new choice: switch the SR layer below
+        if self.model_box.currentIndex() != self._model_index:
+            self._model_index = self.model_box.currentIndex()
+            self.set_model(self.model_box.currentData())
+
+    def _update_status(self) -> None:
+        sr = self._current_sr()
+        pyramid = _layers.pyramid_of(sr) if sr is not None else None
+        if pyramid is None or self._workers:
+            return
+        st = pyramid.stats
+        rate = (
+            f"{st.mean_tile_s:.2f} s/tile, {st.mpx_per_s:.1f} Mpx/s" if st.tiles_computed else "-"
+        )
+        self.status.setText(
+            f"{pyramid.predictor.device_name} | {pyramid.model.name} | tiles: "
+            f"{st.tiles_computed} computed, {st.pending} pending, "
+            f"{st.cache_hits} cache hits | {rate}"
+        )
+
+
+def _alive(widget: QWidget) -> bool:
+    """False once Qt has deleted the widget (its Python object may live on)."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _probe_gen() -> Generator[str, None, dict[str, Any]]:
+    yield "looking for models and devices ..."
+    try:
+        return _probe()
+    except Exception:  # noqa: BLE001 - fall back to the weight-free model
+        log.debug("probe failed", exc_info=True)
+        return {"models": [{"name": "bicubic-x4", "available": True}], "auto": "cpu"}
+
+
+def _passthrough(gen: Generator) -> Generator:
+    """Run `gen` in a napari GeneratorWorker (yielded values are progress messages)."""
+    return (yield from gen)
+
+
+def _drain(gen: Generator) -> Any:
+    """Run a generator to its end in this thread; its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

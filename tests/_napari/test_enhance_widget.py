@@ -1,0 +1,143 @@
+"""The Enhance widget in a real napari viewer (Qt under Xvfb)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from napari_srgan_sqe._napari import _layers
+from napari_srgan_sqe._napari.enhance_widget import LOAD_FILE, EnhanceWidget
+from napari_srgan_sqe.degradation import degrade
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-srgan-sqe"
+
+
+def dock(viewer, name: str):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def choose_model_file(qtbot, widget: EnhanceWidget, monkeypatch, path) -> None:
+    """Pick a model through the "load .safetensors..." entry, with the dialog answered."""
+    from qtpy.QtWidgets import QFileDialog
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(path), ""))
+    widget.model_box.activated.emit(widget.model_box.findData(LOAD_FILE))
+    assert widget.model_box.currentData() == str(path)
+
+
+def test_button_adds_aligned_sr_layer(
+    async_viewer, qtbot, monkeypatch, tiny_model, sample_hr, errors
+):
+    viewer = async_viewer  # napari slices in a thread, as users are advised to set up
+    viewer.add_image(sample_hr, name="slide", scale=(0.5, 0.5), translate=(10.0, 20.0))
+    widget = dock(viewer, "Enhance")
+    assert isinstance(widget, EnhanceWidget)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)  # models and devices listed
+    assert widget.device_box.itemText(0).startswith("auto (")
+    assert "bicubic-x4" in [widget.model_box.itemText(i) for i in range(widget.model_box.count())]
+
+    widget.layer_box.setCurrentText("slide")
+    choose_model_file(qtbot, widget, monkeypatch, tiny_model)
+    widget.tile_box.setValue(128)
+    with qtbot.waitSignal(widget.sr_ready, timeout=30000) as blocker:
+        widget.enhance_button.click()
+        assert not widget.enhance_button.isEnabled()  # the GUI thread did not block
+    sr = blocker.args[0]
+    assert sr.multiscale and sr.rgb
+    assert sr.data[0].shape == (4 * 384, 4 * 512, 3)
+    np.testing.assert_allclose(sr.scale, (0.125, 0.125))
+    np.testing.assert_allclose(sr.translate, np.array([10.0, 20.0]) - 3 / 8 * 0.5)
+    pair = _layers.find_pair(viewer.layers)
+    assert pair.lr is not None and pair.sr is not None and pair.hr is None
+    assert _layers.pyramid_of(sr).tile == 128
+
+    tile = np.asarray(sr.data[0][:64, :64])  # computes one tile
+    assert tile.dtype == np.uint8 and tile.std() > 0
+    assert _layers.pyramid_of(sr).stats.tiles_computed >= 1
+
+    def shown() -> int:  # napari may still be computing tiles of the view meanwhile
+        found = re.search(r"(\d+) computed", widget.status.text())
+        return int(found.group(1)) if found else 0
+
+    qtbot.waitUntil(lambda: shown() >= 1, timeout=5000)
+    assert "tiny-test" in widget.status.text() and "cpu" in widget.status.text()
+    assert errors() == []
+    qtbot.waitUntil(lambda: sr.loaded, timeout=30000)  # napari's slicing thread is done
+
+
+def test_simulate_lr_is_degrade_of_hr(viewer, sample_hr, errors):
+    hr = viewer.add_image(sample_hr, name="HE", scale=(0.25, 0.25))
+    widget = dock(viewer, "Enhance")
+    sr = widget.enhance(simulate_from=hr, model="bicubic-x4", wait=True)
+    assert sr is not None, errors()
+    pair = _layers.find_pair(viewer.layers, sr)
+    assert (pair.hr, pair.sr) == (hr, sr) and pair.scale == 4
+    lr = pair.lr
+    expected = degrade(sample_hr, 4)
+    np.testing.assert_array_equal(np.asarray(lr.data[0]), expected)
+    np.testing.assert_allclose(lr.scale, (1.0, 1.0))
+    np.testing.assert_allclose(lr.translate, (1.5 * 0.25, 1.5 * 0.25))
+    # SR has exactly the HR geometry
+    assert sr.data[0].shape == sample_hr.shape
+    np.testing.assert_allclose(sr.scale, hr.scale)
+    np.testing.assert_allclose(sr.translate, hr.translate, atol=1e-12)
+    # enhancing the same HR again reuses its simulated LR and SR layers
+    n = len(viewer.layers)
+    assert widget.enhance(simulate_from=hr, model="bicubic-x4", wait=True) == sr
+    assert len(viewer.layers) == n
+    assert errors() == []
+
+
+def test_model_change_refreshes_sr(viewer, qtbot, monkeypatch, tiny_model, sample_hr):
+    hr = viewer.add_image(sample_hr[:128, :128], name="HE")
+    widget = dock(viewer, "Enhance")
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    sr = widget.enhance(simulate_from=hr, model="bicubic-x4", wait=True)
+    before = np.asarray(sr.data[0])
+    old_name = sr.data[0].name
+    widget.layer_box.setCurrentText("HE")
+    with qtbot.waitSignal(widget.sr_ready, timeout=30000):
+        choose_model_file(qtbot, widget, monkeypatch, tiny_model)
+    assert sr.data[0].name != old_name  # new arrays: napari cannot show stale tiles
+    assert "tiny-test" in sr.name
+    assert sr.metadata["srgan_sqe"]["model"] == "tiny-test"
+    assert not np.array_equal(np.asarray(sr.data[0]), before)
+
+
+def test_bad_model_file_is_a_notification(viewer, qtbot, sample_hr, bad_model, errors):
+    viewer.add_image(sample_hr, name="slide")
+    widget = dock(viewer, "Enhance")
+    n = len(viewer.layers)
+    widget.enhance(viewer.layers["slide"], model=bad_model)
+    qtbot.waitUntil(lambda: errors() != [], timeout=30000)
+    assert "not-a-model.safetensors" in errors()[0]
+    qtbot.waitUntil(lambda: widget.enhance_button.isEnabled(), timeout=5000)
+    assert len(viewer.layers) == n
+    # the viewer is still usable
+    viewer.add_points([[1, 1]])
+    viewer.layers.selection.active = viewer.layers["slide"]
+    assert widget.enhance(viewer.layers["slide"], model="bicubic-x4", wait=True) is not None
+
+
+def test_non_rgb_layer_is_a_notification(viewer, errors):
+    widget = dock(viewer, "Enhance")
+    gray = viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")
+    assert widget.layer_box.findText("gray") < 0  # not offered
+    assert widget.enhance(gray, model="bicubic-x4", wait=True) is None
+    assert "RGB" in errors()[0]
+
+
+def test_closing_while_loading_is_quiet(make_napari_viewer, qtbot, sample_hr, tiny_model):
+    viewer = make_napari_viewer()
+    hr = viewer.add_image(sample_hr[:128, :128], name="HE")
+    widget = dock(viewer, "Enhance")
+    widget.enhance(simulate_from=hr, model=tiny_model)  # in a worker
+    workers = list(widget._workers)
+    viewer.close()
+    qtbot.waitUntil(lambda: all(not w.is_running for w in workers), timeout=30000)
+    qtbot.wait(100)  # let the queued "returned" signals arrive: they must not raise
