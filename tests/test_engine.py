@@ -1,0 +1,223 @@
+"""The lazy tile engine: seamless tiles, laziness, caches, model switching, threads."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import torch
+
+from napari_srgan_sqe.config import ModelConfig, generator_preset
+from napari_srgan_sqe.inference.cache import TileCache, clear_disk_cache
+from napari_srgan_sqe.inference.engine import DataError, bicubic_region, super_resolve
+from napari_srgan_sqe.inference.tiling import TileGrid, read_region, symmetric_indices
+from napari_srgan_sqe.models.modelfile import new_model
+from napari_srgan_sqe.models.predictor import Predictor
+
+
+def tiny(seed: int = 0, scale: int = 4):
+    torch.manual_seed(seed)
+    return new_model(ModelConfig(name=f"tiny{seed}", generator=generator_preset("tiny", scale)))
+
+
+class Counting(Predictor):
+    """A real Predictor that records the batch sizes of its forward calls."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[int] = []
+        self._count_lock = threading.Lock()
+
+    def run(self, tiles, *, crop=0):
+        with self._count_lock:
+            self.calls.append(len(tiles))
+        return super().run(tiles, crop=crop)
+
+
+@pytest.fixture(scope="module")
+def lr(cmu_svs: Path) -> np.ndarray:
+    """A real H&E region (LR level 0 of the CMU slide), odd-sized."""
+    from napari_srgan_sqe.io.slides import open_slide
+
+    return np.asarray(open_slide(cmu_svs).levels[0][700:901, 1000:1243])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny(0)
+
+
+@pytest.fixture(scope="module")
+def reference(lr, model) -> np.ndarray:
+    return Predictor(model, device="cpu").predict_image(lr)
+
+
+def test_symmetric_indices_match_numpy_pad() -> None:
+    for n, pad in [(5, 2), (5, 7), (1, 3), (4, 13)]:
+        ref = np.pad(np.arange(n), pad, mode="symmetric")
+        assert np.array_equal(symmetric_indices(-pad, n + pad, n), ref)
+
+
+def test_read_region_equals_padded_whole(lr) -> None:
+    padded = np.pad(lr, ((9, 9), (9, 9), (0, 0)), mode="symmetric")
+    h, w = lr.shape[:2]
+    for y0, y1, x0, x1 in [(0, 50, 0, 50), (180, h, 220, w), (3, 20, 100, 117), (0, h, 0, w)]:
+        got = read_region(lr, y0, y1, x0, x1, halo=9)
+        assert np.array_equal(got, padded[y0 : y1 + 18, x0 : x1 + 18])
+
+
+def test_block_cache_reads_like_the_array(lr) -> None:
+    import dask.array as da
+
+    from napari_srgan_sqe.inference.tiling import BlockCache
+
+    level = da.from_array(lr, chunks=(50, 70, 3))
+    cached = BlockCache(level, max_mb=1)
+    h, w = lr.shape[:2]
+    for y0, y1, x0, x1 in [(0, 50, 0, 70), (45, 160, 60, 75), (0, h, 0, w), (h - 1, h, 3, 4)]:
+        assert np.array_equal(cached[y0:y1, x0:x1], lr[y0:y1, x0:x1])
+        assert np.array_equal(
+            read_region(cached, y0, y1, x0, x1, halo=11), read_region(lr, y0, y1, x0, x1, halo=11)
+        )
+    assert cached.cache.hits > 0
+
+
+@pytest.mark.parametrize("tile", [24, 64, 97, 512])
+def test_tiled_equals_whole_image(lr, model, reference, tile) -> None:
+    sr = super_resolve(lr, model, device="cpu", tile=tile)
+    out = np.asarray(sr[0])
+    assert out.shape == reference.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - reference).max() <= 1
+    for y, x, hh, ww in [(3, 5, 101, 77), (397, 211, 250, 333), (801, 969, 3, 3)]:
+        part = np.asarray(sr[0][y : y + hh, x : x + ww])
+        assert np.abs(part.astype(int) - reference[y : y + hh, x : x + ww]).max() <= 1
+
+
+def test_lazy_creation_and_only_touched_tiles(lr, model) -> None:
+    pred = Counting(model, device="cpu")
+    sr = super_resolve(lr, model, predictor=pred, tile=64)
+    assert pred.calls == [] and sr.stats.tiles_computed == 0
+    # HR rows 300..340 -> LR rows 75..85 (tile row 1); HR cols 250..600 -> LR 62..150 (tiles 0..2)
+    np.asarray(sr[0][300:340, 250:600])
+    assert sum(pred.calls) == 3 and sr.stats.tiles_computed == 3
+    assert len(sr.grid) == 4 * 4
+
+
+def test_repeated_slice_hits_cache(lr, model) -> None:
+    pred = Counting(model, device="cpu")
+    sr = super_resolve(lr, model, predictor=pred, tile=64)
+    first = np.asarray(sr[0][0:256, 0:512])
+    n = sum(pred.calls)
+    again = np.asarray(sr[0][10:200, 20:500])
+    assert sum(pred.calls) == n
+    assert sr.stats.cache_hits >= 2
+    assert np.array_equal(again, first[10:200, 20:500])
+
+
+def test_concurrent_requests_compute_each_tile_once(lr, model) -> None:
+    pred = Counting(model, device="cpu")
+    sr = super_resolve(lr, model, predictor=pred, tile=64)
+    results: list[np.ndarray] = []
+
+    def fetch() -> None:
+        results.append(np.asarray(sr[0][:512, :512]))
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(pred.calls) == 4  # 2 x 2 tiles, each once
+    assert all(np.array_equal(r, results[0]) for r in results)
+
+
+def test_chunk_of_several_tiles_is_one_batch(lr, model) -> None:
+    pred = Counting(model, device="cpu")
+    sr = super_resolve(lr, model, predictor=pred, tile=32, chunk_tiles=2, batch=8)
+    assert sr[0].chunks[0][0] == 2 * 32 * 4
+    with dask.config.set(scheduler="sync"):
+        np.asarray(sr[0][:256, :256])
+    assert pred.calls == [4]
+
+
+def test_set_model_invalidates(lr, model, reference) -> None:
+    sr = super_resolve(lr, model, device="cpu", tile=64)
+    before = np.asarray(sr[0][:256, :256])
+    name = sr[0].name
+    other = tiny(1)
+    sr.set_model(other)
+    assert sr[0].name != name and sr.model is other
+    after = np.asarray(sr[0][:256, :256])
+    expected = Predictor(other, device="cpu").predict_image(lr)[:256, :256]
+    assert np.abs(after.astype(int) - expected).max() <= 1
+    assert not np.array_equal(before, after)
+
+
+def test_disk_cache_survives_sessions(lr, model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("NAPARI_SRGAN_SQE_CACHE", str(tmp_path / "cache"))
+    first = super_resolve(lr, model, device="cpu", tile=64, disk_cache=True)
+    a = np.asarray(first[0][:300, :300])
+    pred = Counting(model, device="cpu")
+    second = super_resolve(lr, model, predictor=pred, tile=64, disk_cache=True)
+    b = np.asarray(second[0][:300, :300])
+    assert pred.calls == [] and second.stats.disk_hits == 4
+    assert np.array_equal(a, b)
+    # another model has its own key space
+    third = super_resolve(lr, tiny(2), device="cpu", tile=64, disk_cache=True)
+    np.asarray(third[0][:100, :100])
+    assert third.stats.tiles_computed == 1
+    clear_disk_cache(first.model_id)
+    assert not first.disk_cache.path.exists()
+
+
+def test_pyramid_levels_and_inputs(lr, model) -> None:
+    coarse = lr[::2, ::2]
+    sr = super_resolve([lr, coarse], model, device="cpu", tile=64)
+    assert [lv.shape for lv in sr] == [(804, 972, 3), lr.shape, coarse.shape]
+    assert all(hasattr(lv, "dask") for lv in sr) and sr.scale == 4
+    as_float = super_resolve(lr.astype(np.float32) / 255.0, model, device="cpu", tile=64)
+    assert np.array_equal(np.asarray(as_float[0][:64, :64]), np.asarray(sr[0][:64, :64]))
+    with pytest.raises(DataError, match="RGB"):
+        super_resolve(lr[..., 0], model, device="cpu")
+    with pytest.raises(DataError, match="uint8 or float"):
+        super_resolve(lr.astype(np.uint16), model, device="cpu")
+    with pytest.raises(DataError, match="up-scales by 2, but scale 4"):
+        super_resolve(lr, tiny(0, scale=2), device="cpu", scale=4)
+
+
+def test_slide_input(model, cmu_svs: Path) -> None:
+    from napari_srgan_sqe.io.slides import open_slide
+
+    slide = open_slide(cmu_svs)
+    sr = super_resolve(slide, model, device="cpu", tile=128)
+    h, w, _ = slide.levels[0].shape
+    assert sr[0].shape == (4 * h, 4 * w, 3) and sr[1] is slide.levels[0]
+    assert sr.stats.tiles_computed == 0
+    block = np.asarray(sr[0][4100:4200, 6000:6100])
+    assert block.shape == (100, 100, 3) and sr.stats.tiles_computed == 1
+
+
+def test_bicubic_fill_matches_whole_image(lr) -> None:
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.pad(lr, ((2, 2), (2, 2), (0, 0)), mode="symmetric"))
+    x = x.permute(2, 0, 1)[None].float() / 255
+    whole = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)[0, :, 8:-8, 8:-8]
+    whole = whole.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+    part = bicubic_region(lr, 50, 113, 7, 90, scale=4)
+    assert np.abs(part.astype(int) - whole[200:452, 28:360]).max() <= 1
+
+
+def test_tile_cache_is_bounded() -> None:
+    cache = TileCache(max_mb=1)
+    tile = np.zeros((256, 256, 3), np.uint8)  # 192 KiB
+    for i in range(10):
+        cache.put(i, tile)
+    assert cache.nbytes <= 2**20 and 0 not in cache and 9 in cache
+    cache.get(5)
+    cache.put(10, tile)
+    assert 5 in cache
+    assert TileGrid(10, 10, 4).ny == 3

@@ -1,0 +1,151 @@
+"""Headless export: OME-Zarr / OME-TIFF, resume, tissue-only, dask.distributed, errors, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_srgan_sqe.config import ModelConfig, generator_preset
+from napari_srgan_sqe.inference.engine import super_resolve
+from napari_srgan_sqe.inference.export import DataError, RegionError, enhance_slide
+from napari_srgan_sqe.io.slides import open_slide
+from napari_srgan_sqe.models.modelfile import new_model, save_model
+
+REGION = (101, 1203, 300, 250)  # x, y, w, h in LR px: odd offsets, partial edge tiles
+TILE = 64
+
+
+def tiny(seed: int = 0, scale: int = 4):
+    torch.manual_seed(seed)
+    return new_model(ModelConfig(name=f"tiny{seed}", generator=generator_preset("tiny", scale)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny(0)
+
+
+@pytest.fixture(scope="module")
+def expected(cmu_svs: Path, model) -> np.ndarray:
+    """The in-memory SR of REGION (the engine itself is checked in test_engine.py)."""
+    x, y, w, h = REGION
+    lr = np.asarray(open_slide(cmu_svs).levels[0][y : y + h, x : x + w])
+    return np.asarray(super_resolve(lr, model, device="cpu", tile=TILE)[0])
+
+
+@pytest.fixture(scope="module")
+def zarr_export(cmu_svs: Path, model, tmp_path_factory) -> tuple[Path, dict]:
+    stats: dict = {}
+    out = tmp_path_factory.mktemp("export") / "sr.ome.zarr"
+    enhance_slide(cmu_svs, out, model=model, device="cpu", region=REGION, tile=TILE, stats=stats)
+    return out, stats
+
+
+def test_ome_zarr_opens_and_matches_memory(zarr_export, expected) -> None:
+    import zarr
+
+    out, stats = zarr_export
+    group = zarr.open_group(out, mode="r")
+    ms = group.attrs["multiscales"][0]
+    assert group["0"].shape == (3, 1000, 1200)
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"][1:] == [0.499 / 4] * 2
+    slide = open_slide(out)
+    assert slide.mpp == pytest.approx(0.499 / 4)
+    assert [lv.shape[:2] for lv in slide.levels][:2] == [(1000, 1200), (500, 600)]
+    assert np.abs(np.asarray(slide.levels[0]).astype(int) - expected).max() <= 1
+    assert stats["tiles_computed"] == 5 * 4 and stats["mpx_per_s"] > 0
+
+
+def test_interrupted_export_resumes_without_recomputing(cmu_svs, model, expected, tmp_path) -> None:
+    out = tmp_path / "resumed.zarr"
+
+    def stop_after_7(done: int, total: int) -> None:
+        if done >= 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        enhance_slide(
+            cmu_svs, out, model=model, device="cpu", region=REGION, tile=TILE, progress=stop_after_7
+        )
+    assert (out / ".incomplete").exists()
+    stats: dict = {}
+    enhance_slide(cmu_svs, out, model=model, device="cpu", region=REGION, tile=TILE, stats=stats)
+    assert stats["tiles_computed"] == 20 - 7  # one tile per written unit here
+    assert not (out / ".incomplete").exists()
+    assert np.abs(np.asarray(open_slide(out).levels[0]).astype(int) - expected).max() <= 1
+
+
+def test_ome_tiff_with_tissue_only(cmu_svs, model, expected, tmp_path) -> None:
+    stats: dict = {}
+    region = (0, 0, 512, 512)  # top-left corner: glass on the left, tissue on the right
+    out = enhance_slide(
+        cmu_svs, tmp_path / "sr.ome.tif", model=model, device="cpu", region=region,
+        tile=128, tissue_only=True, stats=stats,
+    )  # fmt: skip
+    assert 0 < stats["tissue_tiles"] < 16 and stats["tiles_computed"] == stats["tissue_tiles"]
+    slide = open_slide(out)
+    assert slide.levels[0].shape == (2048, 2048, 3) and slide.mpp == pytest.approx(0.499 / 4)
+
+
+def test_distributed_equals_local(cmu_svs, model, zarr_export, tmp_path) -> None:
+    from distributed import Client, LocalCluster
+
+    from napari_srgan_sqe.inference import distributed as distributed_mod
+
+    out = tmp_path / "cluster.ome.zarr"
+    stats: dict = {}
+    with LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        enhance_slide(
+            cmu_svs, out, model=model, device="cpu", region=REGION, tile=TILE,
+            scheduler=cluster.scheduler_address, stats=stats,
+        )  # fmt: skip
+        with Client(cluster) as client:  # the model was loaded once per worker
+            loaded = client.run(lambda: sorted(distributed_mod._MODELS))
+            chunks = client.run(lambda: distributed_mod.CHUNKS_COMPUTED)
+        assert len(loaded) == 2 and all(ids == [model.identity] for ids in loaded.values())
+        assert sum(chunks.values()) == 20
+    assert stats["remote_chunks"] == 20 and stats["tiles_computed"] == 0
+    local = np.asarray(open_slide(zarr_export[0]).levels[0])
+    assert np.abs(np.asarray(open_slide(out).levels[0]).astype(int) - local).max() <= 1
+
+
+def test_clear_errors_before_any_work(cmu_svs, model, tmp_path) -> None:
+    with pytest.raises(DataError, match="up-scales by 2, but scale 4 was requested"):
+        enhance_slide(cmu_svs, tmp_path / "a.zarr", model=tiny(0, scale=2), scale=4, device="cpu")
+    with pytest.raises(RegionError, match="not inside the slide, which is 2220 x 2967"):
+        enhance_slide(cmu_svs, tmp_path / "b.zarr", model=model, region=(2000, 100, 500, 50))
+    with pytest.raises(RegionError, match="empty"):
+        enhance_slide(cmu_svs, tmp_path / "b.zarr", model=model, region=(0, 0, 0, 10))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match="is not a folder"):
+        enhance_slide(cmu_svs, blocker / "c.zarr", model=model)
+    with pytest.raises(DataError, match="does not exist"):
+        enhance_slide(cmu_svs, tmp_path / "missing" / "c.zarr", model=model)
+    with pytest.raises(DataError, match="output format"):
+        enhance_slide(cmu_svs, tmp_path / "c.png", model=model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_cli_enhance(cmu_svs, model, tmp_path, capsys) -> None:
+    from napari_srgan_sqe.cli import main
+
+    model_file = save_model(model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "cli.ome.zarr"
+    argv = ["enhance", str(cmu_svs), str(out), "--model", str(model_file), "--device", "cpu"]
+    assert main([*argv, "--region", "10,20,64,64", "--tile", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "Mpx/s" in printed and "peak RSS" in printed
+    assert open_slide(out).levels[0].shape == (256, 256, 3)
+    assert main([*argv, "--region", "10,20,64,64"]) == 2  # exists, no --overwrite
+    assert "already exists" in capsys.readouterr().err
+    argv[2] = str(tmp_path / "other.ome.zarr")
+    assert main([*argv, "--region", "0,0,99999,10"]) == 2
+    err = capsys.readouterr().err
+    assert "error: region x=0 y=0 w=99999 h=10 is not inside the slide" in err
+    assert "Traceback" not in err and not (tmp_path / "other.ome.zarr").exists()
