@@ -184,3 +184,43 @@ def test_split_file_is_fixed_and_disjoint():
     if MONUSEG.is_dir():
         train, val = resolve_split([MONUSEG], ROOT / "experiments" / "monuseg_split.json")
         assert len(train) == 24 and len(val) == 6
+
+
+@needs_data
+def test_gan_learning_rate_decays_linearly_to_lr_final(crops: Path, tmp_path: Path):
+    t = Trainer(tiny_config(crops, tmp_path / "a", lr=1e-4, lr_final=1e-5, gan_steps=10))
+    start = t.ae_steps + t.cfg.warmup_steps
+    assert t.gan_lr(start) == pytest.approx(1e-4)
+    assert t.gan_lr(start + 9) == pytest.approx(1e-5)
+    assert t.gan_lr(start + 3) == pytest.approx(1e-4 + 3 / 9 * (1e-5 - 1e-4))
+    t.train_step(start + 3)
+    assert t.opt_g.param_groups[0]["lr"] == pytest.approx(t.gan_lr(start + 3))
+    assert t.opt_d.param_groups[0]["lr"] == pytest.approx(t.gan_lr(start + 3))
+
+
+@needs_data
+def test_train_cli_stops_on_sigterm_with_a_checkpoint(crops: Path, tmp_path: Path):
+    """SIGTERM asks the trainer to stop between steps; --resume then finishes the run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tiny_config(crops, tmp_path / "run", warmup_steps=100_000, gan_steps=0, ae_steps=0)
+    path = tmp_path / "cfg.json"
+    path.write_text(cfg.model_dump_json())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_srgan_sqe", "train", "--config", str(path), "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped at step" in out and "Traceback" not in err
+    resumed = Trainer(cfg)
+    step = resumed.load_checkpoint()
+    assert step >= 10

@@ -230,6 +230,9 @@ class TrainConfig(_Strict):
     """Alternating D / G steps (skipped when lam_a is 0: then plain generator steps)."""
     lr: float = Field(1e-4, gt=0.0, le=1.0)
     warmup_lr: float = Field(2e-4, gt=0.0, le=1.0)
+    lr_final: float | None = Field(None, gt=0.0, le=1.0)
+    """If set, the GAN-phase learning rates of G and D decay linearly from `lr` to
+    `lr_final` over the GAN phase (a function of the step, so resuming stays exact)."""
     betas: tuple[float, float] = (0.9, 0.999)
     seed: int = 0
     device: str = "auto"

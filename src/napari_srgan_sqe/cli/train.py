@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 from pathlib import Path
 
 
@@ -20,16 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
-def _terminate_as_interrupt() -> None:
-    """Treat SIGTERM (and SIGINT, which background jobs ignore) like Ctrl-C: the trainer
-    then writes a checkpoint before exiting."""
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT (which background jobs ignore) ask the trainer to stop between
+    two steps; it then writes a checkpoint, so `--resume` continues exactly."""
     import signal
 
-    def _raise(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+    def _request_stop(signum, frame):  # noqa: ARG001
+        stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _raise)
+        signal.signal(sig, _request_stop)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         cfg.num_threads = args.threads
     trainer = Trainer(cfg, base_dir=args.config.resolve().parent)
-    _terminate_as_interrupt()
+    stop = threading.Event()
+    _stop_on_signals(stop)
     bar = tqdm(total=trainer.total, unit="step", dynamic_ncols=True)
 
     def show(ev) -> None:
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        trainer.run(resume=args.resume, callback=show, max_steps=args.max_steps)
+        trainer.run(resume=args.resume, callback=show, max_steps=args.max_steps, stop_event=stop)
     except KeyboardInterrupt:
         bar.close()
         print(
@@ -64,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
         )
         return 130
     bar.close()
+    if stop.is_set():
+        print(
+            f"stopped at step {trainer.step}; checkpoint saved in {trainer.out_dir} (use --resume)"
+        )
+        return 130
     done = trainer.step >= trainer.total
     where = trainer.out_dir / ("model.safetensors" if done else "checkpoint.safetensors")
     print(f"{'finished' if done else 'paused'} at step {trainer.step}/{trainer.total}: {where}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_srgan_sqe.config import TrainConfig
+from napari_srgan_sqe.config import ConfigError, TrainConfig
 from napari_srgan_sqe.degradation import degrade, degrade_torch
 from napari_srgan_sqe.io.checkpoints import read_safetensors, write_safetensors
 from napari_srgan_sqe.losses import GeneratorObjective, discriminator_loss, l1_loss, quasi_norm_loss
@@ -116,6 +115,15 @@ class Trainer:
             return "warmup"
         return "gan"
 
+    def gan_lr(self, step: int) -> float:
+        """Learning rate of the GAN phase at `step` (constant, or linear decay)."""
+        cfg = self.cfg
+        if cfg.lr_final is None or cfg.gan_steps <= 1:
+            return cfg.lr
+        start = self.ae_steps + cfg.warmup_steps
+        t = min(max((step - start) / (cfg.gan_steps - 1), 0.0), 1.0)
+        return cfg.lr + t * (cfg.lr_final - cfg.lr)
+
     def _fidelity(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         loss = self.cfg.loss
         if loss.fidelity == "l1":
@@ -157,7 +165,10 @@ class Trainer:
             loss.backward()
             self.opt_g.step()
             return {"g": loss.item()}
-        _set_lr(self.opt_g, self.cfg.lr)
+        lr = self.gan_lr(step)
+        _set_lr(self.opt_g, lr)
+        if self.opt_d is not None:
+            _set_lr(self.opt_d, lr)
         out: dict[str, float] = {}
         sr = self.G(lr_img)
         fake_logits = None
@@ -222,15 +233,16 @@ class Trainer:
         tensors, meta = read_safetensors(path)
         saved = TrainConfig.model_validate_json(meta["config"])
         if _schedule_free(saved) != _schedule_free(self.cfg):
-            raise ValueError(
-                f"checkpoint {path} was written with a different configuration; cannot resume"
+            raise ConfigError(
+                f"checkpoint {path} was written with a different configuration; cannot resume "
+                "(only the schedule's lengths, lr_final and logging intervals may change)"
             )
         step = int(meta["step"])
         if saved.warmup_steps != self.cfg.warmup_steps:
             # A warm-up may be lengthened or shortened only while the run is still in it.
             ae = self.ae_steps
             if step >= ae + min(saved.warmup_steps, self.cfg.warmup_steps):
-                raise ValueError(
+                raise ConfigError(
                     f"checkpoint {path} is at step {step}, past the warm-up of one of the two "
                     "schedules; warmup_steps can change only while the run is still warming up"
                 )
@@ -312,6 +324,7 @@ def _schedule_free(cfg: TrainConfig) -> dict:
     for k in (
         "gan_steps",
         "warmup_steps",
+        "lr_final",
         "checkpoint_every",
         "val_every",
         "out_dir",
@@ -344,8 +357,3 @@ def train(
 ) -> SRModel:
     """Train a model from a config (Python entry point of `srgan-sqe train`)."""
     return Trainer(cfg, base_dir=base_dir).run(resume=resume, **kwargs)
-
-
-def estimate_eta(elapsed_s: float, done: int, total: int) -> float:
-    """Seconds left, from the mean step time so far."""
-    return math.inf if done == 0 else elapsed_s / done * (total - done)
