@@ -59,18 +59,26 @@ def true_hr_score(model, lr_stripe: np.ndarray, hr_stripe: np.ndarray) -> dict[s
 
 def bicubic_score(lr_stripe: np.ndarray, hr_stripe: np.ndarray, s: int) -> dict[str, float]:
     from napari_srgan_sqe.metrics import psnr, ssim
-    from napari_srgan_sqe.training.evaluate import bicubic_upscale
+    from napari_srgan_sqe.models.blocks import bicubic_upscale
 
     up = bicubic_upscale(lr_stripe, s)
     return {"psnr": psnr(up, hr_stripe), "ssim": ssim(up, hr_stripe)}
 
 
 def to_gain(history: list[dict], gain: float) -> tuple[float | None, int | None]:
-    """(seconds, step) when validation PSNR first reached before + gain; None if never."""
-    vals = [r for r in history if r.get("kind") == "val"]
-    target = vals[0]["psnr"] + gain
-    hit = next((r for r in vals[1:] if r["psnr"] >= target), None)
-    return (round(hit["elapsed_s"], 2), hit["step"]) if hit else (None, None)
+    """(seconds, step) when validation PSNR first reached before + gain; None if never.
+
+    The seconds come from the library's `seconds_to_gain`; the step is that validation's.
+    """
+    import math
+
+    from napari_srgan_sqe.training.finetune import seconds_to_gain
+
+    sec = seconds_to_gain(history, gain)
+    if math.isinf(sec):
+        return None, None
+    step = next(r["step"] for r in history if r.get("kind") == "val" and r["elapsed_s"] == sec)
+    return round(sec, 2), step
 
 
 def run_mode(model, mode: str, hr: np.ndarray, lr: np.ndarray, cfg) -> dict:

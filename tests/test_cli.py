@@ -108,3 +108,48 @@ def test_console_script_runs():
         timeout=60,
     )
     assert res.returncode == 0 and "srgan-sqe" in res.stdout
+
+
+@needs_data
+def test_evaluate_scale_mismatch_is_a_user_error(crops: Path, capsys):
+    """A 4x model asked for --scale 2: one line, exit status 2, no traceback."""
+    assert main(["evaluate", "--model", "bicubic-x4", "--data", str(crops), "--scale", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "is for scale 4" in err and "Traceback" not in err
+
+
+@needs_data
+def test_finetune_region_outside_the_slide_is_a_user_error(tmp_path: Path, capsys):
+    import torch
+
+    from napari_srgan_sqe.config import ModelConfig, generator_preset
+    from napari_srgan_sqe.models.modelfile import new_model, save_model
+
+    lr = load_rgb(sorted(MONUSEG.glob("*.png"))[0])[:64, :80]
+    Image.fromarray(lr).save(tmp_path / "lr.png")
+    torch.manual_seed(0)
+    base = save_model(
+        new_model(ModelConfig(name="tiny", generator=generator_preset("tiny"))),
+        tmp_path / "tiny.safetensors",
+    )
+    out = tmp_path / "tiny-ft.safetensors"
+    args = ["finetune", str(tmp_path / "lr.png"), "--region", "60,0,80,64",
+            "--model", str(base), "--steps", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "outside the image" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*args[:-4], "--threads", "0", "--out", str(out)]) == 2
+    assert "--threads" in capsys.readouterr().err
+
+
+def test_parse_region_is_shared():
+    import argparse
+
+    from napari_srgan_sqe.cli import finetune as cli_finetune
+    from napari_srgan_sqe.cli import parse_region
+
+    assert parse_region(" 1, 2,3 ,4") == (1, 2, 3, 4)
+    assert cli_finetune.parse_region is parse_region
+    with pytest.raises(argparse.ArgumentTypeError, match="four integers"):
+        parse_region("1,2,3")

@@ -100,8 +100,41 @@ def test_public_finetune_returns_the_new_model(hr):
     assert napari_srgan_sqe.finetune is finetune
     assert child is not parent and child.metadata["parent"] == "tiny"
     assert child.identity != parent.identity
-    assert float(child.metadata["finetune_after"].split('"psnr": ')[1].split(",")[0]) > 0
+    import json
+
+    before = json.loads(child.metadata["finetune_before"])
+    after = json.loads(child.metadata["finetune_after"])
+    assert after["psnr"] > before["psnr"]
+    assert child.metadata["finetune_improved"] == "true"
     assert any(isinstance(e, Finished) for e in seen)
+
+
+def test_public_finetune_not_improved_returns_a_marked_copy(hr):
+    """No improvement: still a new object (a copy of the parent), marked as such."""
+    model = tiny()
+    parent_id = model.identity
+    cfg = FAST.model_copy(update={"lr": 0.5, "val_every": 1})  # a wrecking learning rate
+    kept = finetune(model, [(None, hr)], mode="paired", steps=3, config=cfg, device="cpu")
+    assert kept is not model and kept.generator is not model.generator
+    assert kept.metadata["finetune_improved"] == "false"
+    assert "finetune_improved" not in model.metadata
+    assert kept.identity == parent_id == model.identity
+
+
+def test_public_finetune_accepts_a_bundled_name(hr):
+    """A bundled model name is loaded (it used to fail with AttributeError)."""
+    from napari_srgan_sqe.models.registry import BUNDLED_MODELS
+
+    if not BUNDLED_MODELS["srgan-sqe-he-x4"].path.is_file():
+        pytest.skip("bundled weights not installed")
+    from napari_srgan_sqe.degradation import degrade
+
+    lr = degrade(hr, 4)[:, :48]
+    cfg = FAST.model_copy(update={"patch_size": 16, "val_every": 1})
+    out = finetune("srgan-sqe-he-x4", [lr], mode="self-supervised", steps=1, config=cfg,
+                   device="cpu")  # fmt: skip
+    assert out.metadata["finetune_improved"] in ("true", "false")
+    assert out.scale == 4
 
 
 def test_stop_event_ends_the_loop_within_one_step(hr):

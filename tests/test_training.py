@@ -221,6 +221,37 @@ def test_train_cli_stops_on_sigterm_with_a_checkpoint(crops: Path, tmp_path: Pat
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "stopped at step" in out and "Traceback" not in err
+    stopped_at = int(out.split("stopped at step ")[1].split(";")[0])
     resumed = Trainer(cfg)
-    step = resumed.load_checkpoint()
-    assert step >= 10
+    assert resumed.load_checkpoint() == stopped_at >= 4  # a record is logged at step 4
+
+
+@needs_data
+def test_bicubic_helper_equals_the_bicubic_model_exactly():
+    """One bicubic: the helper, evaluate's baseline and the bicubic-x4 model agree bit for bit."""
+    from napari_srgan_sqe.models.blocks import bicubic_upscale as helper
+    from napari_srgan_sqe.models.predictor import Predictor
+
+    lr = load_rgb(sorted(MONUSEG.glob("*.png"))[0])[100:161, 200:247]  # odd sizes, real H&E
+    model_out = Predictor(load_model("bicubic-x4"), device="cpu").predict_image(lr)
+    out = helper(lr, 4)
+    assert out.shape == (244, 188, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, model_out)
+    assert bicubic_upscale is helper  # training.evaluate re-exports it
+
+
+@needs_data
+def test_evaluate_bicubic_row_equals_the_bicubic_model_row(crops: Path):
+    result = evaluate(["bicubic-x4"], [crops], baselines=("bicubic",))
+    by = {(r["image"], r["method"]): r for r in result.rows}
+    for image in {r["image"] for r in result.rows}:
+        a, b = by[(image, "bicubic")], by[(image, "bicubic-x4")]
+        assert {k: a[k] for k in a if k != "method"} == {k: b[k] for k in b if k != "method"}
+
+
+def test_evaluate_refuses_bad_scale_and_baseline_as_user_errors(tmp_path: Path):
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ConfigError, match="is for scale 4"):
+        evaluate(["bicubic-x4"], [tmp_path], scale=2)
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        evaluate(["bicubic-x4"], [tmp_path], baselines=("nearest",))

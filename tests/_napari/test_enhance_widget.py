@@ -39,7 +39,11 @@ def test_button_adds_aligned_sr_layer(
     assert isinstance(widget, EnhanceWidget)
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)  # models and devices listed
     assert widget.device_box.itemText(0).startswith("auto (")
-    assert "bicubic-x4" in [widget.model_box.itemText(i) for i in range(widget.model_box.count())]
+    names = [widget.model_box.itemText(i) for i in range(widget.model_box.count())]
+    assert {"srgan-sqe-he-x4", "bicubic-x4"} <= set(names) and names[-1] == LOAD_FILE
+    # the trained weights ship with the package, so they are the default and enabled
+    assert widget.model_box.currentData() == "srgan-sqe-he-x4"
+    assert widget.model_box.model().item(names.index("srgan-sqe-he-x4")).isEnabled()
 
     widget.layer_box.setCurrentText("slide")
     choose_model_file(qtbot, widget, monkeypatch, tiny_model)

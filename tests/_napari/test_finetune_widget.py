@@ -68,6 +68,7 @@ def test_draw_start_stop_switches_the_sr_layer(viewer, pair, qtbot, tmp_path, er
     timer.start(20)
     assert widget.start()
     assert widget.running and not widget.start_button.isEnabled()
+    assert sr.metadata["srgan_sqe"]["busy"] is True  # Enhance may not switch its model now
     qtbot.waitUntil(lambda: len(widget.plot.psnr) >= 3, timeout=60_000)  # step 0, 4, 8
     assert widget.plot.loss and "ETA" in widget.eta_label.text()
     with qtbot.waitSignal(widget.finished, timeout=10_000) as blocker:
@@ -77,6 +78,7 @@ def test_draw_start_stop_switches_the_sr_layer(viewer, pair, qtbot, tmp_path, er
     timer.stop()
     res = blocker.args[0]
     qtbot.waitUntil(lambda: not widget.running, timeout=5_000)
+    assert not sr.metadata["srgan_sqe"].get("busy")
 
     assert stop_s < 2.0, f"stop took {stop_s:.2f} s"
     assert res.stopped and res.improved, res.summary()
@@ -146,3 +148,44 @@ def test_a_crash_in_training_is_reported_and_the_old_model_stays(
     assert _layers.pyramid_of(sr).model is old
     assert "previous model stays active" in widget.log.toPlainText()
     assert widget.start_button.isEnabled() and not list(tmp_path.glob("*.safetensors"))
+
+
+def test_mode_follows_hr_only_until_the_user_chooses(viewer, pair, qtbot, tmp_path):
+    """Paired is picked when an HR layer first appears; later insertions keep the user's mode."""
+    hr, sr = pair
+    widget = _widget(viewer, tmp_path)
+    assert widget.mode_box.currentText() == "paired"
+    widget.mode_box.setCurrentIndex(1)
+    widget.mode_box.activated.emit(1)  # the user picks self-supervised
+    viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="other")
+    viewer.add_points(np.zeros((1, 2)))
+    assert widget.mode_box.currentText() == "self-supervised"
+
+
+def test_mode_switches_to_paired_when_an_hr_layer_first_appears(
+    viewer, tiny_model, sample_hr, tmp_path
+):
+    widget = _widget(viewer, tmp_path)
+    assert widget.mode_box.currentText() == "self-supervised"  # no HR yet
+    _, enhance = viewer.window.add_plugin_dock_widget(PLUGIN, "Enhance")
+    hr = viewer.add_image(sample_hr[:256, :320], name="HR")
+    enhance.enhance(simulate_from=hr, model=str(tiny_model), device="cpu", wait=True)
+    assert widget.mode_box.currentText() == "paired"
+    widget.mode_box.setCurrentIndex(1)  # programmatic, e.g. a script: not a user choice
+    viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="other")
+    assert widget.mode_box.currentText() == "self-supervised"  # the HR did not just appear
+
+
+def test_enhance_refuses_to_switch_a_busy_sr_layer(viewer, pair, tiny_model):
+    from napari_srgan_sqe._napari import _layers
+    from napari_srgan_sqe._napari.finetune_widget import _set_busy
+
+    hr, sr = pair
+    _, enhance = viewer.window.add_plugin_dock_widget(PLUGIN, "Enhance")
+    before = _layers.pyramid_of(sr).model
+    _set_busy(sr, True)
+    assert enhance.set_model("bicubic-x4", sr_layer=sr, wait=True) is None
+    assert _layers.pyramid_of(sr).model is before
+    _set_busy(sr, False)
+    assert enhance.set_model("bicubic-x4", sr_layer=sr, wait=True) is sr
+    assert _layers.pyramid_of(sr).model.name == "bicubic-x4"

@@ -87,7 +87,7 @@ def compute_readouts(
         sr, _ = _layers.read_crop(sr0, y0, y1, x0, x1)
         yield ReadoutColumn(generation, SR_VS_HR, all_metrics(sr, hr))
         if lr0 is not None:
-            from napari_srgan_sqe.training.evaluate import bicubic_upscale
+            from napari_srgan_sqe.models.blocks import bicubic_upscale
 
             lr, margins = _layers.read_crop(lr0, *box.lr, margin=2)  # bicubic support
             bicubic = _layers.crop_margins(bicubic_upscale(lr, s), margins, s)

@@ -280,6 +280,13 @@ class EnhanceWidget(QWidget):
         pyramid = _layers.pyramid_of(sr_layer) if sr_layer is not None else None
         if pyramid is None:
             return None
+        if _is_busy(sr_layer):
+            from napari.utils.notifications import show_warning
+
+            show_warning(
+                f"Enhance: {sr_layer.name!r} is being fine-tuned; switch its model when that ends"
+            )
+            return None
 
         def done(res: Prepared) -> Any:
             from napari.utils.notifications import show_error
@@ -473,6 +480,7 @@ class EnhanceWidget(QWidget):
             self._model_index = index
 
     def _on_model_activated(self, index: int) -> None:
+        previous = self._model_index
         if self.model_box.itemData(index) == LOAD_FILE:
             path, _ = QFileDialog.getOpenFileName(
                 self, "Load a model", "", "Model files (*.safetensors);;All files (*)"
@@ -483,6 +491,12 @@ class EnhanceWidget(QWidget):
             self._show_model(Path(path))
             self._model_index = -1  # a new choice: switch the SR layer below
         if self.model_box.currentIndex() != self._model_index:
+            sr = self._current_sr()
+            if sr is not None and _is_busy(sr):  # a fine-tune runs on it: keep the old choice
+                self.set_model(self.model_box.currentData())  # refuses, with a warning
+                self._model_index = previous
+                self.model_box.setCurrentIndex(previous)
+                return
             self._model_index = self.model_box.currentIndex()
             self.set_model(self.model_box.currentData())
 
@@ -500,6 +514,12 @@ class EnhanceWidget(QWidget):
             f"{st.tiles_computed} computed, {st.pending} pending, "
             f"{st.cache_hits} cache hits | {rate}"
         )
+
+
+def _is_busy(sr_layer: Any) -> bool:
+    """True while the Fine-tune widget trains on this SR layer (its tag says "busy")."""
+    tag = getattr(sr_layer, "metadata", {}).get(_layers.META_KEY)
+    return isinstance(tag, dict) and bool(tag.get("busy"))
 
 
 def _alive(widget: QWidget) -> bool:

@@ -46,7 +46,6 @@ __all__ = ["Failed", "FinetuneWidget", "Switched", "finetune_job", "models_dir"]
 
 SHAPES_NAME = "Fine-tune regions"
 MODES = ("paired", "self-supervised")
-LOSS_PRESETS = ("srgan_sqe", "srgan_qe", "srgan_e", "srgan", "l1")
 
 
 def models_dir() -> Path:
@@ -211,6 +210,8 @@ class FinetuneWidget(QWidget):
         self._shapes: Any = None
         self._sr: Any = None
         self._t_last_draw = 0.0
+        self._had_hr = False  # an HR layer was there at the last refresh
+        self._mode_chosen = False  # the user picked a mode: never switch it for them
 
         self.regions_label = QLabel()
         self.regions_label.setWordWrap(True)
@@ -225,6 +226,8 @@ class FinetuneWidget(QWidget):
         self.lr_box.setRange(1e-6, 1e-1)
         self.lr_box.setSingleStep(1e-5)
         self.lr_box.setValue(5e-5)
+        from napari_srgan_sqe.training.finetune import LOSS_PRESETS
+
         self.loss_box = QComboBox()
         self.loss_box.addItems(LOSS_PRESETS)
         self.loss_box.setToolTip("Loss weights of the paper's variants, without the GAN term")
@@ -281,6 +284,7 @@ class FinetuneWidget(QWidget):
         self.draw_button.clicked.connect(self.draw_mode)
         self.start_button.clicked.connect(lambda: self.start())
         self.stop_button.clicked.connect(self.stop)
+        self.mode_box.activated.connect(self._on_mode_chosen)  # user actions only
         for ev in ("inserted", "removed", "moved"):
             getattr(self.viewer.layers.events, ev).connect(self._refresh)
         self.viewer.layers.events.inserted.connect(self._on_inserted)
@@ -401,6 +405,7 @@ class FinetuneWidget(QWidget):
         worker.finished.connect(self._on_worker_finished)
         self.destroyed.connect(job.shutdown)  # the widget closed or napari quit mid-run
         self._job, self._sr = job, pair.sr
+        _set_busy(pair.sr, True)  # the Enhance widget must not switch its model meanwhile
         self._pbar = progress(total=cfg.steps, desc="Fine-tune")
         self.plot.clear()
         self.status.setText("training")
@@ -490,6 +495,8 @@ class FinetuneWidget(QWidget):
         if self._pbar is not None:
             self._pbar.close()
         self._pbar, self._job = None, None
+        if self._sr is not None:
+            _set_busy(self._sr, False)
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self.eta_label.setText("")
@@ -519,6 +526,9 @@ class FinetuneWidget(QWidget):
         layer.events.data.connect(self._refresh)
         layer.events.highlight.connect(self._refresh)
 
+    def _on_mode_chosen(self, _index: int = 0) -> None:
+        self._mode_chosen = True
+
     def _refresh(self, event: Any = None) -> None:
         """Mode availability and the regions summary, after any layer change."""
         pair = self._pair()
@@ -528,8 +538,9 @@ class FinetuneWidget(QWidget):
         item.setToolTip("" if has_hr else "needs an HR layer (Enhance with 'simulate LR')")
         if not has_hr and self.mode_box.currentIndex() == 0:
             self.mode_box.setCurrentIndex(1)
-        elif has_hr and event is not None and getattr(event, "type", "") == "inserted":
-            self.mode_box.setCurrentIndex(0)
+        elif has_hr and not self._had_hr and not self._mode_chosen:
+            self.mode_box.setCurrentIndex(0)  # an HR layer just appeared: paired is better
+        self._had_hr = has_hr
         if self._shapes is None or self._shapes not in self.viewer.layers:
             self._shapes = None
             self.regions_label.setText("no regions layer: press 'Draw rectangles'")
@@ -545,6 +556,19 @@ class FinetuneWidget(QWidget):
             sel_area = sum(r[2] * r[3] for r in sel)
             text += f"; {len(sel)} selected ({sel_area / 1e6:.3f} Mpx): training uses those"
         self.regions_label.setText(text)
+
+
+def _set_busy(layer: Any, busy: bool) -> None:
+    """Mark an SR layer as being fine-tuned (`metadata["srgan_sqe"]["busy"]`)."""
+    meta = dict(layer.metadata)
+    tag = meta.get(_layers.META_KEY)
+    if not isinstance(tag, dict):
+        return
+    tag = {k: v for k, v in tag.items() if k != "busy"}
+    if busy:
+        tag["busy"] = True
+    meta[_layers.META_KEY] = tag
+    layer.metadata = meta
 
 
 def _rectangles(shapes: Any, lr_layer: Any) -> dict[int, tuple[int, int, int, int]]:

@@ -37,6 +37,18 @@ class UserError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
+def parse_region(text: str) -> tuple[int, int, int, int]:
+    """'x,y,w,h' (level-0 px; spaces allowed) -> four ints; an argparse type."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        x, y, w, h = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"region {text!r} must be four integers x,y,w,h (level-0 pixels)"
+        ) from None
+    return x, y, w, h
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="srgan-sqe",

@@ -15,24 +15,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from napari_srgan_sqe.cli import UserError
+from napari_srgan_sqe.cli import UserError, parse_region
 
-LOSS_PRESETS = ("srgan_sqe", "srgan_qe", "srgan_e", "srgan", "l1")
-
-
-def parse_region(text: str) -> tuple[int, int, int, int]:
-    """'x,y,w,h' (LR level-0 px) -> a tuple of four ints."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        x, y, w, h = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"region {text!r} must be four integers x,y,w,h (LR level-0 pixels)"
-        ) from None
-    return x, y, w, h
+__all__ = ["add_arguments", "parse_region", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from napari_srgan_sqe.training.finetune import LOSS_PRESETS
+
     parser.add_argument("slide", type=Path, help="the (LR) slide or image to adapt the model to")
     parser.add_argument(
         "--region",
@@ -100,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         import torch
 
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     mode = "paired" if args.hr is not None else "self-supervised"
     cfg = _config(args, mode)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Bicubic", "ResidualBlock", "conv", "halo_of"]
+__all__ = ["Bicubic", "ResidualBlock", "bicubic_upscale", "conv", "halo_of"]
 
 
 def conv(
@@ -54,6 +55,26 @@ class Bicubic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    """The one bicubic up-sampling (uint8 (H, W, 3) in, uint8 out) used everywhere.
+
+    Pads by `Bicubic.halo` LR px with half-sample symmetric padding, runs `Bicubic`
+    (torch, `align_corners=False`, D_s's pixel centres), crops and rounds: equal to
+    `Predictor(load_model("bicubic-x4")).predict_image(lr)` for scale 4.
+    """
+    lr = np.asarray(lr)
+    if lr.ndim != 3 or lr.shape[-1] != 3 or lr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {lr.dtype} {lr.shape}")
+    s, p = int(scale), Bicubic.halo
+    padded = np.pad(lr, ((p, p), (p, p), (0, 0)), mode="symmetric")
+    x = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None].float().div_(255.0)
+    h, w = lr.shape[:2]
+    with torch.inference_mode():
+        y = Bicubic(s)(x)[:, :, p * s : (p + h) * s, p * s : (p + w) * s]
+        y = y.float().clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+    return y[0].permute(1, 2, 0).contiguous().numpy()
 
 
 def halo_of(ops: Sequence[tuple[str, int]], scale: int) -> int:

@@ -1,7 +1,9 @@
-"""The explicit registry of architectures and bundled models.
+"""The explicit registry of bundled models.
 
-Plain dictionaries filled here, at import, with no side effects and no filesystem
-scanning: what is registered can be read and grepped in this one file.
+A plain dictionary filled here, at import, with no side effects and no filesystem
+scanning: what is registered can be read and grepped in this one file. It imports no
+torch, so listing the models is instant. (Architectures are built by
+`generator.build_generator` from `GeneratorConfig.arch`.)
 """
 
 from __future__ import annotations
@@ -9,18 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_srgan_sqe.models.blocks import Bicubic
-from napari_srgan_sqe.models.generator import LRNet, SRResNet
-
-__all__ = ["ARCHITECTURES", "BUNDLED_MODELS", "WEIGHTS_DIR", "BundledModel", "list_models"]
+__all__ = ["BUNDLED_MODELS", "WEIGHTS_DIR", "BundledModel", "list_models"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-ARCHITECTURES: dict[str, type] = {
-    "srresnet": SRResNet,
-    "lrnet": LRNet,
-    "bicubic": Bicubic,
-}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Evaluation: D_s then SR on held-out HR images, scored against HR next to baselines.
 
 Every method sees the same LR (the reference degradation of the HR image) and is
-scored with the same metrics, on the whole image. Bicubic uses the pixel-centre
-convention of D_s (torch `align_corners=False`), Lanczos is Pillow's.
+scored with the same metrics, on the whole image. Bicubic is `models.blocks.bicubic_upscale`
+(D_s's pixel centres, symmetric padding: the same as the `bicubic-x4` model), Lanczos is
+Pillow's.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_srgan_sqe.config import ConfigError
 from napari_srgan_sqe.degradation import degrade
 from napari_srgan_sqe.io.atomic import atomic_path
 from napari_srgan_sqe.metrics import all_metrics
+from napari_srgan_sqe.models.blocks import bicubic_upscale  # re-exported for callers
 from napari_srgan_sqe.models.modelfile import SRModel, load_model
 from napari_srgan_sqe.models.predictor import Predictor
 from napari_srgan_sqe.training.data import DataError, find_images, load_rgb
@@ -25,16 +28,6 @@ from napari_srgan_sqe.training.data import DataError, find_images, load_rgb
 METRICS = ("psnr", "ssim", "ms_ssim", "qilv", "rrmse")
 
 __all__ = ["EvalResult", "bicubic_upscale", "evaluate", "lanczos_upscale"]
-
-
-def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    """Bicubic up-sampling (uint8 in, uint8 out), aligned with D_s's pixel centres."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].float() / 255.0
-    y = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
-    return (y[0].permute(1, 2, 0).clamp(0, 1) * 255.0).round().byte().numpy()
 
 
 def lanczos_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
@@ -110,7 +103,7 @@ def evaluate(
     loaded = [m if isinstance(m, SRModel) else load_model(m) for m in models]
     for m in loaded:
         if m.scale != scale:
-            raise ValueError(
+            raise ConfigError(
                 f"model {m.name!r} is for scale {m.scale}, but scale {scale} was asked for"
             )
     predictors = [(m.name, Predictor(m, device=device)) for m in loaded]
@@ -121,7 +114,7 @@ def evaluate(
         elif b == "lanczos":
             upscalers[b] = lambda lr: lanczos_upscale(lr, scale)
         else:
-            raise ValueError(f"unknown baseline {b!r}; choose bicubic or lanczos")
+            raise ConfigError(f"unknown baseline {b!r}; choose bicubic or lanczos")
     upscalers |= {name: pred.predict_image for name, pred in predictors}
 
     result = EvalResult()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_srgan_sqe.config import FinetuneConfig
+from napari_srgan_sqe.config import ConfigError, FinetuneConfig
 from napari_srgan_sqe.degradation import degrade, degrade_torch
 from napari_srgan_sqe.losses import GeneratorObjective
 from napari_srgan_sqe.metrics import psnr, ssim
@@ -34,6 +35,7 @@ __all__ = [
     "FinetuneEvent",
     "FinetuneResult",
     "Finished",
+    "LOSS_PRESETS",
     "Rect",
     "RegionError",
     "Started",
@@ -50,6 +52,8 @@ __all__ = [
 ]
 
 Mode = Literal["paired", "self-supervised"]
+# Loss presets (`config.loss_preset`) offered for fine-tuning; the GAN term is dropped.
+LOSS_PRESETS = ("srgan_sqe", "srgan_qe", "srgan_e", "srgan", "l1")
 # Generator children that form the residual trunk; everything after them is "last".
 TRUNK = ("head", "blocks", "trunk_tail")
 
@@ -379,7 +383,7 @@ def _trainable(generator: nn.Module, which: str) -> list[nn.Parameter]:
             if on:
                 params.append(p)
     if not params:
-        raise ValueError(
+        raise ConfigError(
             "this model has no trainable layers (a weight-free model cannot be fine-tuned)"
         )
     return params
@@ -445,7 +449,7 @@ def iter_finetune(
     """
     cfg = _resolve_config(config, mode, steps)
     if model.variant == "bicubic":
-        raise ValueError("the bicubic baseline has no weights to fine-tune; pick a trained model")
+        raise ConfigError("the bicubic baseline has no weights to fine-tune; pick a trained model")
     data = _prepare(regions, hr, cfg.mode, cfg, model.scale)
     return _run(model, data, cfg, stop_event, device, name, metadata or {})
 
@@ -611,6 +615,7 @@ def _child_model(
         "finetune_config": cfg.model_dump_json(),
         "finetune_before": json.dumps(before),
         "finetune_after": json.dumps(after),
+        "finetune_improved": "true",
         **{str(k): str(v) for k, v in extra.items()},
     }
     return SRModel(gen, config, encoder=encoder, metadata=meta).eval()
@@ -657,15 +662,28 @@ def run_finetune(
     return result
 
 
-def finetune(model: SRModel, regions: Sequence[Any], **kwargs: Any) -> SRModel:
-    """Fine-tune `model` on regions and return the new model (the public contract).
+def finetune(
+    model: SRModel | str | os.PathLike[str], regions: Sequence[Any], **kwargs: Any
+) -> SRModel:
+    """Fine-tune `model` on regions and return a new model (the public contract).
 
-    Takes the arguments of `run_finetune` (mode, hr, steps, config, stop_event,
-    callback, device, ...). The new model records its parent and the before / after
-    validation metrics in `.metadata`; when validation did not improve, the parent
-    itself comes back unchanged. `run_finetune` returns the full report.
+    `model` is an SRModel, a bundled model name or a `.safetensors` path. Takes the
+    arguments of `run_finetune` (mode, hr, steps, config, stop_event, callback,
+    device, ...). The result is always a new object; the parent is never modified.
+    Its `.metadata["finetune_improved"]` is "true" when held-out validation improved
+    (the child records its parent and before / after metrics), and "false" when it
+    did not: then it is a copy of the parent. `run_finetune` returns the full report.
     """
-    return run_finetune(model, regions, **kwargs).model
+    if not isinstance(model, SRModel):
+        from napari_srgan_sqe.models.modelfile import load_model
+
+        model = load_model(model)
+    result = run_finetune(model, regions, **kwargs)
+    if result.improved:
+        return result.model
+    kept = copy.deepcopy(result.parent)
+    kept.metadata["finetune_improved"] = "false"
+    return kept
 
 
 def seconds_to_gain(history: Sequence[dict[str, Any]], gain_db: float) -> float:
