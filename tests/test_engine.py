@@ -156,6 +156,51 @@ def test_set_model_invalidates(lr, model, reference) -> None:
     assert not np.array_equal(before, after)
 
 
+def test_set_model_is_thread_safe_and_checks_scale(lr, model) -> None:
+    sr = super_resolve(lr, model, device="cpu", tile=64)
+    models = [tiny(1), tiny(2)]
+    errors: list[BaseException] = []
+
+    def switch(m) -> None:  # noqa: ANN001
+        try:
+            for _ in range(5):
+                sr.set_model(m)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=switch, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sr.model in models and sr.predictor.model is sr.model
+    assert sr.model_id == str(sr.model.identity) == sr._level0.model_id
+    assert sr._level0.predictor is sr.predictor and sr[0].name.startswith(
+        f"srgan-sqe-sr-{sr.model_id}-"
+    )
+    state = (sr.model, sr.predictor, sr.model_id, sr[0].name)
+    with pytest.raises(DataError, match="up-scales by 2, but scale 4"):
+        sr.set_model(tiny(3, scale=2))
+    assert (sr.model, sr.predictor, sr.model_id, sr[0].name) == state and sr.scale == 4
+
+
+@pytest.mark.parametrize("region", [(37, 51, 130, 101), (0, 0, 90, 70), (150, 120, 93, 81)])
+def test_region_equals_crop_of_whole_image(lr, model, reference, region) -> None:
+    # halos at the region's edges read the real neighbouring pixels (mirrored only at
+    # the image border), so a region is the crop of the whole-image result
+    x, y, w, h = region
+    sr = super_resolve(lr, model, device="cpu", tile=48, region=region)
+    assert sr[0].shape == (4 * h, 4 * w, 3)
+    assert sr[1].shape == (h, w, 3)
+    np.testing.assert_array_equal(np.asarray(sr[1]), lr[y : y + h, x : x + w])
+    got = np.asarray(sr[0]).astype(int)
+    want = reference[4 * y : 4 * (y + h), 4 * x : 4 * (x + w)]
+    assert np.abs(got - want).max() <= 1
+    with pytest.raises(DataError, match="not inside"):
+        super_resolve(lr, model, device="cpu", region=(200, 0, 100, 10))
+
+
 def test_disk_cache_survives_sessions(lr, model, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("NAPARI_SRGAN_SQE_CACHE", str(tmp_path / "cache"))
     first = super_resolve(lr, model, device="cpu", tile=64, disk_cache=True)
@@ -221,3 +266,42 @@ def test_tile_cache_is_bounded() -> None:
     cache.put(10, tile)
     assert 5 in cache
     assert TileGrid(10, 10, 4).ny == 3
+
+
+def test_combiner_shared_by_pyramids_keeps_the_largest_batch(lr, model) -> None:
+    from napari_srgan_sqe.inference.batching import combiner_for
+
+    pred = Predictor(model, device="cpu", max_batch=8)
+    super_resolve(lr, model, predictor=pred, batch=8)
+    super_resolve(lr, model, predictor=pred, batch=2)  # used to shrink the first one's
+    assert combiner_for(pred, 1).max_batch == 8
+
+
+def test_distributed_engine_built_once_per_spec(monkeypatch, model) -> None:
+    import time
+
+    from napari_srgan_sqe.inference import distributed as dist
+
+    built: list[object] = []
+
+    def slow_build(spec, m):  # noqa: ANN001, ANN202
+        time.sleep(0.2)
+        built.append(spec)
+        return object()
+
+    monkeypatch.setattr(dist, "_build_engine", slow_build)
+    monkeypatch.setattr(dist, "_ENGINES", type(dist._ENGINES)())
+    monkeypatch.setattr(dist, "_MODELS", type(dist._MODELS)(m=model))
+    spec = dist.ChunkSpec("slide.svs", (0, 0, 10, 10), "m", "cpu", 64, 1, 4)
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(dist._engine(spec))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and len(got) == 3 and got[0] is got[1] is got[2]
+    assert not dist._BUILDING
+    payload = dist.model_payload(model)
+    for i in range(dist.MAX_MODELS + 2):  # the workers' model cache is a bounded LRU
+        dist.ModelPlugin(f"x{i}", payload).setup()
+    assert len(dist._MODELS) == dist.MAX_MODELS and "x0" not in dist._MODELS

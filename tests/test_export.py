@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from napari_srgan_sqe.config import ModelConfig, generator_preset
-from napari_srgan_sqe.inference.engine import super_resolve
 from napari_srgan_sqe.inference.export import DataError, RegionError, enhance_slide
 from napari_srgan_sqe.io.slides import open_slide
 from napari_srgan_sqe.models.modelfile import new_model, save_model
+from napari_srgan_sqe.models.predictor import Predictor
 
 REGION = (101, 1203, 300, 250)  # x, y, w, h in LR px: odd offsets, partial edge tiles
 TILE = 64
@@ -30,10 +30,21 @@ def model():
 
 @pytest.fixture(scope="module")
 def expected(cmu_svs: Path, model) -> np.ndarray:
-    """The in-memory SR of REGION (the engine itself is checked in test_engine.py)."""
-    x, y, w, h = REGION
-    lr = np.asarray(open_slide(cmu_svs).levels[0][y : y + h, x : x + w])
-    return np.asarray(super_resolve(lr, model, device="cpu", tile=TILE)[0])
+    """REGION of the whole-slide SR: the whole-image reference of REGION plus a margin
+    of more than the model's halo (equal to the whole slide's result there)."""
+    return whole_slide_sr(cmu_svs, model, REGION)
+
+
+def whole_slide_sr(cmu_svs: Path, model, region) -> np.ndarray:  # noqa: ANN001
+    x, y, w, h = region
+    lr0 = open_slide(cmu_svs).levels[0]
+    m = 2 * model.halo
+    y0, x0 = max(y - m, 0), max(x - m, 0)
+    y1, x1 = min(y + h + m, lr0.shape[0]), min(x + w + m, lr0.shape[1])
+    # the margin is cut at the slide border, where the reference mirrors like the slide
+    assert (y0, x0) == (y - m, x - m) or y0 == 0 or x0 == 0
+    sr = Predictor(model, device="cpu").predict_image(np.asarray(lr0[y0:y1, x0:x1]))
+    return sr[4 * (y - y0) : 4 * (y - y0 + h), 4 * (x - x0) : 4 * (x - x0 + w)]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +87,48 @@ def test_interrupted_export_resumes_without_recomputing(cmu_svs, model, expected
     assert stats["tiles_computed"] == 20 - 7  # one tile per written unit here
     assert not (out / ".incomplete").exists()
     assert np.abs(np.asarray(open_slide(out).levels[0]).astype(int) - expected).max() <= 1
+
+
+def test_region_equals_crop_of_whole_slide_sr(cmu_svs, model, tmp_path) -> None:
+    # halos past the region read the slide's real pixels (a crop of the slide differs by
+    # up to 60 levels here, in tissue); past the slide border they mirror
+    for i, region in enumerate([(1003, 701, 130, 90), (2220 - 100, 2967 - 70, 100, 70)]):
+        out = enhance_slide(
+            cmu_svs, tmp_path / f"r{i}.zarr", model=model, device="cpu", region=region, tile=TILE
+        )
+        got = np.asarray(open_slide(out).levels[0]).astype(int)
+        assert np.abs(got - whole_slide_sr(cmu_svs, model, region)).max() <= 1
+
+
+def test_resume_with_another_model_never_mixes(cmu_svs, model, expected, tmp_path) -> None:
+    out = tmp_path / "mixed.zarr"
+
+    def stop_after_7(done: int, total: int) -> None:
+        if done >= 7:
+            raise KeyboardInterrupt
+
+    other = tiny(5)
+    with pytest.raises(KeyboardInterrupt):
+        enhance_slide(
+            cmu_svs, out, model=other, device="cpu", region=REGION, tile=TILE, progress=stop_after_7
+        )
+    stats: dict = {}
+    enhance_slide(cmu_svs, out, model=model, device="cpu", region=REGION, tile=TILE, stats=stats)
+    assert stats["tiles_computed"] == 20  # nothing of model `other` was kept
+    assert np.abs(np.asarray(open_slide(out).levels[0]).astype(int) - expected).max() <= 1
+    # another region of the same size, or --tissue-only, restarts too
+    out2 = tmp_path / "moved.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        enhance_slide(
+            cmu_svs, out2, model=model, device="cpu", region=(0, 0, 300, 250), tile=TILE,
+            progress=stop_after_7,
+        )  # fmt: skip
+    stats = {}
+    enhance_slide(cmu_svs, out2, model=model, device="cpu", region=REGION, tile=TILE, stats=stats)
+    assert stats["tiles_computed"] == 20
+    # a finished export of something else is never replaced without overwrite
+    with pytest.raises(DataError, match="already exists.*overwrite"):
+        enhance_slide(cmu_svs, out2, model=other, device="cpu", region=REGION, tile=TILE)
 
 
 def test_ome_tiff_with_tissue_only(cmu_svs, model, expected, tmp_path) -> None:

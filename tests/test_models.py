@@ -13,7 +13,7 @@ from napari_srgan_sqe.config import (
     ModelConfig,
     generator_preset,
 )
-from napari_srgan_sqe.io.checkpoints import read_safetensors, write_safetensors
+from napari_srgan_sqe.io.checkpoints import CheckpointError, read_safetensors, write_safetensors
 from napari_srgan_sqe.models import registry
 from napari_srgan_sqe.models.autoencoder import build_autoencoder
 from napari_srgan_sqe.models.blocks import Bicubic
@@ -219,6 +219,78 @@ def test_pickle_only_when_allowed(tmp_path) -> None:
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_safetensors_with_0x80_header_length_is_not_a_pickle(tmp_path) -> None:
+    # The 8-byte little-endian header length starts with 0x80 in about 1 file in 32:
+    # such files are valid safetensors, not pickles.
+    from safetensors.torch import save_file
+
+    model = _model("lrnet")
+    lengths = set()
+    for pad in range(65):
+        path = save_model(model, tmp_path / f"m{pad}.safetensors", metadata={"pad": "y" * pad})
+        lengths.add(path.read_bytes()[0])
+        loaded = load_model(path)
+        assert loaded.identity == model.identity
+        tensors, _ = read_safetensors(path)
+        assert set(tensors) == {f"generator.{k}" for k in model.generator.state_dict()}
+
+        plain = tmp_path / f"p{pad}.safetensors"
+        save_file({"a": torch.zeros(1)}, plain, metadata={"x": "y" * pad})
+        lengths.add(plain.read_bytes()[0])
+        tensors, meta = read_safetensors(plain)
+        assert torch.equal(tensors["a"], torch.zeros(1)) and meta == {"x": "y" * pad}
+    assert 0x80 in lengths  # the sweep covers the case that used to be refused
+    torch.save(model.state_dict(), tmp_path / "real.pt")
+    _expect("pickled PyTorch checkpoint", tmp_path / "real.pt")
+    with pytest.raises(CheckpointError, match="pickled PyTorch checkpoint"):
+        read_safetensors(tmp_path / "real.pt")
+    torch.save(model.state_dict(), tmp_path / "raw.pt", _use_new_zipfile_serialization=False)
+    _expect("pickled PyTorch checkpoint", tmp_path / "raw.pt")
+
+
+@pytest.mark.parametrize(
+    "oom",
+    [
+        lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+        lambda: RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"),
+    ],
+)
+def test_predictor_halves_and_remembers_batch_on_oom(monkeypatch, oom) -> None:
+    model = _model("lrnet")
+    pred = Predictor(model, device="cpu", max_batch=8)
+    tiles = np.random.default_rng(0).integers(0, 256, (8, 24, 24, 3), dtype=np.uint8)
+    want = np.concatenate([pred.run(t[None], crop=2) for t in tiles])
+    forward = model.forward
+    sizes: list[int] = []
+
+    def fake(x):  # noqa: ANN001, ANN202
+        sizes.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise oom()
+        return forward(x)
+
+    monkeypatch.setattr(model, "forward", fake)
+    got = pred.run(tiles, crop=2)
+    np.testing.assert_array_equal(got, want)
+    assert sizes == [8, 4, 2, 2, 2, 2] and pred.max_batch == 2  # halved until it fits
+    sizes.clear()
+    np.testing.assert_array_equal(pred.run(tiles, crop=2), want)
+    assert sizes == [2, 2, 2, 2]  # the reduced batch is remembered: no OOM next time
+
+    monkeypatch.setattr(model, "forward", lambda x: (_ for _ in ()).throw(oom()))
+    with pytest.raises(DeviceError, match="even for one 24 x 24 tile.*smaller tile.*CPU"):
+        pred.run(tiles[:1], crop=2)
+    from napari_srgan_sqe.cli import _is_user_error
+
+    try:
+        pred.run(tiles[:1], crop=2)
+    except DeviceError as exc:
+        assert _is_user_error(exc)
+    monkeypatch.setattr(model, "forward", lambda x: (_ for _ in ()).throw(RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="^bug$"):
+        pred.run(tiles[:1], crop=2)
 
 
 def test_missing_bundled_file(monkeypatch) -> None:

@@ -175,6 +175,39 @@ def test_ome_zarr_restarts_when_settings_changed(he_crop, tmp_path: Path) -> Non
     np.testing.assert_array_equal(open_slide(path).levels[0].compute(), he_crop[:512])
 
 
+def test_ome_zarr_restarts_when_fingerprint_differs(he_crop, tmp_path: Path) -> None:
+    # same shapes, other data (another model / slide): nothing of the first run is kept
+    path = tmp_path / "f.ome.zarr"
+    other = 255 - he_crop
+    with pytest.raises(Interrupted):
+        write_ome_zarr(other, path, chunk=256, progress=stop_after(5), fingerprint="model A")
+    src, calls = counted(he_crop, 256)
+    write_ome_zarr(src, path, chunk=256, fingerprint="model B")
+    assert len(calls) == 16
+    np.testing.assert_array_equal(open_slide(path).levels[0].compute(), he_crop)
+    # the same fingerprint resumes
+    path2 = tmp_path / "g.ome.zarr"
+    with pytest.raises(Interrupted):
+        write_ome_zarr(he_crop, path2, chunk=256, progress=stop_after(5), fingerprint="B")
+    src, calls = counted(he_crop, 256)
+    write_ome_zarr(src, path2, chunk=256, fingerprint="B")
+    assert len(calls) == 16 - 5
+
+
+def test_interrupted_overwrite_keeps_old_ome_zarr(he_crop, tmp_path: Path) -> None:
+    path = write_ome_zarr(he_crop[:256, :256], tmp_path / "o.ome.zarr", chunk=128)
+    with pytest.raises(Interrupted):
+        write_ome_zarr(he_crop, path, chunk=128, overwrite=True, progress=stop_after(3))
+    assert not (path / INCOMPLETE_MARKER).exists()
+    np.testing.assert_array_equal(open_slide(path).levels[0].compute(), he_crop[:256, :256])
+    # the same call resumes the staged overwrite, then swaps it in
+    src, calls = counted(he_crop, 128)
+    write_ome_zarr(src, path, chunk=128, overwrite=True)
+    assert len(calls) < 64
+    np.testing.assert_array_equal(open_slide(path).levels[0].compute(), he_crop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.ome.zarr"]
+
+
 def test_existing_export_needs_overwrite(he_crop, tmp_path: Path) -> None:
     path = write_ome_zarr(he_crop[:64, :64], tmp_path / "e.ome.zarr", chunk=64)
     with pytest.raises(FileExistsError, match="overwrite=True"):

@@ -119,3 +119,54 @@ def test_npe2_validate() -> None:
         [*command, "validate", PLUGIN], capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_writer_resumes_and_reports_progress(he_crop, tmp_path: Path, monkeypatch) -> None:
+    import napari.utils
+
+    from napari_srgan_sqe._napari import writer
+    from napari_srgan_sqe.io import pyramid
+
+    bars: list[list[int]] = []
+
+    class Bar:
+        def __init__(self, total: int, desc: str) -> None:
+            self.n, self.total = 0, total
+            bars.append([])
+
+        def update(self, k: int) -> None:
+            self.n += k
+            bars[-1].append(self.n)
+
+        def close(self) -> None:
+            bars[-1].append(-1)
+
+    monkeypatch.setattr(napari.utils, "progress", Bar)
+    meta = {"name": "he", "scale": (1.0, 1.0), "metadata": {}}
+    data = he_crop[:1024, :1024]
+    path = tmp_path / "r.ome.zarr"
+    real = pyramid.write_ome_zarr
+
+    def interrupted(*args, progress, **kwargs):  # noqa: ANN001, ANN002, ANN202
+        def stop(done: int, total: int) -> None:
+            progress(done, total)
+            if done >= 2:
+                raise KeyboardInterrupt
+
+        return real(*args, progress=stop, **kwargs)
+
+    monkeypatch.setattr(pyramid, "write_ome_zarr", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write_ome_zarr(str(path), data, meta)
+    assert bars[-1][-1] == -1  # the bar is closed whatever happens
+    monkeypatch.setattr(pyramid, "write_ome_zarr", real)
+    writer.write_ome_zarr(str(path), data, meta)
+    assert bars[-1][0] == 2 and bars[-1][-2] == 5  # resumed at unit 2 of 4 + 1
+    np.testing.assert_array_equal(open_slide(path).levels[0].compute(), data)
+    # other pixels at the same path: not resumed from the interrupted save
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(pyramid, "write_ome_zarr", interrupted)
+        writer.write_ome_zarr(str(tmp_path / "s.ome.zarr"), 255 - data, meta)
+    monkeypatch.setattr(pyramid, "write_ome_zarr", real)
+    writer.write_ome_zarr(str(tmp_path / "s.ome.zarr"), data, meta)
+    np.testing.assert_array_equal(open_slide(tmp_path / "s.ome.zarr").levels[0].compute(), data)

@@ -2,7 +2,10 @@
 
 Data that are not (y, x, 3) uint8 are converted by the reading rules (grayscale
 replicated, RGBA on white, uint16 / 257, float [0, 1] x 255). napari's save dialog
-has already confirmed replacing an existing file, so these overwrite.
+has already confirmed replacing an existing file, so these overwrite (an existing
+OME-Zarr is replaced only once the new one is complete). A save interrupted part-way
+resumes when the same layer is saved to the same path again. napari runs writers on
+the GUI thread: for large lazy SR layers use `srgan-sqe enhance`.
 """
 
 from __future__ import annotations
@@ -44,17 +47,54 @@ def layer_levels_and_mpp(data: Any, meta: dict[str, Any]) -> tuple[list[Any], fl
     return levels, None
 
 
-def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """Write one image layer as a pyramidal OME-Zarr (NGFF 0.4)."""
+def _write(kind: str, path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    from dask.base import tokenize
+    from napari.utils import progress as napari_progress
+
     from napari_srgan_sqe.io import pyramid
 
     levels, mpp = layer_levels_and_mpp(data, meta)
-    return [str(pyramid.write_ome_zarr(levels, path, mpp=mpp, overwrite=True, resume=False))]
+    bar: list[Any] = []
+
+    def report(done: int, total: int) -> None:
+        if not bar:
+            bar.append(napari_progress(total=total, desc=f"saving {meta.get('name', 'layer')}"))
+        bar[0].update(done - bar[0].n)
+
+    write = pyramid.write_ome_zarr if kind == "zarr" else pyramid.write_ome_tiff
+    try:
+        # resumable: an interrupted save of the same data continues (the fingerprint
+        # names the data: dask graph names, or a hash of in-memory pixels)
+        out = write(
+            levels,
+            path,
+            mpp=mpp,
+            overwrite=True,
+            resume=True,
+            progress=report,
+            fingerprint=f"napari layer {tokenize(*levels)}",
+        )
+    finally:
+        if bar:
+            bar[0].close()
+    return [str(out)]
+
+
+def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write one image layer as a pyramidal OME-Zarr (NGFF 0.4), with a progress bar.
+
+    napari runs writers on the GUI thread, which is blocked until the whole pyramid is
+    written: export large lazy SR layers with `srgan-sqe enhance` instead (resumable,
+    with progress, no frozen viewer).
+    """
+    return _write("zarr", path, data, meta)
 
 
 def write_ome_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """Write one image layer as a tiled pyramidal OME-TIFF."""
-    from napari_srgan_sqe.io import pyramid
+    """Write one image layer as a tiled pyramidal OME-TIFF, with a progress bar.
 
-    levels, mpp = layer_levels_and_mpp(data, meta)
-    return [str(pyramid.write_ome_tiff(levels, path, mpp=mpp, overwrite=True, resume=False))]
+    napari runs writers on the GUI thread, which is blocked until the whole pyramid is
+    written: export large lazy SR layers with `srgan-sqe enhance` instead (resumable,
+    with progress, no frozen viewer).
+    """
+    return _write("tiff", path, data, meta)

@@ -54,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scheduler", default=None, metavar="ADDRESS",
         help="dask.distributed scheduler address (e.g. tcp://host:8786) to compute on",
     )  # fmt: skip
-    parser.add_argument("--no-resume", action="store_true", help="restart an interrupted export")
+    parser.add_argument(
+        "--no-resume", action="store_true",
+        help="restart an interrupted export (one with another model, slide, region, tile "
+        "or --tissue-only is always restarted)",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 

@@ -84,7 +84,11 @@ _COMBINERS_LOCK = threading.Lock()
 
 
 def combiner_for(predictor: Any, max_batch: int) -> Combiner:
-    """One combiner per Predictor, so pyramids sharing a device never run at once."""
+    """One combiner per Predictor, so pyramids sharing a device never run at once.
+
+    Pyramids sharing a Predictor share its combiner; its batch is the largest asked
+    for (the Predictor still halves it on out-of-memory), not the last one.
+    """
     with _COMBINERS_LOCK:
         comb = _COMBINERS.get(predictor)
         if comb is None:
@@ -95,5 +99,6 @@ def combiner_for(predictor: Any, max_batch: int) -> Combiner:
 
             comb = Combiner(run, max_batch)
             _COMBINERS[predictor] = comb
-        comb.max_batch = max(1, int(max_batch))
+        else:  # pyramids sharing a predictor: the largest batch any of them asked for
+            comb.max_batch = max(comb.max_batch, int(max_batch))
         return comb

@@ -42,9 +42,12 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["ChunkSpec", "ModelPlugin", "Prefetcher", "connect", "remote_level0"]
 
-_MODELS: dict[str, Any] = {}
+_MODELS: OrderedDict[str, Any] = OrderedDict()  # a small LRU, like _ENGINES
 _ENGINES: OrderedDict[ChunkSpec, Any] = OrderedDict()
+_BUILDING: dict[ChunkSpec, threading.Lock] = {}  # one build lock per spec being built
 _LOCK = threading.Lock()
+MAX_MODELS = 4
+MAX_ENGINES = 4
 CHUNKS_COMPUTED = 0  # in this process, for tests and diagnostics
 
 
@@ -81,6 +84,8 @@ class ModelPlugin(WorkerPlugin):
                 with os.fdopen(fd, "wb") as f:
                     f.write(self.payload)
                 _MODELS[self.model_id] = load_model(tmp)
+                while len(_MODELS) > MAX_MODELS:
+                    _MODELS.popitem(last=False)
             finally:
                 os.unlink(tmp)
 
@@ -94,26 +99,56 @@ def model_payload(model: Any) -> bytes:
         return Path(path).read_bytes()
 
 
-def _engine(spec: ChunkSpec) -> Any:
-    """This process's engine for `spec` (built once; the model from ModelPlugin)."""
+def _cached_engine(spec: ChunkSpec) -> Any:
     with _LOCK:
         eng = _ENGINES.get(spec)
         if eng is not None:
             _ENGINES.move_to_end(spec)
+        return eng
+
+
+def _engine(spec: ChunkSpec) -> Any:
+    """This process's engine for `spec` (built once, even by concurrent threads of a
+    worker: a per-spec build lock; the model from ModelPlugin)."""
+    eng = _cached_engine(spec)
+    if eng is not None:
+        return eng
+    with _LOCK:
+        building = _BUILDING.setdefault(spec, threading.Lock())
+    try:
+        with building:  # a second thread waits here for the first one's engine
+            eng = _cached_engine(spec)
+            if eng is not None:
+                return eng
+            with _LOCK:
+                model = _MODELS.get(spec.model_id)
+                if model is None:
+                    raise RuntimeError(
+                        f"model {spec.model_id} is not loaded on this worker "
+                        "(ModelPlugin not registered)"
+                    )
+                _MODELS.move_to_end(spec.model_id)
+            eng = _build_engine(spec, model)
+            with _LOCK:
+                _ENGINES[spec] = eng
+                while len(_ENGINES) > MAX_ENGINES:
+                    _ENGINES.popitem(last=False)
             return eng
-        if spec.model_id not in _MODELS:
-            raise RuntimeError(
-                f"model {spec.model_id} is not loaded on this worker (ModelPlugin not registered)"
-            )
-        model = _MODELS[spec.model_id]
+    finally:
+        with _LOCK:
+            if _BUILDING.get(spec) is building:
+                _BUILDING.pop(spec, None)
+
+
+def _build_engine(spec: ChunkSpec, model: Any) -> Any:
     from napari_srgan_sqe.inference.engine import super_resolve
     from napari_srgan_sqe.inference.tiling import TileMask
     from napari_srgan_sqe.io.slides import open_slide
 
-    x, y, w, h = spec.region
-    lr = open_slide(spec.path).levels[0][y : y + h, x : x + w]
-    eng = super_resolve(
-        lr,
+    lr0 = open_slide(spec.path).levels[0]
+    whole = tuple(spec.region) == (0, 0, int(lr0.shape[1]), int(lr0.shape[0]))
+    return super_resolve(
+        lr0,
         model,
         device=spec.device,
         tile=spec.tile,
@@ -121,12 +156,8 @@ def _engine(spec: ChunkSpec) -> Any:
         chunk_tiles=spec.chunk_tiles,
         cache_mb=64,
         use_model=TileMask(spec.tissue) if spec.tissue is not None else None,
+        region=None if whole else tuple(spec.region),
     )
-    with _LOCK:
-        _ENGINES[spec] = eng
-        while len(_ENGINES) > 4:
-            _ENGINES.popitem(last=False)
-    return eng
 
 
 def compute_chunk(spec: ChunkSpec, cy: int, cx: int) -> np.ndarray:

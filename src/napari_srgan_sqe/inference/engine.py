@@ -108,13 +108,18 @@ class _SRLevel0:
         stats: EngineStats,
         stats_lock: threading.Lock,
         use_model: Callable[[int, int], bool] | None = None,
+        window: tuple[int, int, int, int] | None = None,
     ) -> None:
         self.lr = lr
         self.use_model = use_model
         self.predictor = predictor
         self.scale = int(predictor.scale)
         self.halo = int(predictor.halo)
-        self.grid = TileGrid(int(lr.shape[0]), int(lr.shape[1]), tile)
+        # window (x, y, w, h): the tile grid covers only this part of `lr`, but halos
+        # read the real pixels around it (mirrored only at the border of `lr`)
+        x, y, w, h = window if window is not None else (0, 0, lr.shape[1], lr.shape[0])
+        self.origin = (int(y), int(x))
+        self.grid = TileGrid(int(h), int(w), tile)
         self.chunk_tiles = chunk_tiles
         self.model_id, self.source_id = model_id, source_id
         self.cache, self.disk = cache, disk
@@ -155,6 +160,12 @@ class _SRLevel0:
             oy, ox = (ty - y0) * s, (tx - x0) * s
             out[oy : oy + tile.shape[0], ox : ox + tile.shape[1]] = tile
         return out
+
+    def _lr_bounds(self, iy: int, ix: int) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) of tile (iy, ix) in pixels of the whole LR level."""
+        y0, y1, x0, x1 = self.grid.bounds(iy, ix)
+        oy, ox = self.origin
+        return y0 + oy, y1 + oy, x0 + ox, x1 + ox
 
     def _key(self, iy: int, ix: int) -> tuple:
         return (self.model_id, self.source_id, self.grid.tile, iy, ix)
@@ -208,7 +219,7 @@ class _SRLevel0:
         todo = []
         for t in idx:
             if self._cheap(*t):  # background: bicubic, never cached on disk
-                out[t] = bicubic_region(self.lr, *self.grid.bounds(*t), scale=self.scale)
+                out[t] = bicubic_region(self.lr, *self._lr_bounds(*t), scale=self.scale)
                 self.cache.put(self._key(*t), out[t])
                 continue
             tile = self.disk.get(*t) if self.disk is not None else None
@@ -221,7 +232,7 @@ class _SRLevel0:
                 todo.append(t)
         if not todo:
             return out
-        inputs = [read_region(self.lr, *self.grid.bounds(*t), halo=self.halo) for t in todo]
+        inputs = [read_region(self.lr, *self._lr_bounds(*t), halo=self.halo) for t in todo]
         with self._stats_lock:
             self.stats.pending += len(todo)
         try:
@@ -245,6 +256,9 @@ class SRPyramid(list):
     """The lazy SR pyramid: a list of dask arrays (finest first) with engine state.
 
     Level 0 is the model's output at s x LR level 0; level k >= 1 is LR level k - 1.
+    With a `region` (x, y, w, h), level 0 is the SR of that part of LR level 0 (its
+    tiles' halos read the real pixels around it) and level 1 is that LR crop.
+    `set_model` may be called from any thread.
     """
 
     def __init__(
@@ -261,9 +275,12 @@ class SRPyramid(list):
         disk_cache: bool | str,
         predictor_factory: Callable[[Any], Any],
         use_model: Callable[[int, int], bool] | None = None,
+        region: tuple[int, int, int, int] | None = None,
     ) -> None:
         super().__init__()
         self.use_model = use_model
+        self.region = region
+        self._switch_lock = threading.RLock()
         self.lr_levels = lr_levels
         lr0 = lr_levels[0]  # read through a chunk cache: neighbouring halos share chunks
         self._lr0 = BlockCache(lr0) if hasattr(lr0, "dask") else lr0
@@ -277,25 +294,31 @@ class SRPyramid(list):
         self._install(model, predictor)
 
     def _install(self, model: Any, predictor: Any) -> None:
-        self.model, self.predictor = model, predictor
-        self.model_id = str(model.identity)
+        """Build the whole state for `model` first, then swap it in under the lock."""
+        model_id = str(model.identity)
         disk = None
+        lr0 = self.lr_levels[0]
+        if self.region is not None:
+            x, y, w, h = self.region
+            shape = (int(h), int(w))
+            coarse = [_as_dask(lr0[y : y + h, x : x + w])]
+        else:
+            shape = (int(lr0.shape[0]), int(lr0.shape[1]))
+            coarse = [_as_dask(lv) for lv in self.lr_levels]
         if self._disk_cache:
             root = None if self._disk_cache is True else self._disk_cache
-            lr0 = self.lr_levels[0]
             disk = DiskTileCache(
-                model_id=self.model_id,
+                model_id=model_id,
                 source_id=self.source_id,
-                shape=(int(lr0.shape[0]), int(lr0.shape[1])),
+                shape=shape,
                 tile=self.tile,
                 scale=int(predictor.scale),
                 root=root,
             )
-        self.disk_cache = disk
-        self._level0 = _SRLevel0(
+        level0 = _SRLevel0(
             self._lr0,
             predictor,
-            model_id=self.model_id,
+            model_id=model_id,
             source_id=self.source_id,
             tile=self.tile,
             chunk_tiles=self.chunk_tiles,
@@ -305,9 +328,13 @@ class SRPyramid(list):
             stats=self._stats,
             stats_lock=self._stats_lock,
             use_model=self.use_model,
+            window=self.region,
         )
-        name = f"srgan-sqe-sr-{self.model_id}-{uuid.uuid4().hex[:12]}"
-        self[:] = [self._level0.as_dask(name)] + [_as_dask(lv) for lv in self.lr_levels]
+        levels = [level0.as_dask(f"srgan-sqe-sr-{model_id}-{uuid.uuid4().hex[:12]}"), *coarse]
+        with self._switch_lock:
+            self.model, self.predictor, self.model_id = model, predictor, model_id
+            self.disk_cache, self._level0 = disk, level0
+            self[:] = levels
 
     @property
     def scale(self) -> int:
@@ -324,9 +351,16 @@ class SRPyramid(list):
             return EngineStats(**asdict(self._stats))
 
     def set_model(self, model: Any) -> None:
-        """Switch to another model: new dask arrays (new names), a fresh cache key space."""
+        """Switch to another model: new dask arrays (new names), a fresh cache key space.
+
+        Thread-safe (widgets call it from worker threads): switches are serialised and
+        the new state is built completely before it replaces the old one at once. A
+        model of another scale raises DataError and changes nothing.
+        """
         model = resolve_model(model)
-        self._install(model, self._make_predictor(model))
+        with self._switch_lock:
+            check_scale(model, self.scale)
+            self._install(model, self._make_predictor(model))
 
     def clear_cache(self, *, disk: bool = False) -> None:
         """Forget computed tiles in memory (and on disk for this model and source)."""
@@ -416,6 +450,7 @@ def super_resolve(
     predictor: Any = None,
     precision: str = "auto",
     use_model: Callable[[int, int], bool] | None = None,
+    region: tuple[int, int, int, int] | None = None,
 ) -> SRPyramid:
     """Lazy multiscale SR of a Slide, a list of levels, or one (H, W, 3) array.
 
@@ -425,8 +460,10 @@ def super_resolve(
     `scale`: refuse a model of another scale; `cache_mb`: memory cache bound;
     `disk_cache`: True for the user cache folder, or a folder; `predictor`: reuse
     one (its device wins over `device`); `use_model(iy, ix)`: False makes tile
-    (iy, ix) by bicubic up-sampling instead (background, see export.tissue_mask).
-    Nothing is computed here.
+    (iy, ix) by bicubic up-sampling instead (background, see export.tissue_mask;
+    indices of the region's grid); `region`: (x, y, w, h) in LR level-0 px, super-
+    resolve only that part, with its tiles' halos reading the real pixels around it
+    (equal to the crop of the whole-slide result). Nothing is computed here.
     """
     levels, slide = _levels_of(slide_levels_or_array)
     model = resolve_model(model)
@@ -446,11 +483,19 @@ def super_resolve(
         tile = default_tile(str(getattr(predictor, "device_name", predictor.device)))
     if chunk_tiles < 1:
         raise DataError(f"chunk_tiles must be at least 1, got {chunk_tiles}")
+    source_id = _source_id(levels, slide, persistent=bool(disk_cache))
+    if region is not None:
+        x, y, w, h = (int(v) for v in region)
+        height, width = int(levels[0].shape[0]), int(levels[0].shape[1])
+        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
+            raise DataError(f"region {x},{y},{w},{h} is not inside the {width} x {height} image")
+        region = (x, y, w, h)
+        source_id = f"{source_id}-region-{x}-{y}-{w}-{h}"
     return SRPyramid(
         levels,
         model,
         predictor,
-        source_id=_source_id(levels, slide, persistent=bool(disk_cache)),
+        source_id=source_id,
         tile=int(tile),
         chunk_tiles=int(chunk_tiles),
         batch=int(max_batch),
@@ -458,4 +503,5 @@ def super_resolve(
         disk_cache=disk_cache,
         predictor_factory=make_predictor,
         use_model=use_model,
+        region=region,
     )

@@ -5,8 +5,12 @@ region, model scale) before any pixel is computed, then hands SR level 0 to
 io.pyramid, which computes and writes it unit by unit (a block of whole SR chunks,
 several at once so the engine batches them), builds the coarser levels by 2 x 2
 mean from the level just written, and records progress so an interrupted export
-resumes where it stopped. Memory stays bounded by the units in flight plus a small
+resumes where it stopped (only by a run with the same model, source file, region,
+tile and options: `export_fingerprint`; otherwise it restarts). Memory stays bounded by the units in flight plus a small
 tile cache, whatever the slide size. The pixel size is divided by the scale.
+A `region` is super-resolved on the whole slide's level 0 with the region as the
+engine's window, so its tiles' halos read the real pixels around it: the result
+equals the crop of the whole-slide SR.
 
 Tiles are 512 LR px by default on every device: an export has no first tile to
 wait for, so it takes the smaller halo overhead ((512 + 2 halo)^2 / 512^2 = 1.15 for
@@ -218,13 +222,14 @@ def enhance_slide(
     if tissue_only:
         mask = tissue_mask(slide.levels, slide.downsamples, region=region, tile=tile)
     sr = super_resolve(
-        lr0[y : y + h, x : x + w],
+        lr0,
         model,
         predictor=predictor,
         tile=tile,
         batch=batch,
         cache_mb=64,
         use_model=None if mask is None else TileMask(mask),
+        region=None if region == (0, 0, full[1], full[0]) else region,
     )
     level0 = sr[0]
     t0 = time.perf_counter()
@@ -237,6 +242,9 @@ def enhance_slide(
         chunk = writer_chunk(sr.tile * sr.scale, tiff=fmt == "tiff")
         kwargs = {"mpp": _scaled_mpp(slide.mpp, sr.scale), "progress": progress, "resume": resume}
         kwargs["overwrite"] = overwrite
+        kwargs["fingerprint"] = export_fingerprint(
+            model, slide, region=region, tile=tile, tissue_only=tissue_only, scale=sr.scale
+        )
         if client is not None:  # the writer's own tasks stay in this process
             import dask
 
@@ -254,6 +262,44 @@ def enhance_slide(
         _fill_stats(stats, sr, time.perf_counter() - t0, mask)
         stats["remote_chunks"] = pre.submitted if pre is not None else 0
     return Path(path)
+
+
+def export_fingerprint(
+    model: Any,
+    slide: Any,
+    *,
+    region: tuple[int, int, int, int],
+    tile: int,
+    tissue_only: bool,
+    scale: int,
+) -> str:
+    """What an export's pixels depend on, for its resume record: an interrupted export
+    is resumed only by a run with the same model, source file, region and options."""
+    import json
+
+    source: dict[str, Any] = {"path": str(getattr(slide, "path", None))}
+    path = getattr(slide, "path", None)
+    if path is not None:
+        try:
+            st = Path(path).resolve().stat()
+            source = {
+                "path": str(Path(path).resolve()),
+                "size": st.st_size,
+                "mtime": st.st_mtime_ns,
+            }
+        except OSError:
+            pass
+    return json.dumps(
+        {
+            "model": str(getattr(model, "identity", getattr(model, "name", repr(model)))),
+            "source": source,
+            "region": list(region),
+            "tile": int(tile),
+            "tissue_only": bool(tissue_only),
+            "scale": int(scale),
+        },
+        sort_keys=True,
+    )
 
 
 def _cluster_threads(client: Any) -> int:

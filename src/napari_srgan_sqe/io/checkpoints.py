@@ -52,9 +52,26 @@ def write_safetensors(
     return path
 
 
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """A plausible header length (fits in the file) followed by a JSON object."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= _MAX_HEADER and 8 + n <= size
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    """Zip (torch.save) or raw pickle (PROTO opcode 0x80, protocol 2..5) magic bytes."""
+    return head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
+
+
 def _data_start(path: Path, head: bytes, size: int) -> int:
-    """The byte offset where tensor data starts, from the first 8 bytes; checks sizes."""
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    """The byte offset where tensor data starts, from the first 9 bytes; checks sizes.
+
+    Safetensors is recognised first: its 8-byte little-endian header length may well
+    start with 0x80 (a header of 128 + 256 k bytes), which is also the pickle magic.
+    """
+    if not _looks_like_safetensors(head, size) and _looks_like_pickle(head):
         raise CheckpointError(f"{path}: {_PICKLE_MSG}")
     if size < 8:
         raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes; truncated?)")
@@ -73,8 +90,9 @@ def _read_header(path: Path) -> tuple[dict, int, int]:
         raise CheckpointError(f"{path}: no such file")
     size = path.stat().st_size
     with path.open("rb") as f:
-        head = f.read(8)
+        head = f.read(9)
         start = _data_start(path, head, size)
+        f.seek(8)
         raw = f.read(start - 8)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -144,6 +162,8 @@ def load_pickle_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tens
 
 def is_pickle(path: str | os.PathLike[str]) -> bool:
     """Whether a file starts like a PyTorch pickle (zip or raw pickle protocol)."""
-    with Path(path).open("rb") as f:
-        head = f.read(2)
-    return head[:2] == b"PK" or head[:1] == b"\x80"
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(9)
+    return not _looks_like_safetensors(head, size) and _looks_like_pickle(head)

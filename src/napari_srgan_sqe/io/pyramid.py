@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ import tifffile
 import zarr
 
 from napari_srgan_sqe.io._formats import INCOMPLETE_MARKER, looks_like_zarr
-from napari_srgan_sqe.io.atomic import atomic_path, remove_path
+from napari_srgan_sqe.io.atomic import _fsync, _replace_dir, atomic_path, remove_path
 
 __all__ = [
     "DEFAULT_COMPRESSOR",
@@ -188,23 +189,33 @@ def _write_levels(
     resume: bool,
     concurrency: int | None,
     extra_total: int = 0,
+    fingerprint: str | None = None,
 ) -> tuple[Any, int]:
-    """Write every level into the zarr group `root`, resumably; return (group, units)."""
+    """Write every level into the zarr group `root`, resumably; return (group, units).
+
+    `fingerprint` identifies what is written (model, source, region ...): a record
+    left by an interrupted export with another fingerprint is not resumed.
+    """
     plan = _plan(pyr, chunk)
     total = sum(len(units) for units in plan)
-    fingerprint = {
+    record_header = {
         "writer": "napari-srgan-sqe pyramid",
         "shapes": [list(s) for s in pyr.shapes],
         "given": len(pyr.given),
         "chunk": chunk,
         "compressor": repr(compressor),
+        "source": fingerprint,
     }
     marker = root / INCOMPLETE_MARKER
     done: set[str] = set()
     if marker.exists() and resume:
         header, done = _read_record(marker)
-        if header != fingerprint:
-            log.warning("%s: an interrupted export with other settings is restarted", root)
+        if header != record_header:
+            log.warning(
+                "%s: an interrupted export of other data or with other settings is "
+                "restarted from scratch (its partial output is discarded)",
+                root,
+            )
             done = set()
             remove_path(root)
     elif marker.exists():
@@ -222,7 +233,7 @@ def _write_levels(
                     fill_value=0,
                     chunk_key_encoding={"name": "v2", "separator": "/"},
                 )
-            (tmp / INCOMPLETE_MARKER).write_text(json.dumps(fingerprint) + "\n")
+            (tmp / INCOMPLETE_MARKER).write_text(json.dumps(record_header) + "\n")
     group = zarr.open_group(root, mode="r+", zarr_format=2)
     arrays = [group[str(i)] for i in range(len(pyr.shapes))]
     n_done = sum(u.key in done for units in plan for u in units)
@@ -331,39 +342,55 @@ def write_ome_zarr(
     overwrite: bool = False,
     compressor: Any = DEFAULT_COMPRESSOR,
     concurrency: int | None = None,
+    fingerprint: str | None = None,
 ) -> Path:
     """Write a pyramid as an NGFF 0.4 OME-Zarr (zarr format 2), chunk by chunk.
 
     `levels`: list of (y, x, 3) uint8 arrays, finest first, or one level 0 (coarser
     levels by 2 x 2 mean: `n_levels` in all, default until one chunk holds a level).
     `mpp`: um per level-0 pixel. `progress(done, total)` is called after each unit.
-    `resume`: skip units an interrupted run with the same shapes recorded.
-    `overwrite`: replace an existing complete export. `concurrency`: units computed
+    `resume`: skip units an interrupted run with the same shapes and `fingerprint`
+    recorded (a string identifying the data, e.g. model and source; an interrupted
+    export with another one is restarted from scratch).
+    `overwrite`: replace an existing complete export; the new one is written into a
+    hidden sibling `.NAME.overwrite.zarr` (resumable) and swapped in only when
+    complete, so a failure keeps the old export. `concurrency`: units computed
     at once (default: CPU count; with a dask.distributed client, on its workers).
     Raises `ExportError` (an OSError) naming the path when writing fails.
     """
     root = Path(path)
     _check_target(root, overwrite=overwrite)
     pyr = _pyramid(levels, chunk=chunk, n_levels=n_levels)
+    replace = root.exists() and not (root / INCOMPLETE_MARKER).exists()
+    target = root.with_name(f".{root.name}.overwrite.zarr") if replace else root
+    if replace and target.exists() and not (target / INCOMPLETE_MARKER).exists():
+        remove_path(target)  # not a resumable staging folder of ours
     try:
-        if root.exists() and not (root / INCOMPLETE_MARKER).exists():
-            remove_path(root)
         group, _ = _write_levels(
             pyr,
-            root,
+            target,
             chunk=chunk,
             compressor=compressor,
             progress=progress,
             resume=resume,
             concurrency=concurrency,
+            fingerprint=fingerprint,
         )
         name = root.name.removesuffix(".zarr").removesuffix(".ome")
         group.attrs.update(_ngff_attrs(pyr, mpp, name))
-        (root / INCOMPLETE_MARKER).unlink()
+        (target / INCOMPLETE_MARKER).unlink()
+        if replace:
+            _replace_dir(target, root, uuid.uuid4().hex[:8])
+            _fsync(root.parent)
     except ExportError:
         raise
     except OSError as exc:
-        note = "; the partial export is kept and the same call resumes it" if root.exists() else ""
+        if replace:
+            note = f"; the previous export is kept; intermediate data are in {target} to resume"
+        elif root.exists():
+            note = "; the partial export is kept and the same call resumes it"
+        else:
+            note = ""
         raise _export_error(exc, root, note) from exc
     return root
 
@@ -392,6 +419,7 @@ def write_ome_tiff(
     resume: bool = True,
     overwrite: bool = False,
     concurrency: int | None = None,
+    fingerprint: str | None = None,
 ) -> Path:
     """Write a pyramid as a tiled BigTIFF OME-TIFF with SubIFD levels, atomically.
 
@@ -423,6 +451,7 @@ def write_ome_tiff(
             resume=resume,
             concurrency=concurrency,
             extra_total=n_tiles,
+            fingerprint=fingerprint,
         )
         count = [n_units]
 

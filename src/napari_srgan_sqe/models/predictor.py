@@ -16,7 +16,22 @@ log = logging.getLogger(__name__)
 
 
 class DeviceError(RuntimeError):
-    """The requested device does not exist on this machine."""
+    """The requested device does not exist here, or is out of memory even for one tile."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError MPS raises when out of memory."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "MPS backend out of memory" in str(exc)
+
+
+def _empty_cache(device: torch.device) -> None:
+    with contextlib.suppress(Exception):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif device.type == "mps":
+            torch.mps.empty_cache()
 
 
 def _available() -> list[str]:
@@ -78,7 +93,9 @@ class Predictor:
     - `run(tiles, crop=c)` removes `c * s` HR px from every side, clamps to [0, 1] and
       rounds to uint8 on the device before the copy to the host: (N, (h-2c)s, (w-2c)s, 3).
     - precision: fp32 on CPU/MPS; on CUDA autocast to bf16 (fp16 where bf16 is not
-      supported). Out-of-memory halves the batch and retries down to 1 tile.
+      supported). Out-of-memory (CUDA or MPS) halves the batch and retries down to 1
+      tile; the reduced batch is kept (`max_batch`) for later calls. Out of memory
+      for one tile raises DeviceError (use smaller tiles or the CPU).
     Torch's thread count is left as the user set it.
     """
 
@@ -154,15 +171,18 @@ class Predictor:
         while i < n:
             try:
                 out[i : i + batch] = self._forward(tiles[i : i + batch], crop)
-            except torch.cuda.OutOfMemoryError:
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc):
+                    raise
+                _empty_cache(self.device)
                 if batch == 1:
-                    raise torch.cuda.OutOfMemoryError(
-                        f"out of GPU memory on {self.device_name} even for one {h} x {w} tile; "
-                        "use smaller tiles or the CPU"
+                    raise DeviceError(
+                        f"out of memory on {self.device_name} even for one {h} x {w} tile; "
+                        "use a smaller tile (--tile) or the CPU (--device cpu)"
                     ) from None
-                torch.cuda.empty_cache()
-                batch = max(1, batch // 2)
-                log.warning("out of GPU memory: batch of tiles reduced to %d", batch)
+                batch = min(batch, n - i) // 2 or 1
+                self.max_batch = min(self.max_batch, batch)  # remembered for later calls
+                log.warning("out of device memory: batch of tiles reduced to %d", batch)
                 continue
             i += batch
         return out
