@@ -5,18 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_srgan_sqe.cli import UserError
-
-
-def _region(text: str) -> tuple[int, int, int, int]:
-    parts = text.replace(" ", "").split(",")
-    try:
-        x, y, w, h = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected x,y,w,h as four integers (LR level-0 pixels), got {text!r}"
-        ) from None
-    return x, y, w, h
+from napari_srgan_sqe.cli import UserError, parse_region
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument(
-        "--region", type=_region, default=None, metavar="X,Y,W,H",
+        "--region", type=parse_region, default=None, metavar="X,Y,W,H",
         help="only this region, in level-0 pixels of the input",
     )  # fmt: skip
     parser.add_argument(
