@@ -255,3 +255,9 @@ def test_evaluate_refuses_bad_scale_and_baseline_as_user_errors(tmp_path: Path):
         evaluate(["bicubic-x4"], [tmp_path], scale=2)
     with pytest.raises(ConfigError, match="unknown baseline"):
         evaluate(["bicubic-x4"], [tmp_path], baselines=("nearest",))
+
+
+@needs_data
+def test_evaluate_keeps_models_with_the_same_name_apart(crops: Path, tmp_path: Path):
+    a = evaluate(["bicubic-x4", "bicubic-x4"], [crops], baselines=())
+    assert {r["method"] for r in a.rows} == {"bicubic-x4", "bicubic-x4 [bicubic-x4]"}

@@ -106,7 +106,9 @@ def evaluate(
             raise ConfigError(
                 f"model {m.name!r} is for scale {m.scale}, but scale {scale} was asked for"
             )
-    predictors = [(m.name, Predictor(m, device=device)) for m in loaded]
+    predictors = [
+        (label, Predictor(m, device=device)) for label, m in zip(_labels(models, loaded), loaded)
+    ]
     upscalers: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     for b in baselines:
         if b == "bicubic":
@@ -133,6 +135,22 @@ def evaluate(
         if progress is not None:
             progress(i + 1, len(paths))
     return result
+
+
+def _labels(sources: Sequence[SRModel | str | Path], models: Sequence[SRModel]) -> list[str]:
+    """Row labels: the model names, made unique with the file name (or a counter)."""
+    labels: list[str] = []
+    for src, m in zip(sources, models):
+        label = m.name
+        if label in labels or label in ("bicubic", "lanczos"):
+            hint = (
+                "/".join(Path(src).parts[-2:])
+                if isinstance(src, str | Path)
+                else str(len(labels) + 1)
+            )
+            label = f"{m.name} [{hint}]"
+        labels.append(label)
+    return labels
 
 
 def _save_crops(
