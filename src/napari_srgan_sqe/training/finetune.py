@@ -31,6 +31,9 @@ from napari_srgan_sqe.losses import GeneratorObjective
 from napari_srgan_sqe.metrics import psnr, ssim
 from napari_srgan_sqe.models.modelfile import SRModel
 
+CONSISTENCY_TOLERANCE_DB = 0.5
+"""Self-supervised results are rejected when D_s(SR) vs LR drops by more than this."""
+
 __all__ = [
     "FinetuneEvent",
     "FinetuneResult",
@@ -397,24 +400,48 @@ def _freeze_batchnorm(module: nn.Module) -> None:
 
 
 @torch.no_grad()
+def _sr_uint8(gen: nn.Module, inp: np.ndarray, halo: int, device: torch.device) -> np.ndarray:
+    """SR (uint8) of a whole float [0, 1] image (symmetric padding by the halo, cropped back)."""
+    s = int(gen.scale)
+    pad = np.pad(inp, ((halo, halo), (halo, halo), (0, 0)), mode="symmetric")
+    x = torch.from_numpy(np.ascontiguousarray(pad.transpose(2, 0, 1)))[None].to(device)
+    h, w = inp.shape[:2]
+    y = gen(x)[0, :, s * halo : s * (halo + h), s * halo : s * (halo + w)]
+    return (y.clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
 def _validate(gen: nn.Module, data: _Data, halo: int, device: torch.device) -> dict[str, float]:
     """Mean PSNR / SSIM over the held-out stripes (SR of the whole stripe, symmetric padding)."""
     was_training = gen.training
     gen.eval()
-    s = int(gen.scale)
     rows = []
     for inp, target in data.val:
-        pad = np.pad(inp, ((halo, halo), (halo, halo), (0, 0)), mode="symmetric")
-        x = torch.from_numpy(np.ascontiguousarray(pad.transpose(2, 0, 1)))[None].to(device)
-        h, w = inp.shape[:2]
-        y = gen(x)[0, :, s * halo : s * (halo + h), s * halo : s * (halo + w)]
-        sr = (y.clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
+        sr = _sr_uint8(gen, inp, halo, device)
         rows.append((psnr(sr, target), ssim(sr, target)))
     gen.train(was_training)
     if was_training:
         _freeze_batchnorm(gen)
     m = np.mean(rows, axis=0)
     return {"psnr": float(m[0]), "ssim": float(m[1])}
+
+
+@torch.no_grad()
+def _consistency(gen: nn.Module, data: _Data, halo: int, device: torch.device) -> float:
+    """Self-supervised guard at the true scale: mean PSNR of D_s(SR(LR stripe)) vs the LR
+    stripe. Pseudo-pairs live one scale lower; a model can get better there and worse
+    at the real scale, and then its SR stops agreeing with the LR it came from."""
+    was_training = gen.training
+    gen.eval()
+    s = int(gen.scale)
+    vals = []
+    for _, lr_stripe in data.val:
+        inp = lr_stripe.astype(np.float32) / 255.0
+        vals.append(psnr(degrade(_sr_uint8(gen, inp, halo, device), s), lr_stripe))
+    gen.train(was_training)
+    if was_training:
+        _freeze_batchnorm(gen)
+    return float(np.mean(vals))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -517,6 +544,8 @@ def _run(
     history: list[dict[str, Any]] = [{"kind": "note", "step": 0, "message": n} for n in notes]
 
     before = _validate(gen, data, parent.halo, device)
+    guard = mode == "self-supervised"
+    consistency_before = _consistency(gen, data, parent.halo, device) if guard else None
     best, best_step = dict(before), 0
     best_state: dict[str, torch.Tensor] | None = None
     history.append({"kind": "val", "step": 0, "elapsed_s": time.perf_counter() - t0, **before})
@@ -566,12 +595,28 @@ def _run(
             torch.cuda.empty_cache()
 
     improved = best_state is not None
+    if improved and consistency_before is not None:
+        gen.load_state_dict(best_state)
+        consistency_after = _consistency(gen, data, parent.halo, device)
+        before["consistency_psnr"] = consistency_before
+        best["consistency_psnr"] = consistency_after
+        if consistency_after < consistency_before - CONSISTENCY_TOLERANCE_DB:
+            improved = False
+            notes.append(
+                f"rejected: the pseudo-pair validation improved, but D_s(SR) agrees less with "
+                f"the LR ({consistency_before:.2f} -> {consistency_after:.2f} dB), a sign the "
+                "model got worse at the real scale; kept the original model"
+            )
     if improved:
         gen.load_state_dict(best_state)
         new = _child_model(parent, gen.eval(), name, cfg, data, best_step, before, best, metadata)
     else:
         new = parent
-        msg = "validation did not improve: kept the original model"
+        msg = (
+            notes[-1]
+            if notes and notes[-1].startswith("rejected")
+            else ("validation did not improve: kept the original model")
+        )
         history.append({"kind": "note", "step": done, "message": msg})
     result = FinetuneResult(
         model=new,
