@@ -277,9 +277,8 @@ def test_self_supervised_never_keeps_a_model_worse_at_the_real_scale():
     from napari_srgan_sqe.degradation import degrade
     from napari_srgan_sqe.metrics import psnr
     from napari_srgan_sqe.models.predictor import Predictor
-    from napari_srgan_sqe.training.finetune import CONSISTENCY_TOLERANCE_DB
-
     from napari_srgan_sqe.training.data import load_rgb
+    from napari_srgan_sqe.training.finetune import CONSISTENCY_TOLERANCE_DB
 
     if not IMAGE.is_file():
         pytest.skip(f"real H&E data not found at {DATA}")
