@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--corruption",
         action="append",
-        choices=["noise", "blur", "contrast"],
-        help="corruption type(s) (default: noise; all three on a GPU)",
+        choices=["noise", "blur", "contrast", "noise-hr", "blur-hr", "contrast-hr"],
+        help="corruption type(s) of the whole pair; with -hr only the HR target is corrupted "
+        "(default: noise; all on a GPU)",
     )
     parser.add_argument("--fractions", default="0,0.1,0.3,0.5")
     parser.add_argument("--q", type=float, default=0.8, help="q of srgan_qe / srgan_sqe")

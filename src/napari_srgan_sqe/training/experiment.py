@@ -170,8 +170,13 @@ def run_robustness(
         if result_file.exists():
             rows.append(json.loads(result_file.read_text()))
             continue
+        # "blur" corrupts the whole pair (HR before D_s); "blur-hr" only the HR target.
+        base, _, only_hr = kind.partition("-")
         corruption = CorruptionConfig(
-            kind=kind if frac > 0 else "none", fraction=frac, strength=strength
+            kind=base if frac > 0 else "none",
+            fraction=frac,
+            strength=strength,
+            target="hr" if only_hr else "pair",
         )
         cfg = run_config(
             p,
