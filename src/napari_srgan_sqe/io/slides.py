@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 import threading
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,7 @@ def shared_handle(kind: str, path: Path, opener: Callable[[Path], Any]) -> Any:
     return handle
 
 
-class LevelSource:
+class LevelSource(ABC):
     """Array-like (shape, dtype, ndim, __getitem__) over one level, for `da.from_array`.
 
     Picklable: the handle is dropped and reopened by path in another process, so the
@@ -185,11 +186,13 @@ class LevelSource:
         st = path.stat()
         self._stamp = (st.st_size, st.st_mtime_ns)
 
+    @abstractmethod
     def _open(self, path: Path) -> Any:
-        raise NotImplementedError
+        """Open the file; the handle is shared by every read of this process."""
 
+    @abstractmethod
     def _read(self, handle: Any, key: tuple[slice, ...]) -> np.ndarray:
-        raise NotImplementedError
+        """Read the pixels of `key` (a (y, x[, c]) tuple of slices) from the open handle."""
 
     @property
     def handle(self) -> Any:
@@ -372,12 +375,13 @@ class _ImageFile(LevelSource):
 
     kind = "image"
 
-    @property
-    def handle(self) -> None:  # nothing to keep open between reads
-        return None
+    def _open(self, path: Path) -> np.ndarray:
+        # PNG / JPEG cannot be decoded by region: decode once per process and share the
+        # pixels, so tiles and halos do not decode the whole file again each time.
+        return read_plain_image(path)
 
     def _read(self, handle: Any, key: tuple[slice, ...]) -> np.ndarray:
-        return read_plain_image(self.path)[key]
+        return handle[key]
 
 
 def _png_bit_depth(path: Path) -> int:

@@ -7,6 +7,7 @@ Both take float NCHW RGB in [0, 1] and return NCHW at `scale` x the size, unclam
 from __future__ import annotations
 
 import math
+from abc import ABCMeta, abstractmethod
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from napari_srgan_sqe.models.blocks import Bicubic, ResidualBlock, conv, halo_of
 __all__ = ["LRNet", "SRResNet", "build_generator"]
 
 
-class _Generator(nn.Module):
+class _Generator(nn.Module, metaclass=ABCMeta):
     """Shared trunk: head conv + ReLU, residual blocks, conv(-BN) + long skip."""
 
     scale: int
@@ -54,8 +55,9 @@ class _Generator(nn.Module):
         h = self.head(x)
         return h + self.trunk_tail(self.blocks(h))
 
+    @abstractmethod
     def upsample(self, f: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Trunk features at LR resolution -> RGB at `scale` x the size (before the skip)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.upsample(self.features(x))
