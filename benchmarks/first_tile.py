@@ -21,18 +21,15 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
-import napari_srgan_sqe
-
-SAMPLE = Path(napari_srgan_sqe.__file__).parent / "data" / "CMU-1-Small-Region.svs"
+from napari_srgan_sqe.io.sample import sample_slide_path
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--slide", default=str(SAMPLE))
+    ap.add_argument("--slide", default=str(sample_slide_path()))
     ap.add_argument("--model", default="srgan-sqe-he-x4")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tile", type=int, default=None, help="LR px (default: the viewer's)")

@@ -23,16 +23,13 @@ from napari_srgan_sqe.inference.bench import (
     peak_rss_mb,
     pick_region,
 )
+from napari_srgan_sqe.io.sample import sample_slide_path
 from napari_srgan_sqe.io.slides import open_slide
-
-REPO = Path(__file__).resolve().parents[1]
-SLIDE = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
-SAMPLE = REPO / "src" / "napari_srgan_sqe" / "data" / "CMU-1-Small-Region.svs"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--input", type=Path, default=SLIDE if SLIDE.exists() else SAMPLE)
+    ap.add_argument("--input", type=Path, default=sample_slide_path())
     ap.add_argument("--model", default="preset:light", help="name, file or preset:NAME")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tile", type=int, default=None, help="LR tile side (default per device)")

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_srgan_sqe.degradation import lr_translate
+
 __all__ = [
     "META_KEY",
     "CropBox",
@@ -201,14 +203,14 @@ def lr_transform(hr_layer: Any, scale: int) -> dict[str, Any]:
     """napari `scale`, `translate` (and `units`) of an LR layer simulated from `hr_layer`."""
     p = np.asarray(hr_layer.scale[-2:], dtype=float)
     t = np.asarray(hr_layer.translate[-2:], dtype=float)
-    return _geometry(hr_layer, scale * p, t + (scale - 1) / 2 * p)
+    return _geometry(hr_layer, scale * p, t + lr_translate(scale) * p)
 
 
 def sr_transform(lr_layer: Any, scale: int) -> dict[str, Any]:
     """napari `scale`, `translate` (and `units`) of the SR layer of `lr_layer` (HR geometry)."""
     p = np.asarray(lr_layer.scale[-2:], dtype=float)
     t = np.asarray(lr_layer.translate[-2:], dtype=float)
-    return _geometry(lr_layer, p / scale, t - (scale - 1) / (2 * scale) * p)
+    return _geometry(lr_layer, p / scale, t - lr_translate(scale) / scale * p)
 
 
 # ------------------------------------------------------------------ field of view

@@ -378,10 +378,12 @@ class SRPyramid(list):
 
     def layer_transform(self, lr_pixel_size: float = 1.0) -> dict[str, tuple[float, float]]:
         """napari scale / translate of SR level 0 with the LR layer as reference frame."""
+        from napari_srgan_sqe.degradation import lr_translate
+
         s = self.scale
         return {
             "scale": (lr_pixel_size / s, lr_pixel_size / s),
-            "translate": (-(s - 1) / (2 * s) * lr_pixel_size,) * 2,
+            "translate": (-lr_translate(s) / s * lr_pixel_size,) * 2,
         }
 
 

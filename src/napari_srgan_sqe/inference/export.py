@@ -43,7 +43,8 @@ from napari_srgan_sqe.inference.engine import (
     resolve_model,
     super_resolve,
 )
-from napari_srgan_sqe.inference.tiling import DataError, TileGrid, TileMask
+from napari_srgan_sqe.inference.tiling import TileGrid, TileMask
+from napari_srgan_sqe.io.errors import DataError, RegionError
 
 __all__ = [
     "DataError",
@@ -58,10 +59,6 @@ EXPORT_TILE = 512  # halo overhead 1.15 for the light model (1.32 at the viewer'
 SATURATION_MIN = 0.07
 VALUE_MAX = 0.9
 Progress = Callable[[int, int], None]
-
-
-class RegionError(DataError):
-    """A region that is empty or not inside the slide."""
 
 
 def output_format(path: str | os.PathLike[str]) -> str:

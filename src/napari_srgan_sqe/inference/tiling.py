@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_srgan_sqe.io.errors import DataError
+
 __all__ = [
     "BlockCache",
     "DataError",
@@ -40,10 +42,6 @@ __all__ = [
 
 CPU_TILE = 256
 GPU_TILE = 512
-
-
-class DataError(ValueError):
-    """Input the engine cannot use (shape, dtype, scale), with a message for people."""
 
 
 def default_tile(device_name: str) -> int:
@@ -216,17 +214,8 @@ def as_rgb_uint8(level: Any, *, what: str = "image") -> Any:
 
 def bicubic_region(level: Any, y0: int, y1: int, x0: int, x1: int, *, scale: int) -> np.ndarray:
     """Bicubic up-sampling of an LR region (uint8), equal to the whole-image result."""
-    import torch
-    import torch.nn.functional as F
+    from napari_srgan_sqe.models.blocks import Bicubic, bicubic_upscale
 
-    from napari_srgan_sqe.models.blocks import Bicubic
-
-    h = Bicubic.halo
-    x = torch.from_numpy(read_region(level, y0, y1, x0, x1, halo=h)).permute(2, 0, 1)[None]
-    with torch.inference_mode():
-        y = F.interpolate(
-            x.float() / 255.0, scale_factor=scale, mode="bicubic", align_corners=False
-        )
-        y = y[0, :, h * scale : -h * scale, h * scale : -h * scale]
-        y = y.clamp(0, 1).mul(255).round().to(torch.uint8)
-    return y.permute(1, 2, 0).contiguous().numpy()
+    m = Bicubic.halo * scale  # the margin read around the region, in HR px
+    up = bicubic_upscale(read_region(level, y0, y1, x0, x1, halo=Bicubic.halo), scale)
+    return np.ascontiguousarray(up[m:-m, m:-m])

@@ -16,6 +16,7 @@ import numpy as np
 
 from napari_srgan_sqe.config import CorruptionConfig
 from napari_srgan_sqe.degradation import corrupt
+from napari_srgan_sqe.io.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 
@@ -27,10 +28,6 @@ __all__ = [
     "load_rgb",
     "resolve_split",
 ]
-
-
-class DataError(ValueError):
-    """Training or evaluation data that cannot be used, with the reason in words."""
 
 
 def load_rgb(path: str | Path) -> np.ndarray:

@@ -27,6 +27,7 @@ from torch import nn
 
 from napari_srgan_sqe.config import ConfigError, FinetuneConfig
 from napari_srgan_sqe.degradation import degrade, degrade_torch
+from napari_srgan_sqe.io.errors import RegionError
 from napari_srgan_sqe.losses import GeneratorObjective
 from napari_srgan_sqe.metrics import psnr, ssim
 from napari_srgan_sqe.models.modelfile import SRModel
@@ -59,10 +60,6 @@ Mode = Literal["paired", "self-supervised"]
 LOSS_PRESETS = ("srgan_sqe", "srgan_qe", "srgan_e", "srgan", "l1")
 # Generator children that form the residual trunk; everything after them is "last".
 TRUNK = ("head", "blocks", "trunk_tail")
-
-
-class RegionError(ValueError):
-    """A fine-tuning region that cannot be used (empty, outside the image, too small)."""
 
 
 class Rect(NamedTuple):
