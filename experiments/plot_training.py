@@ -4,7 +4,9 @@
 
 Per run: the generator loss (smoothed) and the validation PSNR / SSIM / QILV. A resumed
 run may log a step twice (steps after its last checkpoint are redone); the later
-record wins.
+record wins. `RUN_A+RUN_B` draws a warm-started run (`init_from`) as the continuation
+of the run it started from: B's steps are shifted by A's last step, and a dotted line
+marks where B began.
 """
 
 from __future__ import annotations
@@ -29,20 +31,37 @@ def read_log(run_dir: Path) -> list[dict]:
     return [records[k] for k in sorted(records)]
 
 
-def plot(runs: list[Path], out: Path) -> Path:
+def read_chain(spec: str) -> tuple[str, list[dict], list[int]]:
+    """Records of `A+B+...` with the steps made continuous; also where each stage began."""
+    records: list[dict] = []
+    starts: list[int] = []
+    offset = 0
+    for part in spec.split("+"):
+        recs = read_log(Path(part))
+        if records:
+            starts.append(offset)
+        records += [{**r, "step": r["step"] + offset} for r in recs]
+        offset = records[-1]["step"] if records else offset
+    return Path(spec.split("+")[0]).name, records, starts
+
+
+def plot(runs: list[str], out: Path) -> Path:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for run in runs:
-        recs = read_log(run)
+    for spec in runs:
+        name, recs, starts = read_chain(str(spec))
         g = [(r["step"], r["g"]) for r in recs if "g" in r]
         if g:
             steps, vals = np.array(g).T
             k = max(1, len(vals) // 50)
             smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
-            axes[0].plot(steps[k - 1 :], smooth, label=run.name)
+            axes[0].plot(steps[k - 1 :], smooth, label=name)
         for ax, key in zip(axes[1:], ("val_psnr", "val_ssim", "val_qilv")):
             pts = [(r["step"], r[key]) for r in recs if key in r]
             if pts:
-                ax.plot(*np.array(pts).T, marker="o", label=run.name)
+                ax.plot(*np.array(pts).T, marker="o", markersize=3, label=name)
+        for start in starts:
+            for ax in axes:
+                ax.axvline(start, color="grey", linestyle=":", linewidth=1)
     for ax, title in zip(
         axes, ("generator loss", "validation PSNR (dB)", "validation SSIM", "validation QILV")
     ):
@@ -62,7 +81,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("runs", nargs="+", help="run folders; A+B for a warm-started B after A")
     ap.add_argument("--out", type=Path, default=Path("training-curves.png"))
     args = ap.parse_args()
     print(plot(args.runs, args.out))

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from napari_srgan_sqe.cli import main
+from napari_srgan_sqe.models.modelfile import load_model
 from napari_srgan_sqe.training.data import load_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,16 @@ def test_train_pause_resume_then_evaluate(crops: Path, tmp_path: Path, capsys):
     assert "tiny-cli" in table and "bicubic" in table
     summary = json.loads((out_dir / "evaluation.json").read_text())["summary"]
     assert set(summary) == {"bicubic", "tiny-cli", "bicubic-x4"}
+
+    # a second stage warm-started from the finished model (path relative to the cwd)
+    more = ["train", "--config", str(path), "--out", str(tmp_path / "stage2")]
+    assert main([*more, "--init-from", str(model)]) == 0
+    meta = load_model(tmp_path / "stage2" / "model.safetensors").metadata
+    assert meta["initialised_from"] == "tiny-cli"
+    capsys.readouterr()
+    assert main([*more, "--init-from", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "init_from" in err and "no-such-model" in err and "Traceback" not in err
 
 
 def test_bad_config_names_the_field(tmp_path: Path, capsys):

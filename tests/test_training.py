@@ -93,6 +93,52 @@ def test_resume_refuses_a_different_config(crops: Path, tmp_path: Path):
         other.run(resume=True)
 
 
+@needs_data
+def test_warm_start_loads_checkpoint_or_model_weights(crops: Path, tmp_path: Path):
+    first = Trainer(tiny_config(crops, tmp_path / "a"))
+    first.run()
+    # from a checkpoint: G, AE and D start where the first run ended
+    cfg = tiny_config(
+        crops,
+        tmp_path / "b",
+        init_from=str(tmp_path / "a" / "checkpoint.safetensors"),
+        ae_steps=0,
+        warmup_steps=0,
+        gan_steps=2,
+        patch_size=48,
+    )
+    second = Trainer(cfg)
+    for mod in ("G", "AE", "D"):
+        a, b = getattr(first, mod).state_dict(), getattr(second, mod).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{mod} was not loaded"
+    second.run()
+    model = load_model(tmp_path / "b" / "model.safetensors")
+    assert model.metadata["initialised_from"] == "checkpoint.safetensors (AE, D, G)"
+    assert model.metadata["steps"] == "2"
+    # from a model file: the generator and the encoder it carries
+    third = Trainer(
+        tiny_config(crops, tmp_path / "c", init_from=str(tmp_path / "b" / "model.safetensors"))
+    )
+    assert all(
+        torch.equal(v, third.G.state_dict()[k]) for k, v in model.generator.state_dict().items()
+    )
+    assert all(
+        torch.equal(v, third.AE.encoder.state_dict()[k])
+        for k, v in model.encoder.state_dict().items()
+    )
+
+
+@needs_data
+def test_warm_start_refuses_a_different_architecture(crops: Path, tmp_path: Path):
+    Trainer(tiny_config(crops, tmp_path / "a")).run(max_steps=1)
+    bigger = {"generator": {"arch": "lrnet", "n_blocks": 2, "channels": 8}}
+    ckpt = str(tmp_path / "a" / "checkpoint.safetensors")
+    with pytest.raises(ConfigError, match="do not fit this run's architecture"):
+        Trainer(tiny_config(crops, tmp_path / "b", init_from=ckpt, model=bigger))
+    with pytest.raises(ConfigError, match="init_from"):
+        Trainer(tiny_config(crops, tmp_path / "c", init_from=str(tmp_path / "missing.safetensors")))
+
+
 def test_corruption_fraction_is_respected_and_seeded():
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]

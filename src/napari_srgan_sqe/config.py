@@ -242,6 +242,13 @@ class TrainConfig(_Strict):
     out_dir: str = "runs/default"
     augment: bool = True
     """Random flips and 90-degree rotations of training patches."""
+    init_from: str | None = None
+    """Warm start: a training checkpoint written by `srgan-sqe train` (its G, autoencoder
+    and discriminator weights are loaded where this run has them) or a model name or
+    `.safetensors` model file (its generator, and its encoder when it carries one).
+    The architecture must match. Optimizers and the step counter start fresh, so
+    set `ae_steps` (and `warmup_steps`) to 0 when the checkpoint already covers them.
+    Relative paths are resolved against the config file's folder."""
 
     @model_validator(mode="after")
     def _patch_divisible(self) -> TrainConfig:

@@ -19,6 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-steps", type=int, default=None, help="stop after this many steps (then --resume)"
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL",
+        help="warm start from a model name, a model file or a training checkpoint "
+        "(overrides init_from in the config)",
+    )
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -44,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         cfg.out_dir = str(args.out.resolve())
     if args.threads is not None:
         cfg.num_threads = args.threads
+    if args.init_from is not None:
+        given = Path(args.init_from)
+        cfg.init_from = str(given.resolve()) if given.exists() else args.init_from
     trainer = Trainer(cfg, base_dir=args.config.resolve().parent)
     stop = threading.Event()
     _stop_on_signals(stop)

@@ -25,13 +25,18 @@ import torch
 
 from napari_srgan_sqe.config import ConfigError, TrainConfig
 from napari_srgan_sqe.degradation import degrade, degrade_torch
-from napari_srgan_sqe.io.checkpoints import read_safetensors, write_safetensors
+from napari_srgan_sqe.io.checkpoints import (
+    CheckpointError,
+    read_safetensors,
+    read_safetensors_metadata,
+    write_safetensors,
+)
 from napari_srgan_sqe.losses import GeneratorObjective, discriminator_loss, l1_loss, quasi_norm_loss
 from napari_srgan_sqe.metrics import psnr, qilv, ssim
 from napari_srgan_sqe.models.autoencoder import build_autoencoder
 from napari_srgan_sqe.models.discriminator import build_discriminator
 from napari_srgan_sqe.models.generator import build_generator
-from napari_srgan_sqe.models.modelfile import SRModel, save_model
+from napari_srgan_sqe.models.modelfile import ModelFileError, SRModel, load_model, save_model
 from napari_srgan_sqe.models.predictor import Predictor, resolve_device
 from napari_srgan_sqe.training.data import PatchSampler, load_rgb, resolve_split
 from napari_srgan_sqe.training.state import (
@@ -106,6 +111,44 @@ class Trainer:
         self.total = self.ae_steps + cfg.warmup_steps + cfg.gan_steps
         self.step = 0
         self._objective: GeneratorObjective | None = None
+        self.init_source: str | None = None
+        if cfg.init_from:
+            self._warm_start(cfg.init_from, base)
+
+    def _warm_start(self, source: str, base: Path) -> None:
+        """Load weights from a training checkpoint or a model (`TrainConfig.init_from`)."""
+        path = _resolve(base, source)
+        if path.is_file() and _is_checkpoint(path):
+            tensors, _ = read_safetensors(path)
+            modules = {"G": self.G, "AE": self.AE, "D": self.D}
+            present = {n for n in modules if any(k.startswith(n + ".") for k in tensors)}
+            if "G" not in present:
+                raise ConfigError(f"init_from {path}: the checkpoint holds no generator")
+            loaded = {n: m for n, m in modules.items() if m is not None and n in present}
+            try:
+                unpack_modules(tensors, loaded)
+            except RuntimeError as exc:
+                raise ConfigError(
+                    f"init_from {path}: its weights do not fit this run's architecture: "
+                    f"{_first_mismatch(exc)}"
+                ) from None
+            self.init_source = f"{path.name} ({', '.join(sorted(loaded))})"
+        else:
+            try:
+                model = load_model(path if path.is_file() else source)
+            except ModelFileError as exc:
+                raise ConfigError(f"init_from: {exc}") from None
+            try:
+                self.G.load_state_dict(model.generator.state_dict(), strict=True)
+                if self.AE is not None and model.encoder is not None:
+                    self.AE.encoder.load_state_dict(model.encoder.state_dict(), strict=True)
+            except RuntimeError as exc:
+                raise ConfigError(
+                    f"init_from {source}: its weights do not fit this run's architecture: "
+                    f"{_first_mismatch(exc)}"
+                ) from None
+            self.init_source = model.name
+        log.info("warm start from %s", self.init_source)
 
     # -- phases --------------------------------------------------------------
     def phase(self, step: int) -> str:
@@ -309,9 +352,11 @@ class Trainer:
         finally:
             logf.close()
         self.save_checkpoint()
+        provenance = {"initialised_from": self.init_source} if self.init_source else {}
         model = self.as_model(
             training_data=", ".join(p.name for p in self.train_paths)[:4000],
             steps=str(self.step),
+            **provenance,
         )
         if self.step >= self.total:
             save_model(model, self.out_dir / MODEL)
@@ -333,6 +378,21 @@ def _schedule_free(cfg: TrainConfig) -> dict:
     ):
         d.pop(k, None)
     return d
+
+
+def _first_mismatch(exc: RuntimeError) -> str:
+    """The first concrete line of a `load_state_dict` error (which layer does not fit)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "shape mismatch")
+    return detail if len(detail) <= 300 else detail[:297] + "..."
+
+
+def _is_checkpoint(path: Path) -> bool:
+    try:
+        meta = read_safetensors_metadata(path)
+    except CheckpointError:  # not a safetensors file: load_model explains what it is
+        return False
+    return meta.get("kind") == "training-checkpoint"
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
