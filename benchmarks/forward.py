@@ -5,7 +5,11 @@ Prints JSON. For each generator preset: parameters, halo, FLOPs per output pixel
 `model(x)` on a batch of LR tiles (channels_last, inference mode), on the CPU and,
 when CUDA is present, on the GPU in fp32 and bf16.
 
-    python benchmarks/forward.py [--presets light paper tiny] [--batch 8] [--tile 64]
+    python benchmarks/forward.py [--presets light paper tiny] [--models srgan-sqe-he-x4]
+                                 [--batch 8] [--tile 64]
+
+`--models` adds model names or files (e.g. the bundled model, whose generator need not
+be a preset) to the same run, so their rates compare with the presets'.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from torch import nn
 
 from napari_srgan_sqe.config import ModelConfig, generator_preset
-from napari_srgan_sqe.models.modelfile import new_model
+from napari_srgan_sqe.models.modelfile import load_model, new_model
 
 
 def conv_macs_per_output_pixel(model: nn.Module, tile: int) -> float:
@@ -93,7 +97,8 @@ def throughput(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="+", default=["light", "paper", "tiny"])
+    ap.add_argument("--presets", nargs="*", default=["light", "paper", "tiny"])
+    ap.add_argument("--models", nargs="*", default=[], help="model names or files")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--tile", type=int, default=64, help="LR tile side")
     ap.add_argument("--scale", type=int, default=4)
@@ -121,23 +126,27 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "presets": {},
     }
-    for preset in args.presets:
-        cfg = ModelConfig(name=preset, generator=generator_preset(preset, args.scale))
-        model = new_model(cfg).eval()
-        macs = conv_macs_per_output_pixel(model, args.tile)
+    entries = [
+        (p, new_model(ModelConfig(name=p, generator=generator_preset(p, args.scale))))
+        for p in args.presets
+    ]
+    entries += [(m, load_model(m)) for m in args.models]
+    for label_, model in entries:
+        gen = model.config.generator
+        macs = conv_macs_per_output_pixel(model.eval(), args.tile)
         entry = {
-            "arch": cfg.generator.arch,
-            "blocks": cfg.generator.n_blocks,
-            "channels": cfg.generator.channels,
-            "params": sum(p.numel() for p in model.parameters()),
+            "arch": gen.arch,
+            "blocks": gen.n_blocks,
+            "channels": gen.channels,
+            "params": sum(p.numel() for p in model.generator.parameters()),
             "halo": model.halo,
             "flops_per_output_px": round(2 * macs),
             "throughput": {},
         }
         for label, dev, dtype in devices:
             entry["throughput"][label] = throughput(model, dev, dtype, args.batch, args.tile)
-        out["presets"][preset] = entry
-        print(json.dumps({preset: entry}), flush=True, file=sys.stderr)
+        out["presets"][label_] = entry
+        print(json.dumps({label_: entry}), flush=True, file=sys.stderr)
     out["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(out, indent=2))
 
