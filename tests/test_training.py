@@ -86,6 +86,40 @@ def test_resume_continues_exactly(crops: Path, tmp_path: Path):
 
 
 @needs_data
+def test_weight_average_is_what_validates_resumes_and_ships(crops: Path, tmp_path: Path):
+    kw = dict(ema_decay=0.9, ae_steps=0, warmup_steps=2, gan_steps=2)
+    t = Trainer(tiny_config(crops, tmp_path / "a", **kw))
+    w0 = {k: v.clone() for k, v in t.G.state_dict().items()}
+    t.run(max_steps=1)
+    w1 = t.G.state_dict()
+    for k, v in t.G_ema.state_dict().items():  # one step: 0.9 * w0 + 0.1 * w1
+        torch.testing.assert_close(v, w0[k] + 0.1 * (w1[k] - w0[k]))
+    t = Trainer(tiny_config(crops, tmp_path / "a", **kw))
+    t.run(resume=True)
+    straight = Trainer(tiny_config(crops, tmp_path / "b", **kw))
+    straight.run()
+    for k, v in straight.G_ema.state_dict().items():  # resumed == uninterrupted, average too
+        assert torch.equal(v, t.G_ema.state_dict()[k])
+    shipped = load_model(tmp_path / "a" / "model.safetensors").generator.state_dict()
+    for k, v in t.G_ema.state_dict().items():
+        assert torch.equal(shipped[k], v)
+    assert any(not torch.equal(shipped[k], v) for k, v in t.G.state_dict().items())
+
+
+@needs_data
+def test_training_inputs_are_8_bit_like_real_lr_images(crops: Path, tmp_path: Path):
+    seen = []
+    for quantize in (True, False):
+        t = Trainer(tiny_config(crops, tmp_path / str(quantize), quantize_lr=quantize))
+        hook = t.G.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        t.train_step(t.ae_steps)  # a warm-up step
+        hook.remove()
+        x = seen[-1] * 255.0
+        on_levels = torch.allclose(x, torch.round(x), atol=1e-3)
+        assert on_levels == quantize and x.min() >= 0 and x.max() <= 255
+
+
+@needs_data
 def test_resume_refuses_a_different_config(crops: Path, tmp_path: Path):
     Trainer(tiny_config(crops, tmp_path / "a")).run(max_steps=2)
     other = Trainer(tiny_config(crops, tmp_path / "a", patch_size=48))

@@ -242,6 +242,13 @@ class TrainConfig(_Strict):
     out_dir: str = "runs/default"
     augment: bool = True
     """Random flips and 90-degree rotations of training patches."""
+    quantize_lr: bool = True
+    """Round the LR inputs made by D_s to 8-bit levels, as LR images and slides are
+    stored, so the network trains on the inputs it will see."""
+    ema_decay: float | None = Field(None, ge=0.9, lt=1.0)
+    """If set, keep an exponential moving average of the generator's weights, updated
+    after every generator step; validation and the written model use the average
+    (e.g. 0.999: an average over about the last 1000 steps)."""
     init_from: str | None = None
     """Warm start: a training checkpoint written by `srgan-sqe train` (its G, autoencoder
     and discriminator weights are loaded where this run has them) or a model name or

@@ -97,6 +97,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         loss = cfg.loss
         self.G = build_generator(cfg.model.generator).to(self.device)
+        self.G_ema = _frozen_copy(self.G) if cfg.ema_decay else None
         self.AE = build_autoencoder(cfg.autoencoder).to(self.device) if loss.lam_e > 0 else None
         self.D = build_discriminator(cfg.discriminator).to(self.device) if loss.lam_a > 0 else None
         betas = tuple(cfg.betas)
@@ -120,6 +121,9 @@ class Trainer:
         path = _resolve(base, source)
         if path.is_file() and _is_checkpoint(path):
             tensors, _ = read_safetensors(path)
+            if any(k.startswith("G_ema.") for k in tensors):  # the weights that run exported
+                tensors = {k: v for k, v in tensors.items() if not k.startswith("G.")}
+                tensors |= {"G." + k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}
             modules = {"G": self.G, "AE": self.AE, "D": self.D}
             present = {n for n in modules if any(k.startswith(n + ".") for k in tensors)}
             if "G" not in present:
@@ -148,6 +152,8 @@ class Trainer:
                     f"{_first_mismatch(exc)}"
                 ) from None
             self.init_source = model.name
+        if self.G_ema is not None:  # the average starts from the loaded weights
+            self.G_ema.load_state_dict(self.G.state_dict())
         log.info("warm start from %s", self.init_source)
 
     # -- phases --------------------------------------------------------------
@@ -199,6 +205,8 @@ class Trainer:
         lr_img = degrade_torch(
             torch.from_numpy(batch.lr_source).to(self.device), self.cfg.model.scale
         )
+        if self.cfg.quantize_lr:
+            lr_img = torch.round(lr_img.clamp(0.0, 1.0) * 255.0) / 255.0
         self.G.train()
         if phase == "warmup":
             _set_lr(self.opt_g, self.cfg.warmup_lr)
@@ -207,6 +215,7 @@ class Trainer:
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_g.step()
+            self._update_ema()
             return {"g": loss.item()}
         lr = self.gan_lr(step)
         _set_lr(self.opt_g, lr)
@@ -227,9 +236,20 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
         self.opt_g.step()
+        self._update_ema()
         out["g"] = total.item()
         out.update({k: float(v) for k, v in terms.items()})
         return out
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.G_ema is None:
+            return
+        w = 1.0 - float(self.cfg.ema_decay)
+        for avg, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
+            avg.lerp_(p.detach(), w)
+        for avg, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            avg.copy_(b)
 
     # -- validation ----------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -254,12 +274,13 @@ class Trainer:
         config = self.cfg.model.model_copy(
             update={"autoencoder": self.cfg.autoencoder if encoder else None}
         )
-        model = SRModel(self.G, config=config, encoder=encoder, metadata=metadata)
+        generator = self.G_ema if self.G_ema is not None else self.G
+        model = SRModel(generator, config=config, encoder=encoder, metadata=metadata)
         return model.eval()
 
     # -- checkpoints -----------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        tensors = pack_modules({"G": self.G, "AE": self.AE, "D": self.D})
+        tensors = pack_modules({"G": self.G, "G_ema": self.G_ema, "AE": self.AE, "D": self.D})
         tensors |= pack_optimizers({"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d})
         meta = {
             "step": str(self.step),
@@ -289,7 +310,7 @@ class Trainer:
                     f"checkpoint {path} is at step {step}, past the warm-up of one of the two "
                     "schedules; warmup_steps can change only while the run is still warming up"
                 )
-        unpack_modules(tensors, {"G": self.G, "AE": self.AE, "D": self.D})
+        unpack_modules(tensors, {"G": self.G, "G_ema": self.G_ema, "AE": self.AE, "D": self.D})
         unpack_optimizers(tensors, {"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d})
         self.step = step
         return self.step
@@ -378,6 +399,12 @@ def _schedule_free(cfg: TrainConfig) -> dict:
     ):
         d.pop(k, None)
     return d
+
+
+def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    twin = copy.deepcopy(module)
+    twin.requires_grad_(False)
+    return twin.eval()
 
 
 def _first_mismatch(exc: RuntimeError) -> str:
