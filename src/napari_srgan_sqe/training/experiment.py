@@ -64,9 +64,9 @@ PRESETS: dict[str, Preset] = {
         gan_steps=150,
         val_crop=384,
     ),
-    # for a GPU: the default model's size and schedule
+    # for a GPU: the shipped model's generator, a longer schedule
     "full": Preset(
-        GeneratorConfig(arch="lrnet", n_blocks=8, channels=48),
+        GeneratorConfig(arch="lrnet", n_blocks=12, channels=48),
         AutoencoderConfig(channels=[64, 32, 8]),
         DiscriminatorConfig(channels=[32, 64, 128, 256]),
         patch_size=128,
