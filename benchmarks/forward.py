@@ -131,7 +131,7 @@ def main() -> None:
         for p in args.presets
     ]
     entries += [(m, load_model(m)) for m in args.models]
-    for label_, model in entries:
+    for name, model in entries:
         gen = model.config.generator
         macs = conv_macs_per_output_pixel(model.eval(), args.tile)
         entry = {
@@ -145,8 +145,8 @@ def main() -> None:
         }
         for label, dev, dtype in devices:
             entry["throughput"][label] = throughput(model, dev, dtype, args.batch, args.tile)
-        out["presets"][label_] = entry
-        print(json.dumps({label_: entry}), flush=True, file=sys.stderr)
+        out["presets"][name] = entry
+        print(json.dumps({name: entry}), flush=True, file=sys.stderr)
     out["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(out, indent=2))
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from napari_srgan_sqe.config import ConfigError, CorruptionConfig, TrainConfig, load_config
-from napari_srgan_sqe.degradation import degrade
+from napari_srgan_sqe.degradation import degrade, degrade_torch
 from napari_srgan_sqe.metrics import ms_ssim, psnr, qilv, rrmse, ssim
 from napari_srgan_sqe.models.modelfile import load_model
 from napari_srgan_sqe.training.data import DataError, PatchSampler, load_rgb, resolve_split
@@ -117,6 +117,17 @@ def test_training_inputs_are_8_bit_like_real_lr_images(crops: Path, tmp_path: Pa
         x = seen[-1] * 255.0
         on_levels = torch.allclose(x, torch.round(x), atol=1e-3)
         assert on_levels == quantize and x.min() >= 0 and x.max() <= 255
+
+
+@needs_data
+def test_quantized_torch_degradation_is_the_uint8_lr_of_numpy_degradation():
+    hr = load_rgb(sorted(MONUSEG.glob("*.png"))[0])[:256, :256]
+    batch = torch.from_numpy(hr.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+    lr = degrade_torch(batch, 4, quantize=True)[0].numpy().transpose(1, 2, 0) * 255.0
+    ref = degrade(hr, 4).astype(np.float32)  # uint8, rounded at the end
+    assert lr.shape == ref.shape == (64, 64, 3)
+    assert np.abs(lr - ref).max() <= 1.0 + 1e-3  # float32 vs float64: a tie may round apart
+    assert np.mean(np.abs(lr - ref) < 1e-3) > 0.999
 
 
 @needs_data

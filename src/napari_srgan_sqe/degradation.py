@@ -124,8 +124,12 @@ def _symmetric_index(n: int, pad: int) -> np.ndarray:
     return np.where(idx >= n, period - 1 - idx, idx)
 
 
-def degrade_torch(hr: torch.Tensor, scale: int = 4) -> torch.Tensor:
-    """D_s on a float batch (N, C, H, W) in [0, 1]; differentiable, on any device."""
+def degrade_torch(hr: torch.Tensor, scale: int = 4, *, quantize: bool = False) -> torch.Tensor:
+    """D_s on a float batch (N, C, H, W) in [0, 1]; differentiable, on any device.
+
+    `quantize` rounds the result to 8-bit levels (k / 255), as `degrade` does when it
+    returns uint8: the LR a stored image or slide would hold (not differentiable then).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -144,7 +148,8 @@ def degrade_torch(hr: torch.Tensor, scale: int = 4) -> torch.Tensor:
     x = F.conv2d(x, k.view(1, 1, -1, 1))
     x = F.conv2d(x, k.view(1, 1, 1, -1))
     x = x.reshape(n, c, h, w)
-    return F.avg_pool2d(x[..., : (h // s) * s, : (w // s) * s], s)
+    lr = F.avg_pool2d(x[..., : (h // s) * s, : (w // s) * s], s)
+    return torch.round(lr.clamp(0.0, 1.0) * 255.0) / 255.0 if quantize else lr
 
 
 def degrade_lazy(hr: Any, scale: int = 4, *, chunk: int = 1024) -> Any:

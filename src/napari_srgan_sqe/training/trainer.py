@@ -119,42 +119,44 @@ class Trainer:
     def _warm_start(self, source: str, base: Path) -> None:
         """Load weights from a training checkpoint or a model (`TrainConfig.init_from`)."""
         path = _resolve(base, source)
-        if path.is_file() and _is_checkpoint(path):
-            tensors, _ = read_safetensors(path)
-            if any(k.startswith("G_ema.") for k in tensors):  # the weights that run exported
-                tensors = {k: v for k, v in tensors.items() if not k.startswith("G.")}
-                tensors |= {"G." + k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}
-            modules = {"G": self.G, "AE": self.AE, "D": self.D}
-            present = {n for n in modules if any(k.startswith(n + ".") for k in tensors)}
-            if "G" not in present:
-                raise ConfigError(f"init_from {path}: the checkpoint holds no generator")
-            loaded = {n: m for n, m in modules.items() if m is not None and n in present}
-            try:
-                unpack_modules(tensors, loaded)
-            except RuntimeError as exc:
-                raise ConfigError(
-                    f"init_from {path}: its weights do not fit this run's architecture: "
-                    f"{_first_mismatch(exc)}"
-                ) from None
-            self.init_source = f"{path.name} ({', '.join(sorted(loaded))})"
-        else:
-            try:
-                model = load_model(path if path.is_file() else source)
-            except ModelFileError as exc:
-                raise ConfigError(f"init_from: {exc}") from None
-            try:
-                self.G.load_state_dict(model.generator.state_dict(), strict=True)
-                if self.AE is not None and model.encoder is not None:
-                    self.AE.encoder.load_state_dict(model.encoder.state_dict(), strict=True)
-            except RuntimeError as exc:
-                raise ConfigError(
-                    f"init_from {source}: its weights do not fit this run's architecture: "
-                    f"{_first_mismatch(exc)}"
-                ) from None
-            self.init_source = model.name
+        try:
+            if path.is_file() and _is_checkpoint(path):
+                self.init_source = self._load_checkpoint_weights(path)
+            else:
+                self.init_source = self._load_model_weights(path if path.is_file() else source)
+        except RuntimeError as exc:  # load_state_dict: names or shapes differ
+            raise ConfigError(
+                f"init_from {source}: its weights do not fit this run's architecture: "
+                f"{_first_mismatch(exc)}"
+            ) from None
         if self.G_ema is not None:  # the average starts from the loaded weights
             self.G_ema.load_state_dict(self.G.state_dict())
         log.info("warm start from %s", self.init_source)
+
+    def _load_checkpoint_weights(self, path: Path) -> str:
+        """G, AE and D from a training checkpoint, where this run has them."""
+        tensors, _ = read_safetensors(path)
+        if any(k.startswith("G_ema.") for k in tensors):  # the weights that run exported
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("G.")}
+            tensors |= {"G." + k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}
+        modules = {"G": self.G, "AE": self.AE, "D": self.D}
+        present = {n for n in modules if any(k.startswith(n + ".") for k in tensors)}
+        if "G" not in present:
+            raise ConfigError(f"init_from {path}: the checkpoint holds no generator")
+        loaded = {n: m for n, m in modules.items() if m is not None and n in present}
+        unpack_modules(tensors, loaded)
+        return f"{path.name} ({', '.join(sorted(loaded))})"
+
+    def _load_model_weights(self, source: str | Path) -> str:
+        """The generator (and the encoder, when the file carries one) of a model."""
+        try:
+            model = load_model(source)
+        except ModelFileError as exc:
+            raise ConfigError(f"init_from: {exc}") from None
+        self.G.load_state_dict(model.generator.state_dict(), strict=True)
+        if self.AE is not None and model.encoder is not None:
+            self.AE.encoder.load_state_dict(model.encoder.state_dict(), strict=True)
+        return model.name
 
     # -- phases --------------------------------------------------------------
     def phase(self, step: int) -> str:
@@ -203,10 +205,10 @@ class Trainer:
             self.opt_ae.step()
             return {"ae": loss.item()}
         lr_img = degrade_torch(
-            torch.from_numpy(batch.lr_source).to(self.device), self.cfg.model.scale
+            torch.from_numpy(batch.lr_source).to(self.device),
+            self.cfg.model.scale,
+            quantize=self.cfg.quantize_lr,
         )
-        if self.cfg.quantize_lr:
-            lr_img = torch.round(lr_img.clamp(0.0, 1.0) * 255.0) / 255.0
         self.G.train()
         if phase == "warmup":
             _set_lr(self.opt_g, self.cfg.warmup_lr)
