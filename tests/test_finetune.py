@@ -172,6 +172,18 @@ def test_saved_version_loads_and_differs_from_the_parent(hr, tmp_path):
         assert not torch.allclose(loaded(x), parent(x))
 
 
+def test_self_supervised_inputs_are_8_bit_like_the_lr_slide(hr):
+    """The pseudo-LR the model trains and validates on is rounded as the real LR slide is."""
+    model = tiny()
+    seen: list[torch.Tensor] = []
+    model.generator.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    _run(model, [hr], "self-supervised", steps=3)
+    assert len(seen) > 3  # validation passes and training steps
+    for x in seen:
+        x = x.float() * 255.0
+        assert torch.allclose(x, torch.round(x), atol=2e-3)
+
+
 def test_same_seed_same_model(hr):
     a, _ = _run(tiny(), [hr], "self-supervised", steps=5)
     b, _ = _run(tiny(), [hr], "self-supervised", steps=5)

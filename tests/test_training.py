@@ -131,6 +131,27 @@ def test_quantized_torch_degradation_is_the_uint8_lr_of_numpy_degradation():
 
 
 @needs_data
+def test_a_finished_warm_up_can_be_lengthened_on_resume(crops: Path, tmp_path: Path):
+    """A warm-up-only run is continued with a longer warm-up, as if it had been planned."""
+    kw = dict(ae_steps=1, gan_steps=0)
+    straight = Trainer(tiny_config(crops, tmp_path / "a", warmup_steps=5, **kw))
+    straight.run()
+    Trainer(tiny_config(crops, tmp_path / "b", warmup_steps=2, **kw)).run()
+    longer = Trainer(tiny_config(crops, tmp_path / "b", warmup_steps=5, **kw))
+    longer.run(resume=True)
+    assert longer.step == straight.step == 6
+    for key, value in straight.G.state_dict().items():
+        assert torch.equal(value, longer.G.state_dict()[key]), key
+    # Once a GAN step has been taken under the old schedule, the warm-up is fixed.
+    Trainer(tiny_config(crops, tmp_path / "c", warmup_steps=2, ae_steps=1, gan_steps=2)).run(
+        max_steps=4
+    )
+    changed = Trainer(tiny_config(crops, tmp_path / "c", warmup_steps=5, ae_steps=1, gan_steps=2))
+    with pytest.raises(ConfigError, match="past the warm-up"):
+        changed.run(resume=True)
+
+
+@needs_data
 def test_resume_refuses_a_different_config(crops: Path, tmp_path: Path):
     Trainer(tiny_config(crops, tmp_path / "a")).run(max_steps=2)
     other = Trainer(tiny_config(crops, tmp_path / "a", patch_size=48))

@@ -301,7 +301,9 @@ def _train_step(
     """One Adam step; returns plain floats so no device tensor outlives it."""
     x, y = (torch.from_numpy(a).to(device) for a in batch)
     if mode == "self-supervised":
-        x = degrade_torch(x, s)  # pseudo-LR from the pseudo-HR crop of the LR region
+        # Pseudo-LR from the pseudo-HR crop of the LR region, on 8-bit levels like the
+        # real LR it stands in for.
+        x = degrade_torch(x, s, quantize=True)
     total, terms = objective(gen(x), y)
     opt.zero_grad(set_to_none=True)
     total.backward()

@@ -205,7 +205,7 @@ def prepare(
         else:
             data.targets.append(None)
             stripe = lr_img[: h - h % s, tw : w - (w - tw) % s]
-            data.val.append((degrade(stripe.astype(np.float32) / 255.0, s), stripe))
+            data.val.append((degrade(stripe, s).astype(np.float32) / 255.0, stripe))
         data.weights[i] = (h - p_in + 1) * (tw - p_in + 1)
     data.weights /= data.weights.sum()
     return data

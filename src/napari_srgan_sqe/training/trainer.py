@@ -305,9 +305,10 @@ class Trainer:
             )
         step = int(meta["step"])
         if saved.warmup_steps != self.cfg.warmup_steps:
-            # A warm-up may be lengthened or shortened only while the run is still in it.
+            # A warm-up may be lengthened or shortened while the run is still in it or has
+            # just finished it: no GAN step may have been taken under the old schedule.
             ae = self.ae_steps
-            if step >= ae + min(saved.warmup_steps, self.cfg.warmup_steps):
+            if step > ae + min(saved.warmup_steps, self.cfg.warmup_steps):
                 raise ConfigError(
                     f"checkpoint {path} is at step {step}, past the warm-up of one of the two "
                     "schedules; warmup_steps can change only while the run is still warming up"
