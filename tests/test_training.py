@@ -143,10 +143,9 @@ def test_a_finished_warm_up_can_be_lengthened_on_resume(crops: Path, tmp_path: P
     for key, value in straight.G.state_dict().items():
         assert torch.equal(value, longer.G.state_dict()[key]), key
     # Once a GAN step has been taken under the old schedule, the warm-up is fixed.
-    Trainer(tiny_config(crops, tmp_path / "c", warmup_steps=2, ae_steps=1, gan_steps=2)).run(
-        max_steps=4
-    )
-    changed = Trainer(tiny_config(crops, tmp_path / "c", warmup_steps=5, ae_steps=1, gan_steps=2))
+    kw["gan_steps"] = 2
+    Trainer(tiny_config(crops, tmp_path / "c", warmup_steps=2, **kw)).run(max_steps=4)
+    changed = Trainer(tiny_config(crops, tmp_path / "c", warmup_steps=5, **kw))
     with pytest.raises(ConfigError, match="past the warm-up"):
         changed.run(resume=True)
 

@@ -311,7 +311,7 @@ class Trainer:
             if step > ae + min(saved.warmup_steps, self.cfg.warmup_steps):
                 raise ConfigError(
                     f"checkpoint {path} is at step {step}, past the warm-up of one of the two "
-                    "schedules; warmup_steps can change only while the run is still warming up"
+                    "schedules; warmup_steps can change only until the first GAN step"
                 )
         unpack_modules(tensors, {"G": self.G, "G_ema": self.G_ema, "AE": self.AE, "D": self.D})
         unpack_optimizers(tensors, {"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d})
