@@ -131,6 +131,27 @@ def test_quantized_torch_degradation_is_the_uint8_lr_of_numpy_degradation():
 
 
 @needs_data
+def test_a_checkpoint_older_than_a_config_field_resumes_as_it_was_trained(
+    crops: Path, tmp_path: Path
+):
+    """A run written before quantize_lr existed trained on unrounded LR, and resumes so."""
+    from napari_srgan_sqe.io.checkpoints import read_safetensors, write_safetensors
+
+    cfg = tiny_config(crops, tmp_path / "run", quantize_lr=False)
+    Trainer(cfg).run(max_steps=3)
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    tensors, meta = read_safetensors(path)
+    old = json.loads(meta["config"])
+    del old["quantize_lr"]  # as an older version of the trainer wrote it
+    write_safetensors(path, tensors, {**meta, "config": json.dumps(old)})
+    resumed = Trainer(cfg)
+    resumed.run(resume=True, max_steps=1)
+    assert resumed.step == 4
+    with pytest.raises(ConfigError, match=r"different configuration \(quantize_lr\)"):
+        Trainer(tiny_config(crops, tmp_path / "run")).run(resume=True)
+
+
+@needs_data
 def test_a_finished_warm_up_can_be_lengthened_on_resume(crops: Path, tmp_path: Path):
     """A warm-up-only run is continued with a longer warm-up, as if it had been planned."""
     kw = dict(ae_steps=1, gan_steps=0)

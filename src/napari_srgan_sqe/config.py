@@ -265,6 +265,20 @@ class TrainConfig(_Strict):
         return self
 
 
+# Fields added to TrainConfig after runs were first written, with the value that
+# reproduces what a run written before them did (their defaults are for new runs).
+_TRAIN_FIELDS_ADDED_LATER = {"quantize_lr": False}
+
+
+def saved_train_config(text: str, *, source: str = "checkpoint") -> TrainConfig:
+    """The TrainConfig stored (as JSON) in a checkpoint; fields it predates keep the
+    behaviour the run had, so an older run resumes as it was trained."""
+    data = json.loads(text)
+    for key, value in _TRAIN_FIELDS_ADDED_LATER.items():
+        data.setdefault(key, value)
+    return validate(TrainConfig, data, source=source)
+
+
 class FinetuneConfig(_Strict):
     """Region fine-tuning (paired or self-supervised)."""
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_srgan_sqe.config import ConfigError, TrainConfig
+from napari_srgan_sqe.config import ConfigError, TrainConfig, saved_train_config
 from napari_srgan_sqe.degradation import degrade, degrade_torch
 from napari_srgan_sqe.io.checkpoints import (
     CheckpointError,
@@ -297,11 +297,14 @@ class Trainer:
     def load_checkpoint(self, path: str | Path | None = None) -> int:
         path = Path(path) if path is not None else self.out_dir / CHECKPOINT
         tensors, meta = read_safetensors(path)
-        saved = TrainConfig.model_validate_json(meta["config"])
-        if _schedule_free(saved) != _schedule_free(self.cfg):
+        saved = saved_train_config(meta["config"], source=str(path))
+        was, now = _schedule_free(saved), _schedule_free(self.cfg)
+        if was != now:
+            differ = ", ".join(k for k in now if was.get(k) != now[k])
             raise ConfigError(
-                f"checkpoint {path} was written with a different configuration; cannot resume "
-                "(only the schedule's lengths, lr_final and logging intervals may change)"
+                f"checkpoint {path} was written with a different configuration ({differ}); "
+                "cannot resume (only the schedule's lengths, lr_final and logging intervals "
+                "may change)"
             )
         step = int(meta["step"])
         if saved.warmup_steps != self.cfg.warmup_steps:
