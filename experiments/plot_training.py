@@ -32,7 +32,8 @@ def read_log(run_dir: Path) -> list[dict]:
 
 
 def read_chain(spec: str) -> tuple[str, list[dict], list[int]]:
-    """Records of `A+B+...` with the steps made continuous; also where each stage began."""
+    """Records of `A+B+...` with the steps made continuous; also where each stage began.
+    The chain is named after its last run."""
     records: list[dict] = []
     starts: list[int] = []
     offset = 0
@@ -42,7 +43,7 @@ def read_chain(spec: str) -> tuple[str, list[dict], list[int]]:
             starts.append(offset)
         records += [{**r, "step": r["step"] + offset} for r in recs]
         offset = records[-1]["step"] if records else offset
-    return Path(spec.split("+")[0]).name, records, starts
+    return Path(spec.split("+")[-1]).name, records, starts  # named by its last stage
 
 
 def plot(runs: list[str], out: Path) -> Path:

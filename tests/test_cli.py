@@ -1,4 +1,5 @@
-"""The `srgan-sqe` command line: train / evaluate / models / experiment, and its errors."""
+"""The `srgan-sqe` command line: train / evaluate / models / experiment / enhance, and its
+errors."""
 
 from __future__ import annotations
 
@@ -15,18 +16,15 @@ from napari_srgan_sqe.models.modelfile import load_model
 from napari_srgan_sqe.training.data import load_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
-MONUSEG = ROOT.parent / "shared" / "data" / "monuseg_train"
-needs_data = pytest.mark.skipif(
-    not MONUSEG.is_dir(), reason="shared H&E data (../shared/data) not present"
-)
 
 
 @pytest.fixture
-def crops(tmp_path: Path) -> Path:
+def crops(he_dir: Path, tmp_path: Path) -> Path:
+    """160 x 160 crops of the two training images of `he_dir` (real H&E), as PNG files."""
     out = tmp_path / "hr"
     out.mkdir()
-    for p in sorted(MONUSEG.glob("*.png"))[:2]:
-        Image.fromarray(load_rgb(p)[200:360, 200:360]).save(out / p.name)
+    for name in ("train-1.png", "train-2.png"):
+        Image.fromarray(load_rgb(he_dir / name)[200:360, 200:360]).save(out / name)
     return out
 
 
@@ -42,7 +40,6 @@ def test_unknown_model_is_a_clear_error(capsys):
     assert "unknown model 'no-such-model'" in err and "Traceback" not in err
 
 
-@needs_data
 def test_train_pause_resume_then_evaluate(crops: Path, tmp_path: Path, capsys):
     cfg = {
         "data": [str(crops)],
@@ -121,7 +118,6 @@ def test_console_script_runs():
     assert res.returncode == 0 and "srgan-sqe" in res.stdout
 
 
-@needs_data
 def test_evaluate_scale_mismatch_is_a_user_error(crops: Path, capsys):
     """A 4x model asked for --scale 2: one line, exit status 2, no traceback."""
     assert main(["evaluate", "--model", "bicubic-x4", "--data", str(crops), "--scale", "2"]) == 2
@@ -129,14 +125,13 @@ def test_evaluate_scale_mismatch_is_a_user_error(crops: Path, capsys):
     assert "is for scale 4" in err and "Traceback" not in err
 
 
-@needs_data
-def test_finetune_region_outside_the_slide_is_a_user_error(tmp_path: Path, capsys):
+def test_finetune_region_outside_the_slide_is_a_user_error(he_png: Path, tmp_path: Path, capsys):
     import torch
 
     from napari_srgan_sqe.config import ModelConfig, generator_preset
     from napari_srgan_sqe.models.modelfile import new_model, save_model
 
-    lr = load_rgb(sorted(MONUSEG.glob("*.png"))[0])[:64, :80]
+    lr = load_rgb(he_png)[:64, :80]
     Image.fromarray(lr).save(tmp_path / "lr.png")
     torch.manual_seed(0)
     base = save_model(
@@ -164,3 +159,66 @@ def test_parse_region_is_shared():
     assert cli_finetune.parse_region is parse_region
     with pytest.raises(argparse.ArgumentTypeError, match="four integers"):
         parse_region("1,2,3")
+
+
+SAMPLE = ROOT / "src" / "napari_srgan_sqe" / "data" / "CMU-1-Small-Region.svs"
+
+
+def test_enhance_prints_coding_and_picks_model_by_it(tmp_path: Path, capsys, monkeypatch):
+    """Without --model, `enhance` chooses by how the input is stored, and says why."""
+    import numpy as np
+
+    from napari_srgan_sqe.inference import export
+
+    chosen: list = []
+
+    def fake_enhance(input, output, *, model, stats, **kwargs):
+        chosen.append(model)
+        stats.update(output_shape=[8, 8], device="cpu")
+        return Path(output)
+
+    monkeypatch.setattr(export, "enhance_slide", fake_enhance)
+    assert main(["enhance", str(SAMPLE), str(tmp_path / "a.ome.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "input: JPEG Q=30 (quantisation tables), lossy" in out
+    assert "model: srgan-sqe-he-x4 (the input is stored as JPEG Q=30, lossy" in out
+    assert chosen == ["srgan-sqe-he-x4"]
+
+    png = tmp_path / "lossless.png"
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(png)
+    assert main(["enhance", str(png), str(tmp_path / "b.ome.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "input: lossless (PNG)" in out
+    assert "model: srgan-sqe-he-x4-clean (the input is stored losslessly" in out
+    assert chosen[-1] == "srgan-sqe-he-x4-clean"
+
+    args = ["enhance", str(SAMPLE), str(tmp_path / "c.ome.zarr"), "--model", "bicubic-x4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "input: JPEG Q=30" in out and "model: bicubic-x4\n" in out
+    assert chosen[-1] == "bicubic-x4"
+
+
+def test_enhance_default_model_follows_coding_end_to_end(tmp_path: Path, monkeypatch):
+    """`enhance_slide(model=None)` on a losslessly stored image uses the clean model."""
+    import numpy as np
+
+    from napari_srgan_sqe.inference import export
+    from napari_srgan_sqe.io.slides import open_slide
+
+    asked: list = []
+    real = export.resolve_model
+    monkeypatch.setattr(export, "resolve_model", lambda m: asked.append(m) or real(m))
+    png = tmp_path / "lossless.png"
+    crop = np.asarray(open_slide(SAMPLE).levels[0][1000:1032, 800:1040])
+    Image.fromarray(crop).save(png)
+    stats: dict = {}
+    out = export.enhance_slide(png, tmp_path / "sr.ome.zarr", device="cpu", tile=32, stats=stats)
+    assert asked == ["srgan-sqe-he-x4-clean"] and stats["coding"] == "lossless (PNG)"
+    assert open_slide(out).levels[0].shape == (128, 960, 3)
+
+
+def test_enhance_missing_input_is_a_user_error(tmp_path: Path, capsys):
+    assert main(["enhance", str(tmp_path / "nope.svs"), str(tmp_path / "o.ome.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err

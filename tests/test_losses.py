@@ -17,8 +17,6 @@ from napari_srgan_sqe.models.autoencoder import Autoencoder
 from napari_srgan_sqe.models.discriminator import build_discriminator
 from napari_srgan_sqe.models.generator import build_generator
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg_train"
-
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
@@ -167,19 +165,16 @@ def test_srgan_with_local_vgg_file(tmp_path) -> None:
     assert sr.grad is not None and all(p.grad is None for p in obj.vgg.parameters())
 
 
-def _real_hr_patch() -> torch.Tensor:
+def _real_hr_patch(path: Path) -> torch.Tensor:
     from PIL import Image
 
-    path = DATA / "TCGA-18-5592-01Z-00-DX1.png"
-    if not path.is_file():
-        pytest.skip(f"real H&E images not found at {DATA} (the shared data folder is absent)")
     with Image.open(path) as im:
         hr = np.asarray(im.convert("RGB"))[400:464, 400:464]
     return torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255
 
 
-def test_srgan_sqe_objective_decreases_on_a_real_patch() -> None:
-    hr = _real_hr_patch()
+def test_srgan_sqe_objective_decreases_on_a_real_patch(he_png: Path) -> None:
+    hr = _real_hr_patch(he_png)
     lr = degrade_torch(hr, 4)
     gen = build_generator(generator_preset("tiny"))
     ae = Autoencoder(channels=[8, 4], blocks_per_stage=0)

@@ -12,16 +12,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 from napari_srgan_sqe import metrics
 from napari_srgan_sqe.degradation import degrade
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg_train"
-IMAGES = ["TCGA-18-5592-01Z-00-DX1.png", "TCGA-21-5784-01Z-00-DX1.png"]
+IMAGES = ["train-1.png", "train-2.png"]  # of the `he_dir` fixture: real H&E (tests/conftest.py)
 
 
-def _load(name: str, size: int = 192, at: int = 300) -> np.ndarray:
+def _load(path: Path, size: int = 192, at: int = 300) -> np.ndarray:
     from PIL import Image
 
-    path = DATA / name
-    if not path.is_file():
-        pytest.skip(f"real H&E images not found at {DATA} (the shared data folder is absent)")
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))[at : at + size, at : at + size].copy()
 
@@ -33,8 +29,8 @@ def _bicubic_of_degraded(hr: np.ndarray, s: int = 4) -> np.ndarray:
 
 
 @pytest.fixture(scope="module", params=IMAGES)
-def pair(request) -> tuple[np.ndarray, np.ndarray]:
-    hr = _load(request.param)
+def pair(request, he_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    hr = _load(he_dir / request.param)
     return _bicubic_of_degraded(hr), hr
 
 
@@ -141,14 +137,29 @@ def test_ms_ssim_needs_161_px() -> None:
 def test_psnr_and_rrmse_by_hand() -> None:
     ref = np.full((20, 20, 3), 0.5)
     est = ref.copy()
-    est[..., 0] += 0.1  # channel 0: MSE 0.01 -> 20 dB; channels 1, 2 identical
-    est[..., 1] += 0.01  # channel 1: MSE 1e-4 -> 40 dB
-    est[..., 2] -= 0.001  # channel 2: MSE 1e-6 -> 60 dB
-    assert metrics.psnr(est, ref) == pytest.approx(40.0)
-    assert metrics.rrmse(est, ref) == pytest.approx((0.2 + 0.02 + 0.002) / 3)
+    est[..., 0] += 0.1  # channel 0: squared error 0.01
+    est[..., 1] += 0.01  # channel 1: 1e-4
+    est[..., 2] -= 0.001  # channel 2: 1e-6
+    # Pooled over all channels: MSE = (0.01 + 1e-4 + 1e-6) / 3, not the mean of 20/40/60 dB.
+    mse = (0.01 + 1e-4 + 1e-6) / 3
+    assert metrics.psnr(est, ref) == pytest.approx(10 * np.log10(1 / mse))
+    assert metrics.psnr(est, ref) < 40.0 - 15  # the per-channel mean would read 40 dB
+    assert metrics.rrmse(est, ref) == pytest.approx(np.sqrt(mse) / 0.5)
     assert metrics.psnr(ref, ref) == np.inf and metrics.rrmse(ref, ref) == 0.0
     u8 = np.full((20, 20, 3), 200, np.uint8)
     assert metrics.psnr(u8, u8.astype(np.float32) / 255) == np.inf
+
+
+def test_psnr_equals_skimage_on_rgb() -> None:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    rng = np.random.default_rng(3)
+    hr = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    noise = rng.normal(0, [2.0, 9.0, 25.0], hr.shape)  # very different channel errors
+    est = np.clip(hr + noise, 0, 255).astype(np.uint8)
+    ref_value = peak_signal_noise_ratio(hr, est, data_range=255)
+    assert metrics.psnr(est, hr) == pytest.approx(ref_value, abs=1e-4)
+    assert metrics.all_metrics(est, hr)["psnr"] == pytest.approx(ref_value, abs=1e-4)
 
 
 def test_input_validation() -> None:

@@ -19,10 +19,6 @@ from napari_srgan_sqe.training.evaluate import bicubic_upscale, evaluate
 from napari_srgan_sqe.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-MONUSEG = ROOT.parent / "shared" / "data" / "monuseg_train"
-needs_data = pytest.mark.skipif(
-    not MONUSEG.is_dir(), reason="shared H&E data (../shared/data) not present"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -34,12 +30,12 @@ def _one_thread():
 
 
 @pytest.fixture
-def crops(tmp_path: Path) -> Path:
-    """Two 160x160 crops of real H&E images, as PNG files."""
+def crops(he_dir: Path, tmp_path: Path) -> Path:
+    """160 x 160 crops of the two training images of `he_dir` (real H&E), as PNG files."""
     out = tmp_path / "hr"
     out.mkdir()
-    for name in sorted(p.name for p in MONUSEG.glob("*.png"))[:2]:
-        im = load_rgb(MONUSEG / name)[300:460, 300:460]
+    for name in ("train-1.png", "train-2.png"):
+        im = load_rgb(he_dir / name)[300:460, 300:460]
         Image.fromarray(im).save(out / name)
     return out
 
@@ -65,7 +61,6 @@ def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@needs_data
 def test_resume_continues_exactly(crops: Path, tmp_path: Path):
     straight = Trainer(tiny_config(crops, tmp_path / "a"))
     straight.run()
@@ -85,7 +80,6 @@ def test_resume_continues_exactly(crops: Path, tmp_path: Path):
     assert any("val_psnr" in r for r in records)
 
 
-@needs_data
 def test_weight_average_is_what_validates_resumes_and_ships(crops: Path, tmp_path: Path):
     kw = dict(ema_decay=0.9, ae_steps=0, warmup_steps=2, gan_steps=2)
     t = Trainer(tiny_config(crops, tmp_path / "a", **kw))
@@ -106,7 +100,6 @@ def test_weight_average_is_what_validates_resumes_and_ships(crops: Path, tmp_pat
     assert any(not torch.equal(shipped[k], v) for k, v in t.G.state_dict().items())
 
 
-@needs_data
 def test_training_inputs_are_8_bit_like_real_lr_images(crops: Path, tmp_path: Path):
     seen = []
     for quantize in (True, False):
@@ -119,9 +112,8 @@ def test_training_inputs_are_8_bit_like_real_lr_images(crops: Path, tmp_path: Pa
         assert on_levels == quantize and x.min() >= 0 and x.max() <= 255
 
 
-@needs_data
-def test_quantized_torch_degradation_is_the_uint8_lr_of_numpy_degradation():
-    hr = load_rgb(sorted(MONUSEG.glob("*.png"))[0])[:256, :256]
+def test_quantized_torch_degradation_is_the_uint8_lr_of_numpy_degradation(he_png: Path):
+    hr = load_rgb(he_png)[:256, :256]
     batch = torch.from_numpy(hr.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
     lr = degrade_torch(batch, 4, quantize=True)[0].numpy().transpose(1, 2, 0) * 255.0
     ref = degrade(hr, 4).astype(np.float32)  # uint8, rounded at the end
@@ -130,7 +122,6 @@ def test_quantized_torch_degradation_is_the_uint8_lr_of_numpy_degradation():
     assert np.mean(np.abs(lr - ref) < 1e-3) > 0.999
 
 
-@needs_data
 def test_a_checkpoint_older_than_a_config_field_resumes_as_it_was_trained(
     crops: Path, tmp_path: Path
 ):
@@ -151,7 +142,6 @@ def test_a_checkpoint_older_than_a_config_field_resumes_as_it_was_trained(
         Trainer(tiny_config(crops, tmp_path / "run")).run(resume=True)
 
 
-@needs_data
 def test_a_finished_warm_up_can_be_lengthened_on_resume(crops: Path, tmp_path: Path):
     """A warm-up-only run is continued with a longer warm-up, as if it had been planned."""
     kw = dict(ae_steps=1, gan_steps=0)
@@ -171,7 +161,6 @@ def test_a_finished_warm_up_can_be_lengthened_on_resume(crops: Path, tmp_path: P
         changed.run(resume=True)
 
 
-@needs_data
 def test_resume_refuses_a_different_config(crops: Path, tmp_path: Path):
     Trainer(tiny_config(crops, tmp_path / "a")).run(max_steps=2)
     other = Trainer(tiny_config(crops, tmp_path / "a", patch_size=48))
@@ -179,7 +168,6 @@ def test_resume_refuses_a_different_config(crops: Path, tmp_path: Path):
         other.run(resume=True)
 
 
-@needs_data
 def test_warm_start_loads_checkpoint_or_model_weights(crops: Path, tmp_path: Path):
     first = Trainer(tiny_config(crops, tmp_path / "a"))
     first.run()
@@ -214,7 +202,6 @@ def test_warm_start_loads_checkpoint_or_model_weights(crops: Path, tmp_path: Pat
     )
 
 
-@needs_data
 def test_warm_start_refuses_a_different_architecture(crops: Path, tmp_path: Path):
     Trainer(tiny_config(crops, tmp_path / "a")).run(max_steps=1)
     bigger = {"generator": {"arch": "lrnet", "n_blocks": 2, "channels": 8}}
@@ -252,7 +239,6 @@ def test_corruption_of_hr_target_only_keeps_lr_clean():
     assert b.hr.std() < b.lr_source.std()  # contrast toward grey
 
 
-@needs_data
 def test_evaluate_bicubic_row_equals_hand_computed(crops: Path, tmp_path: Path):
     result = evaluate(["bicubic-x4"], [crops], baselines=("bicubic",), crops_dir=tmp_path / "png")
     rows = [r for r in result.rows if r["method"] == "bicubic"]
@@ -309,16 +295,34 @@ def test_config_errors_name_the_field(tmp_path: Path):
     assert "batch_sise" in msg and "loss.q" in msg
 
 
-def test_split_file_is_fixed_and_disjoint():
-    split = json.loads((ROOT / "experiments" / "monuseg_split.json").read_text())
+def test_split_file_is_fixed_and_disjoint(shared_data: Path | None):
+    split_file = ROOT / "experiments" / "monuseg_split.json"
+    split = json.loads(split_file.read_text())
     assert len(split["train"]) == 24 and len(split["val"]) == 6
     assert not set(split["train"]) & set(split["val"])
-    if MONUSEG.is_dir():
-        train, val = resolve_split([MONUSEG], ROOT / "experiments" / "monuseg_split.json")
+    assert len(set(split["train"])) == 24 and len(set(split["val"])) == 6  # no name twice
+    if shared_data is not None:  # the whole training set, where present
+        train, val = resolve_split([shared_data / "monuseg_train"], split_file)
         assert len(train) == 24 and len(val) == 6
 
 
-@needs_data
+def test_resolve_split_by_name_and_its_errors(he_dir: Path, he_split: Path, tmp_path: Path):
+    """The test images' own split file (two training, one validation image), read as the
+    fixed MoNuSeg split is: by file name, in the file's order; names missing from the
+    folders or in both lists are data errors."""
+    train, val = resolve_split([he_dir], he_split)
+    assert [p.name for p in train] == ["train-1.png", "train-2.png"]
+    assert [p.name for p in val] == ["val-1.png"]
+    assert all(p.parent == he_dir for p in train + val)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"train": ["train-1.png", "val-1.png"], "val": ["val-1.png"]}))
+    with pytest.raises(DataError, match="in both train and val"):
+        resolve_split([he_dir], bad)
+    bad.write_text(json.dumps({"train": ["missing.png"], "val": []}))
+    with pytest.raises(DataError, match="train images not found"):
+        resolve_split([he_dir], bad)
+
+
 def test_gan_learning_rate_decays_linearly_to_lr_final(crops: Path, tmp_path: Path):
     t = Trainer(tiny_config(crops, tmp_path / "a", lr=1e-4, lr_final=1e-5, gan_steps=10))
     start = t.ae_steps + t.cfg.warmup_steps
@@ -330,7 +334,6 @@ def test_gan_learning_rate_decays_linearly_to_lr_final(crops: Path, tmp_path: Pa
     assert t.opt_d.param_groups[0]["lr"] == pytest.approx(t.gan_lr(start + 3))
 
 
-@needs_data
 def test_train_cli_stops_on_sigterm_with_a_checkpoint(crops: Path, tmp_path: Path):
     """SIGTERM asks the trainer to stop between steps; --resume then finishes the run."""
     import signal
@@ -358,13 +361,12 @@ def test_train_cli_stops_on_sigterm_with_a_checkpoint(crops: Path, tmp_path: Pat
     assert resumed.load_checkpoint() == stopped_at >= 4  # a record is logged at step 4
 
 
-@needs_data
-def test_bicubic_helper_equals_the_bicubic_model_exactly():
+def test_bicubic_helper_equals_the_bicubic_model_exactly(he_png: Path):
     """One bicubic: the helper, evaluate's baseline and the bicubic-x4 model agree bit for bit."""
     from napari_srgan_sqe.models.blocks import bicubic_upscale as helper
     from napari_srgan_sqe.models.predictor import Predictor
 
-    lr = load_rgb(sorted(MONUSEG.glob("*.png"))[0])[100:161, 200:247]  # odd sizes, real H&E
+    lr = load_rgb(he_png)[100:161, 200:247]  # odd sizes, real H&E
     model_out = Predictor(load_model("bicubic-x4"), device="cpu").predict_image(lr)
     out = helper(lr, 4)
     assert out.shape == (244, 188, 3) and out.dtype == np.uint8
@@ -372,7 +374,6 @@ def test_bicubic_helper_equals_the_bicubic_model_exactly():
     assert bicubic_upscale is helper  # training.evaluate re-exports it
 
 
-@needs_data
 def test_evaluate_bicubic_row_equals_the_bicubic_model_row(crops: Path):
     result = evaluate(["bicubic-x4"], [crops], baselines=("bicubic",))
     by = {(r["image"], r["method"]): r for r in result.rows}
@@ -389,7 +390,6 @@ def test_evaluate_refuses_bad_scale_and_baseline_as_user_errors(tmp_path: Path):
         evaluate(["bicubic-x4"], [tmp_path], baselines=("nearest",))
 
 
-@needs_data
 def test_evaluate_keeps_models_with_the_same_name_apart(crops: Path, tmp_path: Path):
     a = evaluate(["bicubic-x4", "bicubic-x4"], [crops], baselines=())
     assert {r["method"] for r in a.rows} == {"bicubic-x4", "bicubic-x4 [bicubic-x4]"}

@@ -17,6 +17,8 @@ __all__ = [
     "AutoencoderConfig",
     "ConfigError",
     "CorruptionConfig",
+    "DEGRADATION_PRESETS",
+    "DegradationConfig",
     "DiscriminatorConfig",
     "FinetuneConfig",
     "GeneratorConfig",
@@ -24,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "VARIANTS",
+    "degradation_preset",
     "generator_preset",
     "load_config",
     "loss_preset",
@@ -199,6 +202,80 @@ class CorruptionConfig(_Strict):
         return self
 
 
+DEGRADATION_PRESETS: tuple[str, ...] = ("clean", "scanner")
+
+
+class DegradationConfig(_Strict):
+    """How LR is made from HR (SPEC section 1): `clean` is the reference D_s exactly;
+    `scanner` is a seeded random chain as a slide scanner and its file format make LR:
+    focus blur, the s x s reduction, sensor noise, 8-bit rounding, lossy coding.
+
+    The fields below the preset describe the scanner chain; `clean` ignores them.
+    Every stage can be switched off (blur, noise, or both codec fractions at 0)."""
+
+    preset: Literal["clean", "scanner"] = "clean"
+    blur: bool = True
+    """Draw the anti-aliasing blur per patch instead of D_s's fixed sigma (s - 1) / 2."""
+    blur_factor: tuple[float, float] = (0.8, 1.25)
+    """Range of the blur sigma as a multiple of D_s's sigma (focus variation)."""
+    anisotropy: float = Field(0.2, ge=0.0, le=0.9)
+    """Largest relative difference of the two principal sigmas (the kernel is rotated
+    by a random angle); 0 keeps the blur isotropic."""
+    noise: bool = True
+    """Add sensor noise to the LR before rounding."""
+    noise_sigma: tuple[float, float] = (0.0, 2.0 / 255.0)
+    """Range of the Gaussian noise sigma ([0, 1] data)."""
+    noise_shot: tuple[float, float] = (0.0, 0.008)
+    """Range of k in the signal-dependent noise sigma = k * sqrt(value)."""
+    jpeg_fraction: float = Field(0.7, ge=0.0, le=1.0)
+    """Fraction of patches whose LR is JPEG-coded."""
+    jpeg_quality: tuple[int, int] = (30, 95)
+    """Range of the IJG JPEG quality (drawn uniformly)."""
+    jpeg_colours: list[Literal["ycbcr420", "rgb"]] = Field(
+        default_factory=lambda: ["ycbcr420", "rgb"], min_length=1
+    )
+    """JPEG colour modes drawn from: YCbCr 4:2:0 (most scanners) and RGB without
+    subsampling (Aperio "JPEG/RGB")."""
+    jpeg2000_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    """Fraction of patches whose LR is JPEG 2000-coded."""
+    jpeg2000_psnr: tuple[float, float] = (26.0, 37.0)
+    """Range of the JPEG 2000 target PSNR (dB) of the coded LR. A target PSNR codes a
+    small training patch as hard as a whole tile; on whole LR images of the training
+    data, Aperio's rates of 10:1 to 30:1 (its Q=70 is about 17:1) give 26-37 dB."""
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DegradationConfig:
+        for name in ("blur_factor", "noise_sigma", "noise_shot", "jpeg_quality", "jpeg2000_psnr"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: lower end {lo} is above the upper end {hi}")
+        if self.blur_factor[0] <= 0:
+            raise ValueError("blur_factor must be positive")
+        if self.noise_sigma[0] < 0 or self.noise_shot[0] < 0 or self.noise_sigma[1] > 0.1:
+            raise ValueError("noise ranges must lie in [0, 0.1]")
+        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
+            raise ValueError("jpeg_quality must lie in 1..100")
+        if not 10.0 <= self.jpeg2000_psnr[0] <= self.jpeg2000_psnr[1] <= 80.0:
+            raise ValueError("jpeg2000_psnr must lie in 10..80 dB")
+        if self.jpeg_fraction + self.jpeg2000_fraction > 1.0 + 1e-9:
+            raise ValueError(
+                f"jpeg_fraction + jpeg2000_fraction = "
+                f"{self.jpeg_fraction + self.jpeg2000_fraction:g} exceeds 1"
+            )
+        return self
+
+
+def degradation_preset(name: str | DegradationConfig) -> DegradationConfig:
+    """The named degradation preset ('clean' or 'scanner'); a config passes through."""
+    if isinstance(name, DegradationConfig):
+        return name
+    if name not in DEGRADATION_PRESETS:
+        raise ConfigError(
+            f"unknown degradation preset {name!r}; choose {' or '.join(DEGRADATION_PRESETS)}"
+        )
+    return DegradationConfig(preset=name)
+
+
 class TrainConfig(_Strict):
     """A training run: data, model, objective, schedule."""
 
@@ -242,6 +319,14 @@ class TrainConfig(_Strict):
     out_dir: str = "runs/default"
     augment: bool = True
     """Random flips and 90-degree rotations of training patches."""
+    degradation: DegradationConfig = Field(default_factory=DegradationConfig)
+    """How training LR is made: `{"preset": "clean"}` (D_s, the default) or
+    `{"preset": "scanner"}` (blur, noise and JPEG / JPEG 2000 coding drawn per patch);
+    a bare preset name is accepted too."""
+    lower_mag_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of HR patches taken at half the images' magnification (a 2p x 2p crop
+    reduced 2x by area: 20x patches from 40x images), so that the model also learns
+    lower-magnification slides."""
     quantize_lr: bool = True
     """Round the LR inputs made by D_s to 8-bit levels, as LR images and slides are
     stored, so the network trains on the inputs it will see."""
@@ -257,6 +342,11 @@ class TrainConfig(_Strict):
     set `ae_steps` (and `warmup_steps`) to 0 when the checkpoint already covers them.
     Relative paths are resolved against the config file's folder."""
 
+    @field_validator("degradation", mode="before")
+    @classmethod
+    def _preset_name(cls, v: Any) -> Any:
+        return {"preset": v} if isinstance(v, str) else v
+
     @model_validator(mode="after")
     def _patch_divisible(self) -> TrainConfig:
         s = self.model.generator.scale
@@ -267,7 +357,11 @@ class TrainConfig(_Strict):
 
 # Fields added to TrainConfig after runs were first written, with the value that
 # reproduces what a run written before them did (their defaults are for new runs).
-_TRAIN_FIELDS_ADDED_LATER = {"quantize_lr": False}
+_TRAIN_FIELDS_ADDED_LATER: dict[str, Any] = {
+    "quantize_lr": False,
+    "degradation": {"preset": "clean"},
+    "lower_mag_fraction": 0.0,
+}
 
 
 def saved_train_config(text: str, *, source: str = "checkpoint") -> TrainConfig:
@@ -299,6 +393,15 @@ class FinetuneConfig(_Strict):
     """Validate on the held-out stripes every this many steps (and after the last)."""
     max_minutes: float | None = Field(None, gt=0.0)
     """Stop after this many minutes even if steps remain (the best state is kept)."""
+    degradation: DegradationConfig = Field(default_factory=DegradationConfig)
+    """How pseudo-LR is made from the pseudo-HR in self-supervised mode (and LR from HR
+    in paired mode when no LR is given): 'clean' (D_s) or 'scanner' (as a scanner codes
+    its slides: use it for JPEG / JPEG 2000 slides). A bare preset name is accepted."""
+
+    @field_validator("degradation", mode="before")
+    @classmethod
+    def _preset_name(cls, v: Any) -> Any:
+        return {"preset": v} if isinstance(v, str) else v
 
 
 def load_config(path: str | Path, cls: type[BaseModel] = TrainConfig) -> Any:

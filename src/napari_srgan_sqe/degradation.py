@@ -1,4 +1,5 @@
-"""The reference degradation D_s and the corruptions of the robustness study.
+"""The reference degradation D_s, the scanner degradation, and the corruptions of the
+robustness study.
 
 D_s (SPEC section 1): Gaussian blur with sigma = (s - 1) / 2 HR pixels, kernel truncated
 at 4 sigma, half-sample symmetric padding (d c b a | a b c d), then s x s block mean.
@@ -7,12 +8,22 @@ Computed in float; rounded only at the end when uint8 comes in (or is asked for)
 One definition serves numpy arrays, torch batches and lazy dask arrays; training,
 evaluation, the "simulate LR" option and the metrics readouts all call it.
 
+The scanner degradation (preset `scanner`, `DegradationConfig`) makes LR the way a
+slide scanner and its file format do, drawn per patch from a seeded generator: blur of
+random sigma around D_s's (optionally anisotropic and rotated), the same s x s block
+mean, Gaussian and signal-dependent noise, rounding to 8 bit, then JPEG (quality and
+colour mode drawn) or JPEG 2000 (target PSNR drawn) coding, or none.
+`draw_scanner` draws one set of parameters; `apply_scanner` applies it; `degrade_with`
+takes a preset name or config for numpy arrays, torch batches and dask arrays.
+
 Alignment: LR pixel i covers HR pixels s*i .. s*i + s - 1, so an LR layer drawn over
 its HR layer has scale s and translate (s - 1) / 2 in HR pixel units.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CORRUPTION_RANGES",
+    "ScannerDraw",
+    "apply_scanner",
+    "degrade_with",
+    "draw_scanner",
     "blur_sigma",
     "corrupt",
     "degrade",
@@ -158,8 +173,6 @@ def degrade_lazy(hr: Any, scale: int = 4, *, chunk: int = 1024) -> Any:
     Equal to `degrade(hr.compute(), scale)`: each chunk is blurred with enough
     neighbouring pixels (symmetric extension at the image border) before block mean.
     """
-    import dask.array as da
-
     s = _check_scale(scale)
     if hr.ndim != 3:
         raise ValueError(f"expected (H, W, C), got shape {hr.shape}")
@@ -167,26 +180,46 @@ def degrade_lazy(hr: Any, scale: int = 4, *, chunk: int = 1024) -> Any:
         raise ValueError(f"image {hr.shape[:2]} is smaller than one {s}x{s} block")
     if s == 1:
         return hr
-    radius = (len(gaussian_kernel1d(blur_sigma(s))) - 1) // 2
-    radius = max(radius, 1)
-    step = max((chunk // s) * s, -(-radius // s) * s)
-
-    # Blur sees the whole image (the bottom/right remainder too, as `degrade` does);
-    # every chunk but the last is a multiple of s, so block means never straddle chunks.
-    def _axis_chunks(n: int) -> tuple[int, ...]:
-        sizes = [step] * (n // step) + ([n % step] if n % step else [])
-        if len(sizes) > 1 and sizes[-1] < radius:  # too thin for the halo: merge it
-            sizes[-2:] = [sizes[-2] + sizes[-1]]
-        return tuple(sizes)
-
-    x = hr.rechunk((_axis_chunks(hr.shape[0]), _axis_chunks(hr.shape[1]), -1))
-    depth = {0: radius, 1: radius, 2: 0}
+    radius = max((len(gaussian_kernel1d(blur_sigma(s))) - 1) // 2, 1)
     was_uint8 = hr.dtype == np.uint8
 
-    def _one(block: np.ndarray) -> np.ndarray:
+    def _one(block: np.ndarray, _loc: tuple[int, int]) -> np.ndarray:
         xf, _ = _to_float(block)
         blurred = _blur_np(xf, blur_sigma(s))[radius:-radius, radius:-radius]
         return _from_float(_block_mean(blurred, s), was_uint8, np.float32)
+
+    # Blur sees the whole image (the bottom/right remainder too, as `degrade` does).
+    return _map_lr_chunks(hr, s, radius, s, chunk, _one, np.uint8 if was_uint8 else np.float32)
+
+
+def _map_lr_chunks(
+    x: Any,
+    s: int,
+    radius: int,
+    unit: int,
+    chunk: int,
+    fn: Any,
+    dtype: Any,
+) -> Any:
+    """`fn(block, (iy, ix))` -> LR block, on HR chunks of a multiple of `unit` px (the
+    last one may be thinner) carrying a halo of `radius` px (symmetric extension at the
+    image border), so block means never straddle chunks and blurs see their
+    neighbours. A chunk too thin for the halo is merged into the one before it."""
+    import dask.array as da
+
+    step = max((chunk // unit) * unit, -(-radius // unit) * unit)
+
+    def _axis_chunks(n: int) -> tuple[int, ...]:
+        sizes = [step] * (n // step) + ([n % step] if n % step else [])
+        if len(sizes) > 1 and sizes[-1] < radius:
+            sizes[-2:] = [sizes[-2] + sizes[-1]]
+        return tuple(sizes)
+
+    x = x.rechunk((_axis_chunks(x.shape[0]), _axis_chunks(x.shape[1]), -1))
+
+    def _one(block: np.ndarray, block_info: Any = None) -> np.ndarray:
+        loc = block_info[0]["chunk-location"] if block_info else (0, 0, 0)
+        return fn(block, (int(loc[0]), int(loc[1])))
 
     out_chunks = (
         tuple(c // s for c in x.chunks[0]),
@@ -196,12 +229,12 @@ def degrade_lazy(hr: Any, scale: int = 4, *, chunk: int = 1024) -> Any:
     return da.map_overlap(
         _one,
         x,
-        depth=depth,
+        depth={0: radius, 1: radius, 2: 0},
         boundary={0: "reflect", 1: "reflect", 2: "none"},
         trim=False,
         chunks=out_chunks,
-        dtype=np.uint8 if was_uint8 else np.float32,
-        meta=np.empty((0, 0, 0), dtype=np.uint8 if was_uint8 else np.float32),
+        dtype=dtype,
+        meta=np.empty((0, 0, 0), dtype=dtype),
     )
 
 
@@ -234,3 +267,172 @@ def corrupt(
         grey = x.mean()
         x = grey + k * (x - grey)
     return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------ scanner degradation
+@dataclass(frozen=True)
+class ScannerDraw:
+    """One draw of the scanner chain's random parameters."""
+
+    sigma: tuple[float, float]
+    """Principal blur sigmas (HR px); equal when the blur is isotropic."""
+    theta: float
+    """Rotation of the blur's first principal axis (radians)."""
+    noise_sigma: float
+    noise_shot: float
+    codec: str
+    """'none', 'jpeg' or 'jpeg2000'."""
+    quality: float | None = None
+    """JPEG: IJG quality; JPEG 2000: target PSNR (dB)."""
+    colour: str = "ycbcr420"
+
+
+def _resolve_preset(preset: Any) -> Any:
+    from napari_srgan_sqe.config import degradation_preset
+
+    return degradation_preset(preset)
+
+
+def draw_scanner(cfg: Any, scale: int, rng: np.random.Generator) -> ScannerDraw:
+    """Draw the scanner chain's parameters from `cfg` (a DegradationConfig or preset)."""
+    cfg = _resolve_preset(cfg)
+    s0 = blur_sigma(_check_scale(scale))
+    if cfg.blur:
+        f = float(rng.uniform(*cfg.blur_factor))
+        ratio = 1.0 - float(rng.uniform(0.0, cfg.anisotropy))
+        sigma = (s0 * f, s0 * f * ratio)
+        theta = float(rng.uniform(0.0, np.pi))
+    else:
+        sigma, theta = (s0, s0), 0.0
+    if cfg.noise:
+        ns = float(rng.uniform(*cfg.noise_sigma))
+        nk = float(rng.uniform(*cfg.noise_shot))
+    else:
+        ns = nk = 0.0
+    u = float(rng.random())
+    if u < cfg.jpeg_fraction:
+        q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+        colour = str(cfg.jpeg_colours[int(rng.integers(len(cfg.jpeg_colours)))])
+        return ScannerDraw(sigma, theta, ns, nk, "jpeg", q, colour)
+    if u < cfg.jpeg_fraction + cfg.jpeg2000_fraction:
+        db = float(rng.uniform(*cfg.jpeg2000_psnr))
+        return ScannerDraw(sigma, theta, ns, nk, "jpeg2000", db)
+    return ScannerDraw(sigma, theta, ns, nk, "none")
+
+
+def _blur_kernel2d(sigma: tuple[float, float], theta: float) -> np.ndarray:
+    """Normalised rotated anisotropic Gaussian, radius int(4 * max sigma + 0.5)."""
+    radius = int(TRUNCATE * max(sigma) + 0.5)
+    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1].astype(np.float64)
+    c, s_ = np.cos(theta), np.sin(theta)
+    u, v = c * x + s_ * y, -s_ * x + c * y
+    k = np.exp(-0.5 * ((u / sigma[0]) ** 2 + (v / sigma[1]) ** 2))
+    return k / k.sum()
+
+
+def _scanner_blur(x: np.ndarray, draw: ScannerDraw) -> np.ndarray:
+    if draw.sigma[0] == draw.sigma[1]:
+        return _blur_np(x, draw.sigma[0])  # separable: D_s's own blur at that sigma
+    from scipy.signal import fftconvolve
+
+    k = _blur_kernel2d(draw.sigma, draw.theta)
+    r = k.shape[0] // 2
+    # Half-sample symmetric padding ("symmetric" in numpy, "reflect" in scipy.ndimage).
+    xp = np.pad(x, ((r, r), (r, r), (0, 0)), mode="symmetric")
+    return fftconvolve(xp, k[..., None], mode="valid", axes=(0, 1))
+
+
+def _lr_noise_round_code(lr: np.ndarray, draw: ScannerDraw, rng: np.random.Generator) -> np.ndarray:
+    """Noise, 8-bit rounding and coding of a float LR image; uint8 out."""
+    from napari_srgan_sqe.io.codecs import code_image, decode, encode_jpeg2000_psnr
+
+    if draw.noise_sigma > 0 or draw.noise_shot > 0:
+        std = np.sqrt(draw.noise_sigma**2 + draw.noise_shot**2 * np.clip(lr, 0.0, 1.0))
+        lr = lr + std * rng.standard_normal(lr.shape)
+    lr8 = np.clip(np.rint(lr * 255.0), 0, 255).astype(np.uint8)
+    if draw.codec == "none":
+        return lr8
+    if draw.codec == "jpeg2000":
+        return decode(encode_jpeg2000_psnr(lr8, float(draw.quality)))
+    return code_image(lr8, draw.codec, draw.quality, colour=draw.colour)
+
+
+def apply_scanner(
+    hr: np.ndarray, scale: int, draw: ScannerDraw, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """The scanner chain with drawn parameters on an RGB image (H, W, 3); uint8 in ->
+    uint8 out, float in [0, 1] -> float32 out (on 8-bit levels). `rng` draws the noise."""
+    s = _check_scale(scale)
+    hr = np.asarray(hr)
+    if hr.ndim != 3 or hr.shape[2] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {hr.shape}")
+    if hr.shape[0] < s or hr.shape[1] < s:
+        raise ValueError(f"image {hr.shape[:2]} is smaller than one {s}x{s} block")
+    x, was_uint8 = _to_float(hr)
+    lr = _block_mean(_scanner_blur(x, draw), s) if s > 1 else x
+    out = _lr_noise_round_code(lr, draw, rng if rng is not None else np.random.default_rng(0))
+    return out if was_uint8 else out.astype(np.float32) / np.float32(255.0)
+
+
+def degrade_with(
+    hr: Any,
+    preset: Any = "clean",
+    scale: int = 4,
+    *,
+    seed: int | Sequence[int] = 0,
+) -> Any:
+    """LR of `hr` by a degradation preset ('clean', 'scanner') or DegradationConfig.
+
+    'clean' is `degrade` (D_s) exactly. 'scanner' draws its parameters from
+    `np.random.default_rng(seed)`, so the same seed gives the same LR. numpy arrays
+    (H, W, 3), torch batches (N, C, H, W) in [0, 1] (per image seeds [seed, i]; not
+    differentiable) and dask arrays (H, W, 3) uint8 (one draw for the image, noise
+    seeded per chunk) are accepted.
+    """
+    cfg = _resolve_preset(preset)
+    if cfg.preset == "clean":
+        return degrade(hr, scale)
+    seeds = list(seed) if isinstance(seed, Sequence) else [int(seed)]
+    if type(hr).__module__.startswith("torch"):
+        import torch
+
+        if hr.ndim != 4:
+            raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(hr.shape)}")
+        imgs = hr.detach().permute(0, 2, 3, 1).cpu().numpy()
+        outs = []
+        for i, img in enumerate(imgs):
+            rng = np.random.default_rng([*seeds, i])
+            d = draw_scanner(cfg, scale, rng)
+            outs.append(apply_scanner(img.astype(np.float64), scale, d, rng))
+        lr = torch.from_numpy(np.stack(outs)).permute(0, 3, 1, 2)
+        return lr.to(device=hr.device, dtype=hr.dtype).contiguous()
+    if type(hr).__module__.startswith("dask"):
+        return _scanner_lazy(hr, cfg, scale, seeds)
+    rng = np.random.default_rng(seeds)
+    return apply_scanner(hr, scale, draw_scanner(cfg, scale, rng), rng)
+
+
+def _scanner_lazy(hr: Any, cfg: Any, scale: int, seeds: list[int], chunk: int = 1024) -> Any:
+    """The scanner chain on a dask array (H, W, 3) uint8, chunk by chunk with halos.
+
+    One parameter draw for the whole image (a slide is scanned and coded with one
+    setting); noise is seeded per chunk; coding is per LR chunk, whose size is a
+    multiple of 16 LR px so that JPEG's 8 x 8 (and 4:2:0's 16 x 16) grid stays on the
+    image's grid, as a scanner codes tile by tile.
+    """
+    s = _check_scale(scale)
+    if hr.ndim != 3 or hr.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3), got shape {hr.shape}")
+    if hr.dtype != np.uint8:
+        raise TypeError(f"expected uint8 pixels, got {hr.dtype}")
+    draw = draw_scanner(cfg, s, np.random.default_rng(seeds))
+    radius = max(int(TRUNCATE * max(draw.sigma) + 0.5), 1)
+    h, w = (hr.shape[0] // s) * s, (hr.shape[1] // s) * s
+
+    def _one(block: np.ndarray, loc: tuple[int, int]) -> np.ndarray:
+        xf, _ = _to_float(block)
+        blurred = _scanner_blur(xf, draw)[radius:-radius, radius:-radius]
+        rng = np.random.default_rng([*seeds, *loc])
+        return _lr_noise_round_code(_block_mean(blurred, s), draw, rng)
+
+    return _map_lr_chunks(hr[:h, :w], s, radius, 16 * s, chunk, _one, np.uint8)

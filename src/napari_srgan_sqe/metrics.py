@@ -1,7 +1,8 @@
 """Image quality metrics exactly as SPEC section 4 defines them.
 
 Numpy functions take (H, W, C) or (H, W) arrays, uint8 or float in [0, 1], and
-compute every metric per channel, then average over channels. They use scipy's
+compute SSIM, MS-SSIM and QILV per channel, then average over channels; PSNR and
+RRMSE pool all pixels and channels together, the field's convention. They use scipy's
 separable Gaussian filters and run on ~1000 x 1000 crops on every camera move.
 `ssim_torch` / `psnr_torch` are the differentiable training-loop versions; the
 SSIM loss in `losses` uses the same code.
@@ -171,27 +172,30 @@ def qilv(estimate: Any, reference: Any) -> float:
 
 
 def psnr(estimate: Any, reference: Any) -> float:
-    """10 log10(1 / MSE) per channel, averaged; inf when the images are identical."""
+    """10 log10(1 / MSE), the MSE over all pixels and channels together (the field's
+    convention, as `skimage.metrics.peak_signal_noise_ratio` on an RGB array); inf when
+    the images are identical."""
     return _psnr(*_pair(estimate, reference))
 
 
 def _psnr(e: np.ndarray, r: np.ndarray) -> float:
     d = e - r
+    mse = float(_chan_mean(d * d).mean())  # equal planes: the mean of means is the mean
     with np.errstate(divide="ignore"):
-        return float(np.mean(10.0 * np.log10(1.0 / _chan_mean(d * d))))
+        return float(10.0 * np.log10(1.0 / mse)) if mse > 0 else float("inf")
 
 
 def rrmse(estimate: Any, reference: Any) -> float:
-    """||estimate - reference||_2 / ||reference||_2 per channel, averaged."""
+    """||estimate - reference||_2 / ||reference||_2 over all pixels and channels."""
     return _rrmse(*_pair(estimate, reference))
 
 
 def _rrmse(e: np.ndarray, r: np.ndarray) -> float:
     d = e - r
-    num, den = np.sqrt(_chan_mean(d * d)), np.sqrt(_chan_mean(r * r))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(num == 0, 0.0, num / den)
-    return float(ratio.mean())
+    num, den = float(_chan_mean(d * d).sum()), float(_chan_mean(r * r).sum())
+    if num == 0:
+        return 0.0
+    return float(np.sqrt(num / den)) if den > 0 else float("inf")
 
 
 def all_metrics(estimate: Any, reference: Any) -> dict[str, float | None]:
@@ -256,8 +260,9 @@ def ssim_torch(
 
 
 def psnr_torch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR per channel and image (data range 1), averaged over both; a 0-d tensor."""
+    """PSNR of each image over all its pixels and channels (data range 1), averaged over
+    the batch; a 0-d tensor."""
     import torch
 
-    mse = ((pred.float() - target.float()) ** 2).mean(dim=(2, 3))
+    mse = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     return (10.0 * torch.log10(1.0 / mse)).mean()

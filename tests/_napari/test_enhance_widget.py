@@ -9,7 +9,7 @@ import pytest
 
 from napari_srgan_sqe._napari import _layers
 from napari_srgan_sqe._napari.enhance_widget import LOAD_FILE, EnhanceWidget
-from napari_srgan_sqe.degradation import degrade
+from napari_srgan_sqe.degradation import degrade, degrade_with
 
 pytestmark = pytest.mark.gui
 
@@ -41,7 +41,9 @@ def test_button_adds_aligned_sr_layer(
     assert widget.device_box.itemText(0).startswith("auto (")
     names = [widget.model_box.itemText(i) for i in range(widget.model_box.count())]
     assert {"srgan-sqe-he-x4", "bicubic-x4"} <= set(names) and names[-1] == LOAD_FILE
-    # the trained weights ship with the package, so they are the default and enabled
+    # the trained weights ship with the package, so they are the default and enabled; an
+    # array layer's coding is unknown, so the default is the model for scanned slides
+    assert widget.coding_label.text() == "Stored as: unknown (not read from a file)"
     assert widget.model_box.currentData() == "srgan-sqe-he-x4"
     assert widget.model_box.model().item(names.index("srgan-sqe-he-x4")).isEnabled()
 
@@ -145,3 +147,84 @@ def test_closing_while_loading_is_quiet(make_napari_viewer, qtbot, sample_hr, ti
     viewer.close()
     qtbot.waitUntil(lambda: all(not w.is_running for w in workers), timeout=30000)
     qtbot.wait(100)  # let the queued "returned" signals arrive: they must not raise
+
+
+def _pick_by_hand(widget: EnhanceWidget, name: str) -> None:
+    """Choose a bundled model in the Model box as a user does (select, then activated)."""
+    index = widget.model_box.findData(name)
+    widget.model_box.setCurrentIndex(index)
+    widget.model_box.activated.emit(index)
+
+
+def test_coding_label_and_default_model_follow_the_slide(
+    viewer, qtbot, sample_path, sample_hr, tmp_path, errors
+):
+    from PIL import Image
+
+    from napari_srgan_sqe._napari.launch import show_slide
+    from napari_srgan_sqe.io.slides import open_slide
+
+    svs = show_slide(viewer, open_slide(sample_path))  # JPEG Q=30 (Aperio)
+    png = tmp_path / "lossless.png"
+    Image.fromarray(sample_hr[:128, :128]).save(png)
+    [lossless] = viewer.open(str(png), plugin=PLUGIN)
+    widget = dock(viewer, "Enhance")
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    names = [widget.model_box.itemText(i) for i in range(widget.model_box.count())]
+    assert {"srgan-sqe-he-x4", "srgan-sqe-he-x4-clean", "bicubic-x4"} <= set(names)
+    assert [widget.simulate_box.itemData(i) for i in range(3)] == [None, "clean", "scanner"]
+
+    widget.layer_box.setCurrentText(svs.name)
+    assert widget.coding_label.text() == "Stored as: JPEG Q=30 (quantisation tables) — lossy"
+    assert widget.simulate_preset is None
+    assert widget.model_box.currentData() == "srgan-sqe-he-x4"  # a scanned slide
+    widget.set_simulate("clean")  # LR = D_s of it: the model trained on clean LR
+    assert widget.model_box.currentData() == "srgan-sqe-he-x4-clean"
+    widget.set_simulate("scanner")
+    assert widget.model_box.currentData() == "srgan-sqe-he-x4"
+    widget.set_simulate(None)
+
+    widget.layer_box.setCurrentText(lossless.name)
+    assert widget.coding_label.text() == "Stored as: lossless (PNG)"
+    assert widget.model_box.currentData() == "srgan-sqe-he-x4-clean"
+    widget.set_simulate("scanner")
+    assert widget.model_box.currentData() == "srgan-sqe-he-x4"
+    widget.set_simulate(None)
+
+    _pick_by_hand(widget, "bicubic-x4")  # a choice by hand is never overridden
+    widget.layer_box.setCurrentText(svs.name)
+    widget.set_simulate("clean")
+    assert widget.model_box.currentData() == "bicubic-x4"
+    with pytest.raises(ValueError, match="unknown degradation preset"):
+        widget.set_simulate("blurry")
+    assert errors() == []
+
+
+def test_simulate_scanner_then_clean_renews_the_lr(viewer, sample_hr, errors):
+    import dask.array as da
+
+    hr = viewer.add_image(sample_hr, name="HE")
+    widget = dock(viewer, "Enhance")
+    sr = widget.enhance(simulate_from=hr, degradation="scanner", model="bicubic-x4", wait=True)
+    assert sr is not None, errors()
+    assert widget.simulate_preset == "scanner"
+    lr = _layers.find_pair(viewer.layers, sr).lr
+    assert lr.name == "HE LR (simulated 4x, scanner)"
+    hr_dask = da.from_array(sample_hr, chunks=(1024, 1024, -1))
+    scanned = np.asarray(degrade_with(hr_dask, "scanner", 4, seed=0))
+    np.testing.assert_array_equal(np.asarray(lr.data[0]), scanned)
+    assert not np.array_equal(scanned, degrade(sample_hr, 4))
+
+    # the same preset again reuses the layers; another preset renews the same LR layer
+    n = len(viewer.layers)
+    assert (
+        widget.enhance(simulate_from=hr, degradation="scanner", model="bicubic-x4", wait=True) == sr
+    )
+    sr2 = widget.enhance(simulate_from=hr, degradation="clean", model="bicubic-x4", wait=True)
+    assert sr2 == sr and len(viewer.layers) == n  # (the widget sees layers through proxies)
+    pair = _layers.find_pair(viewer.layers, sr)
+    assert pair.lr == lr and pair.hr == hr and lr.name == "HE LR (simulated 4x)"
+    np.testing.assert_array_equal(np.asarray(lr.data[0]), degrade(sample_hr, 4))
+    widget.layer_box.setCurrentText(lr.name)
+    assert widget.coding_label.text() == "Stored as: simulated LR (clean D_s)"
+    assert errors() == []

@@ -25,14 +25,14 @@ def test_get_reader_declines_other_paths(tmp_path: Path) -> None:
     assert callable(get_reader([str(tmp_path / "a.ome.tif")]))
 
 
-def test_tcga_opens_as_multiscale_layer(make_napari_viewer, tcga_svs: Path) -> None:
+def test_aperio_j2k_opens_as_multiscale_layer(make_napari_viewer, aperio_j2k_svs: Path) -> None:
     viewer = make_napari_viewer()
-    [layer] = viewer.open(tcga_svs, plugin=PLUGIN)
+    [layer] = viewer.open(aperio_j2k_svs, plugin=PLUGIN)
     assert layer.multiscale and layer.rgb
-    assert [level.shape for level in layer.data] == [(3567, 4443, 3), (1783, 2221, 3)]
+    assert [level.shape for level in layer.data] == [(1203, 2219, 3), (601, 1109, 3)]
     assert tuple(layer.scale) == (1.0, 1.0)  # no pixel size recorded
     assert layer.metadata["slide_format"] == "aperio" and layer.metadata["mpp"] is None
-    assert layer.name == "tcga-cr-7395-01a-01-ts1"
+    assert layer.name == "aperio-j2k"
 
 
 def test_cmu_opens_with_pixel_size(make_napari_viewer, cmu_svs: Path) -> None:

@@ -1,14 +1,21 @@
 """The "Enhance" widget: super-resolve an image layer lazily, tile by tile.
 
-The widget only arranges layers. Loading a model, simulating LR with the reference
-degradation and building the lazy SR pyramid happen in `prepare_enhance`, a
+The widget only arranges layers. Loading a model, simulating LR with a degradation
+preset ('clean': the reference D_s; 'scanner': blur, noise and JPEG / JPEG 2000 coding
+as a scanner's file holds) and building the lazy SR pyramid happen in `prepare_enhance`, a
 generator run in a napari thread worker; it yields progress strings and returns a
 `Prepared` result that the GUI thread turns into layers. Tiles are computed later by
 dask when napari slices the SR layer (with async slicing on, off the GUI thread).
 
+The Model box follows what the LR is, until the user picks a model by hand: for LR
+simulated by 'clean' the clean model, by 'scanner' the scanner model; for an image
+layer read from a file, `model_for_coding` of how the file stores it (shown as
+"Stored as: ..."): the clean model only for losslessly stored slides.
+
 Programmatic use (tests, `srgan-sqe view`):
     _, widget = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Enhance")
     sr = widget.enhance(simulate_from=hr_layer, model="bicubic-x4", wait=True)
+    sr = widget.enhance(simulate_from=hr_layer, degradation="scanner", wait=True)
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ from typing import Any
 
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -35,27 +41,69 @@ from qtpy.QtWidgets import (
 
 from napari_srgan_sqe._napari import _layers
 
-__all__ = ["EnhanceWidget", "Prepared", "default_model_name", "prepare_enhance"]
+__all__ = [
+    "SIMULATE_CHOICES",
+    "EnhanceWidget",
+    "Prepared",
+    "default_model_name",
+    "layer_coding",
+    "prepare_enhance",
+]
 
 log = logging.getLogger(__name__)
 
 LOAD_FILE = "load .safetensors..."
 DEFAULT_ITEM = "default"
 DEVICES = ("auto", "cuda", "mps", "cpu")
-PREFERRED_MODELS = ("srgan-sqe-he-x4", "bicubic-x4")
+PREFERRED_MODELS = ("srgan-sqe-he-x4", "srgan-sqe-he-x4-clean", "bicubic-x4")
+SIMULATE_CHOICES = (
+    ("off", None, "super-resolve the layer itself (it is the LR)"),
+    ("clean (D_s)", "clean", "this layer is the HR: LR = the reference degradation D_s"),
+    ("scanner", "scanner", "this layer is the HR: LR = blur, noise and JPEG / JPEG 2000 coding"),
+)
+"""The "Simulate LR" choices: text, degradation preset (None: off), tooltip."""
 
 
-def default_model_name(models: list[dict] | None = None) -> str:
-    """The bundled model to use by default: the trained one if its weights exist."""
+def default_model_name(
+    models: list[dict] | None = None, *, codec: str | None = None, preset: str | None = None
+) -> str:
+    """The bundled model to use by default, if its weights exist: for LR simulated
+    with `preset` 'clean' the clean model, 'scanner' the scanner model; otherwise
+    `model_for_coding(codec)` (the clean model only for losslessly stored input)."""
+    from napari_srgan_sqe.models.registry import CLEAN_MODEL, DEFAULT_MODEL, model_for_coding
+
     if models is None:
         from napari_srgan_sqe.models.registry import list_models
 
         models = list_models()
+    if preset == "clean":
+        wanted = CLEAN_MODEL
+    elif preset == "scanner":
+        wanted = DEFAULT_MODEL
+    else:
+        wanted = model_for_coding(codec)
     available = [m["name"] for m in models if m.get("available")]
-    for name in PREFERRED_MODELS:
+    for name in (wanted, *PREFERRED_MODELS):
         if name in available:
             return name
     return available[0] if available else "bicubic-x4"
+
+
+def layer_coding(layer: Any) -> Any:
+    """The `SlideCoding` a layer's metadata records (the reader puts it there);
+    unknown for layers made from arrays."""
+    from napari_srgan_sqe.io.codecs import SlideCoding
+
+    meta = getattr(layer, "metadata", None) or {}
+    info = meta.get("coding") if isinstance(meta, dict) else None
+    if not isinstance(info, dict):
+        return SlideCoding()
+    quality = info.get("quality")
+    return SlideCoding(
+        str(info.get("codec") or "unknown"),
+        int(quality) if isinstance(quality, int | float) else None,
+        str(info.get("detail") or ""),
+    )
 
 
 # ------------------------------------------------------------------ background work
@@ -84,11 +132,13 @@ def prepare_enhance(
     lr_levels: list[Any] | None = None,
     hr_levels: list[Any] | None = None,
     expect_scale: int | None = None,
+    degradation: str = "clean",
 ) -> Generator[str, None, Prepared]:
     """Load `model`, simulate LR from `hr_levels` if given, and build the lazy SR pyramid.
 
     `model`: an SRModel, a bundled name or a .safetensors path; None is
-    `default_model_name()` (the trained model when its weights are installed).
+    `default_model_name(preset=...)` for simulated LR, else `default_model_name()`.
+    `degradation`: the preset LR is simulated with ('clean' = D_s, or 'scanner').
 
     Yields progress messages; returns `Prepared` (with `.error` set, never raising, so
     the GUI shows one clear notification). Touches no viewer: only arrays and files.
@@ -98,7 +148,7 @@ def prepare_enhance(
         from napari_srgan_sqe.models.modelfile import load_model
 
         if model is None:
-            model = default_model_name()
+            model = default_model_name(preset=degradation if hr_levels is not None else None)
         yield f"loading model {Path(str(model)).name if _is_path(model) else model} ..."
         loaded = load_model(model) if isinstance(model, str | os.PathLike) else model
         s = int(loaded.scale)
@@ -107,8 +157,9 @@ def prepare_enhance(
                 f"model {loaded.name!r} is {s}x but this pair of layers is {expect_scale}x"
             )
         if hr_levels is not None:
-            yield f"simulating LR (D_{s}) lazily ..."
-            lr_levels = _simulate_lr(hr_levels, s)
+            how = f"D_{s}" if degradation == "clean" else f"{degradation} degradation, {s}x"
+            yield f"simulating LR ({how}) lazily ..."
+            lr_levels = _simulate_lr(hr_levels, s, degradation)
         yield f"preparing {loaded.name} on {device} ..."
         pyramid = super_resolve(lr_levels, loaded, device=device, tile=tile)
         return Prepared(pyramid=pyramid, lr_levels=lr_levels)
@@ -123,19 +174,27 @@ def _is_path(model: Any) -> bool:
     )
 
 
-def _simulate_lr(hr_levels: list[Any], s: int) -> list[Any]:
-    """D_s of every HR level big enough, lazily: LR level k is D_s(HR level k)."""
+def _simulate_lr(hr_levels: list[Any], s: int, preset: str = "clean") -> list[Any]:
+    """LR of every HR level big enough, lazily: LR level k is the preset's degradation
+    of HR level k ('clean': D_s; 'scanner': one seeded draw of the scanner chain)."""
     import dask.array as da
 
-    from napari_srgan_sqe.degradation import degrade_lazy
+    from napari_srgan_sqe.degradation import degrade_lazy, degrade_with
+    from napari_srgan_sqe.inference.tiling import as_rgb_uint8
 
+    if preset not in ("clean", "scanner"):
+        raise ValueError(f"unknown degradation preset {preset!r}; choose clean or scanner")
     out = []
     for i, level in enumerate(hr_levels):
         if i and min(level.shape[:2]) < 16 * s:
             break
         if not hasattr(level, "dask"):
             level = da.from_array(level, chunks=(1024, 1024, -1))
-        out.append(degrade_lazy(level, s))
+        if preset == "clean":
+            out.append(degrade_lazy(level, s))
+        else:
+            level = as_rgb_uint8(level, what=f"HR level {i}")
+            out.append(degrade_with(level, "scanner", s, seed=0))
     return out
 
 
@@ -168,10 +227,17 @@ class _Request:
     hr_layer: Any = None
     pair_id: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    degradation: str = "clean"
+    old_lr: Any = None  # a simulated LR layer to renew (the preset changed)
 
 
 class EnhanceWidget(QWidget):
-    """Choose LR (or simulate it from HR), a model, a device; add a lazy SR layer."""
+    """Choose LR (or simulate it from HR), a model, a device; add a lazy SR layer.
+
+    `simulate_box`: "Simulate LR" off / clean (D_s) / scanner (item data: the preset
+    or None); `coding_label`: how the chosen layer's file stores it; `model_box`: its
+    default follows them (`default_model_name`) until a model is picked by hand.
+    """
 
     sr_ready = Signal(object)
     """Emitted with the SR layer when it has been added or switched to a new model."""
@@ -181,9 +247,23 @@ class EnhanceWidget(QWidget):
         self.viewer = napari_viewer
         self._workers: set[Any] = set()
         self._auto_device = "?"
+        self._models: list[dict] | None = None  # bundled models, once the probe listed them
+        self._model_by_hand = False  # a model picked by the user is never replaced
 
         self.layer_box = QComboBox()
-        self.simulate_box = QCheckBox("simulate LR from this layer (it is the HR)")
+        self.coding_label = QLabel()
+        self.coding_label.setWordWrap(True)
+        self.simulate_box = QComboBox()
+        for text, preset, tip in SIMULATE_CHOICES:
+            self.simulate_box.addItem(text, preset)
+            self.simulate_box.setItemData(
+                self.simulate_box.count() - 1, tip, Qt.ItemDataRole.ToolTipRole
+            )
+        self.simulate_box.setToolTip(
+            "Treat the layer as HR and super-resolve LR simulated from it (so quality can "
+            "be measured against it): clean = the reference D_s, scanner = blur, noise "
+            "and JPEG / JPEG 2000 coding as in a scanner's file"
+        )
         self.model_box = QComboBox()
         self.device_box = QComboBox()
         self.device_box.addItems(DEVICES)
@@ -199,7 +279,8 @@ class EnhanceWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Image layer", self.layer_box)
-        form.addRow(self.simulate_box)
+        form.addRow(self.coding_label)
+        form.addRow("Simulate LR", self.simulate_box)
         form.addRow("Model", self.model_box)
         form.addRow("Device", self.device_box)
         form.addRow("Tile", self.tile_box)
@@ -213,6 +294,8 @@ class EnhanceWidget(QWidget):
         self.model_box.addItem(LOAD_FILE, LOAD_FILE)
         self._model_index = self.model_box.currentIndex()
         self.model_box.activated.connect(self._on_model_activated)
+        self.layer_box.currentTextChanged.connect(self._on_layer_chosen)
+        self.simulate_box.currentIndexChanged.connect(lambda _: self._update_default_model())
         self.enhance_button.clicked.connect(lambda: self.enhance())
         for ev in ("inserted", "removed", "moved", "changed"):
             getattr(self.viewer.layers.events, ev).connect(self._refresh_layers)
@@ -234,6 +317,7 @@ class EnhanceWidget(QWidget):
         lr_layer: Any = None,
         *,
         simulate_from: Any = None,
+        degradation: str | None = None,
         model: Any = None,
         device: str | None = None,
         tile: int | None = None,
@@ -241,10 +325,13 @@ class EnhanceWidget(QWidget):
     ) -> Any:
         """Add (or renew) the SR layer of `lr_layer`, or of LR simulated from `simulate_from`.
 
-        Arguments left None are read from the widget. `wait=False` (the button) loads
-        the model in a worker and returns None; `sr_ready` fires with the layer. With
-        `wait=True` the work runs in the calling thread and the SR layer is returned.
-        Failures are shown as notifications; then None is returned.
+        `degradation`: how LR is simulated, 'clean' (D_s) or 'scanner'; by default the
+        "Simulate LR" choice, or 'clean' when it is off. Arguments left None are read
+        from the widget; the model is the Model box's, which follows the LR (see the
+        class) unless picked by hand. `wait=False` (the button) loads the model in a
+        worker and returns None; `sr_ready` fires with the layer. With `wait=True` the
+        work runs in the calling thread and the SR layer is returned. Failures are
+        shown as notifications; then None is returned.
         """
         from napari.utils.notifications import show_error
 
@@ -253,15 +340,24 @@ class EnhanceWidget(QWidget):
             if chosen is None:
                 show_error("Enhance: add an RGB image layer first")
                 return None
-            if self.simulate_box.isChecked():
+            preset = self.simulate_preset
+            if preset is not None:
                 simulate_from = chosen
             else:
                 lr_layer = chosen
         else:  # called from code: show what is being done
-            self.simulate_box.setChecked(simulate_from is not None)
+            preset = None
+            if simulate_from is not None:
+                preset = degradation or self.simulate_preset or "clean"
+            self.set_simulate(preset)
             if model is not None:
                 self._show_model(model)
-        req = self._request(lr_layer, simulate_from)
+                self._model_by_hand = True
+        req = self._request(lr_layer, simulate_from, preset or "clean")
+        if model is None and not self._model_by_hand:
+            source = simulate_from if simulate_from is not None else lr_layer
+            model = self._auto_model(source, preset)
+            self._show_model(model)  # shown, not a choice by hand
         kwargs = dict(
             req.kwargs,
             model=model if model is not None else self.model_box.currentData(),
@@ -309,6 +405,21 @@ class EnhanceWidget(QWidget):
         """True while a model is loading or a pyramid is being prepared."""
         return bool(self._workers)
 
+    @property
+    def simulate_preset(self) -> str | None:
+        """The "Simulate LR" choice: 'clean', 'scanner', or None (off)."""
+        return self.simulate_box.currentData()
+
+    def set_simulate(self, preset: str | None) -> None:
+        """Choose "Simulate LR": None (off), 'clean' or 'scanner'."""
+        found = [
+            i for i in range(self.simulate_box.count()) if self.simulate_box.itemData(i) == preset
+        ]
+        if not found:
+            known = ", ".join(repr(p) for _, p, _ in SIMULATE_CHOICES)
+            raise ValueError(f"unknown degradation preset {preset!r}; choose one of {known}")
+        self.simulate_box.setCurrentIndex(found[0])
+
     # ---------------------------------------------------------------- helpers
     def _run(self, gen: Generator, on_done: Any) -> None:
         from napari.qt.threading import create_worker
@@ -328,17 +439,23 @@ class EnhanceWidget(QWidget):
         if not self._workers:
             self.enhance_button.setEnabled(True)
 
-    def _request(self, lr_layer: Any, hr_layer: Any) -> _Request:
+    def _request(self, lr_layer: Any, hr_layer: Any, degradation: str = "clean") -> _Request:
         """Decide the pair and the levels to send to the worker (GUI thread)."""
         if hr_layer is not None:
             pair = _layers.find_pair(self.viewer.layers, hr_layer)
-            if pair is not None and pair.hr is not None and pair.lr is not None:
+            has_lr = pair is not None and pair.hr is not None and pair.lr is not None
+            if has_lr and _simulated_by(pair.lr) == degradation:
                 lr_layer, hr_layer = pair.lr, None  # LR already simulated: enhance it again
-            else:
+            else:  # new, or simulated with another preset: (re)simulate in the same pair
                 return _Request(
                     hr_layer=hr_layer,
-                    pair_id=_layers.new_pair_id(),
-                    kwargs={"hr_levels": _layers.layer_levels(hr_layer)},
+                    pair_id=pair.pair_id if has_lr else _layers.new_pair_id(),
+                    kwargs={
+                        "hr_levels": _layers.layer_levels(hr_layer),
+                        "degradation": degradation,
+                    },
+                    degradation=degradation,
+                    old_lr=pair.lr if has_lr else None,
                 )
         pid = _layers.pair_id_of(lr_layer) if _layers.role_of(lr_layer) == "lr" else None
         pair = _layers.find_pair(self.viewer.layers, pid) if pid else None
@@ -365,17 +482,28 @@ class EnhanceWidget(QWidget):
             return None
         pyramid, s = res.pyramid, res.pyramid.scale
         lr_layer = req.lr_layer
+        extra: dict[str, Any] = {}
         if req.hr_layer is not None:
             hr = req.hr_layer
-            lr_layer = self.viewer.add_image(
-                res.lr_levels,
-                multiscale=True,
-                rgb=True,
-                name=f"{hr.name} LR (simulated {s}x)",
-                **_layers.lr_transform(hr, s),
-            )
+            how = "" if req.degradation == "clean" else f", {req.degradation}"
+            name = f"{hr.name} LR (simulated {s}x{how})"
+            if req.old_lr is not None and req.old_lr in self.viewer.layers:
+                lr_layer = req.old_lr  # the same layer, new pixels
+                lr_layer.data = res.lr_levels
+                lr_layer.name = name
+            else:
+                lr_layer = self.viewer.add_image(
+                    res.lr_levels,
+                    multiscale=True,
+                    rgb=True,
+                    name=name,
+                    **_layers.lr_transform(hr, s),
+                )
             _layers.mark(hr, "hr", req.pair_id, scale=s)
-        _layers.mark(lr_layer, "lr", req.pair_id, scale=s)
+            extra["degradation"] = req.degradation
+        elif _simulated_by(lr_layer):
+            extra["degradation"] = _simulated_by(lr_layer)
+        _layers.mark(lr_layer, "lr", req.pair_id, scale=s, **extra)
         pair = _layers.find_pair(self.viewer.layers, req.pair_id)
         geometry = _layers.sr_transform(lr_layer, s)
         if pair is not None and pair.sr is not None:
@@ -430,6 +558,7 @@ class EnhanceWidget(QWidget):
         if current in names:
             self.layer_box.setCurrentText(current)
         self.layer_box.blockSignals(False)
+        self._on_layer_chosen()
 
     def _watch_name(self, event: Any) -> None:
         event.value.events.name.connect(self._refresh_layers)
@@ -440,6 +569,38 @@ class EnhanceWidget(QWidget):
             self.layer_box.setCurrentText(active.name)
 
     # ---------------------------------------------------------------- models / devices
+    def _on_layer_chosen(self, _text: str = "") -> None:
+        """Show how the chosen layer is stored; let the default model follow it."""
+        layer = self._chosen_layer()
+        if layer is None:
+            self.coding_label.setText("Stored as: -")
+            self.coding_label.setToolTip("")
+        else:
+            self.coding_label.setText(f"Stored as: {_coding_text(layer)}")
+            self.coding_label.setToolTip(
+                "How the file stores the pixels (read from its metadata): lossy JPEG / "
+                "JPEG 2000 slides get the model trained on scanner degradation by default, "
+                "losslessly stored ones the model trained on clean LR"
+            )
+        self._update_default_model()
+
+    def _auto_model(self, layer: Any, preset: str | None) -> str:
+        """The default model for LR simulated by `preset`, or (None) for `layer` itself."""
+        if preset is None and _simulated_by(layer) is not None:
+            preset = _simulated_by(layer)  # enhancing a simulated LR layer again
+        codec = layer_coding(layer).codec if layer is not None else None
+        return default_model_name(self._models, codec=codec, preset=preset)
+
+    def _update_default_model(self) -> None:
+        """Select the default model in the Model box, unless one was picked by hand."""
+        if self._model_by_hand or self._models is None:
+            return  # before the probe the box holds "default", resolved at Enhance
+        name = self._auto_model(self._chosen_layer(), self.simulate_preset)
+        index = self.model_box.findData(name)
+        if index >= 0:
+            self.model_box.setCurrentIndex(index)
+            self._model_index = index
+
     def _on_probe(self, info: dict[str, Any]) -> None:
         """Fill the model list (bundled, then files loaded so far) and the auto device."""
         chosen = self.model_box.currentData()
@@ -458,7 +619,11 @@ class EnhanceWidget(QWidget):
         for text, path in files:
             self.model_box.addItem(text, path)
         self.model_box.addItem(LOAD_FILE, LOAD_FILE)
-        default = chosen if chosen is not None else default_model_name(info["models"])
+        self._models = info["models"]
+        if self._model_by_hand and chosen is not None:
+            default = chosen
+        else:
+            default = self._auto_model(self._chosen_layer(), self.simulate_preset)
         self.model_box.setCurrentIndex(max(0, self.model_box.findData(default)))
         self._model_index = self.model_box.currentIndex()
         self._auto_device = info["auto"]
@@ -498,6 +663,7 @@ class EnhanceWidget(QWidget):
                 self.model_box.setCurrentIndex(previous)
                 return
             self._model_index = self.model_box.currentIndex()
+            self._model_by_hand = True
             self.set_model(self.model_box.currentData())
 
     def _update_status(self) -> None:
@@ -514,6 +680,26 @@ class EnhanceWidget(QWidget):
             f"{st.tiles_computed} computed, {st.pending} pending, "
             f"{st.cache_hits} cache hits | {rate}"
         )
+
+
+def _simulated_by(layer: Any) -> str | None:
+    """The preset a simulated LR layer was made with (None for other layers)."""
+    tag = getattr(layer, "metadata", {}).get(_layers.META_KEY)
+    if not isinstance(tag, dict) or tag.get("role") != "lr":
+        return None
+    return tag.get("degradation")
+
+
+def _coding_text(layer: Any) -> str:
+    """'JPEG Q=30 (quantisation tables) — lossy', 'lossless (LZW)', 'simulated LR
+    (scanner)' or 'unknown' for a layer."""
+    preset = _simulated_by(layer)
+    if preset is not None:
+        return f"simulated LR ({'clean D_s' if preset == 'clean' else preset})"
+    coding = layer_coding(layer)
+    if coding.codec == "unknown":
+        return "unknown" + (f" ({coding.detail})" if coding.detail else " (not read from a file)")
+    return f"{coding} — lossy" if coding.lossy else str(coding)
 
 
 def _is_busy(sr_layer: Any) -> bool:

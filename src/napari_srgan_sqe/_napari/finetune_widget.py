@@ -80,6 +80,13 @@ class Failed:
     error: BaseException
 
 
+def training_degradation(model: Any) -> str:
+    """The degradation preset a model was trained on (its file's metadata; models written
+    before the scanner preset existed were trained on the clean D_s)."""
+    preset = str(getattr(model, "metadata", {}).get("degradation", "clean"))
+    return preset if preset in ("clean", "scanner") else "clean"
+
+
 def finetune_job(
     lr_level: Any,
     hr_level: Any,
@@ -373,6 +380,8 @@ class FinetuneWidget(QWidget):
                     "val_fraction": self.val_box.value(),
                     "max_minutes": self.minutes_box.value() or None,
                     "loss": loss.model_dump(),
+                    # pseudo-pairs made the way the model's own training LR was
+                    "degradation": training_degradation(pyramid.model),
                     **self.extra_config,
                 },
                 source="the Fine-tune settings",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -73,14 +72,17 @@ def _start_enhance(widget: Any, layer: Any, *, simulate_lr: bool) -> None:
 
 
 def launch_viewer(
-    path: str | Path | None = None, *, simulate_lr: bool | None = None, enhance: bool = True
+    path: Any = None, *, simulate_lr: bool | None = None, enhance: bool = True
 ) -> int:
     """Open napari with the slide at `path` (default: the sample) and run it; return 0.
+
+    `path` may also be a `Slide` already opened (e.g. to print its coding first).
 
     `simulate_lr`: treat the slide as HR and super-resolve LR simulated from it (so
     the Compare widget can measure against HR); by default on for the sample, so
     the LR | SR | HR comparison is there on first sight, and off for a user's slide.
-    `enhance`: start the lazy SR layer at once with the default model. Raises
+    `enhance`: start the lazy SR layer at once with the default model (the Enhance
+    widget's: chosen by the slide's coding, or by the simulated degradation). Raises
     `SlideError` for an unreadable slide and `NoDisplayError` without a display, both
     before napari is imported. napari's asynchronous slicing is switched on (unless
     the user set NAPARI_ASYNC), so SR tiles never block the GUI thread.
@@ -90,7 +92,10 @@ def launch_viewer(
 
     if simulate_lr is None:
         simulate_lr = path is None
-    slide = open_slide(path if path is not None else sample_slide_path())
+    if hasattr(path, "levels"):  # a Slide
+        slide = path
+    else:
+        slide = open_slide(path if path is not None else sample_slide_path())
     check_display()
     os.environ.setdefault("NAPARI_ASYNC", "1")
     import napari

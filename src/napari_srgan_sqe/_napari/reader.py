@@ -17,7 +17,7 @@ from typing import Any
 
 from napari_srgan_sqe.io._formats import extension, is_supported_path
 
-__all__ = ["get_reader", "layer_name", "read_slides", "slide_layer_data"]
+__all__ = ["coding_metadata", "get_reader", "layer_name", "read_slides", "slide_layer_data"]
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -45,6 +45,25 @@ def layer_name(path: str | Path) -> str:
     return name[: -len(ext)] if ext and name.lower().endswith(ext) else name
 
 
+def coding_metadata(coding: Any) -> dict[str, Any]:
+    """A `SlideCoding` as plain layer metadata: codec, quality, detail, lossy, text."""
+    if coding is None:
+        return {
+            "codec": "unknown",
+            "quality": None,
+            "detail": "",
+            "lossy": False,
+            "text": "unknown",
+        }
+    return {
+        "codec": coding.codec,
+        "quality": coding.quality,
+        "detail": coding.detail,
+        "lossy": bool(coding.lossy),
+        "text": str(coding),
+    }
+
+
 @functools.cache
 def _image_accepts(parameter: str) -> bool:
     from napari.layers import Image
@@ -56,7 +75,8 @@ def slide_layer_data(slide: Any) -> list[LayerData]:
     """napari layer data of a `Slide`: multiscale when it has more than one level.
 
     The layer scale is the pixel size in um (with units "um" on napari >= 0.6), or 1
-    when the file records none; the metadata keep mpp, path and format.
+    when the file records none; the metadata keep mpp, path, format and the coding
+    (`coding_metadata`: the Enhance widget shows it and picks its default model by it).
     """
     multiscale = len(slide.levels) > 1
     mpp = slide.mpp
@@ -71,6 +91,7 @@ def slide_layer_data(slide: Any) -> list[LayerData]:
             "path": str(slide.path),
             "slide_format": slide.format,
             "downsamples": list(slide.downsamples),
+            "coding": coding_metadata(getattr(slide, "coding", None)),
         },
     }
     if mpp and _image_accepts("units"):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from napari_srgan_sqe.cli import UserError, parse_region
+
+TILE_RANGE = (8, 4096)
+"""Allowed --tile, in input pixels: a tile of 4096 already needs several GiB for the
+network's activations; beyond, memory runs out before the halo saving matters."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output: .ome.zarr / .zarr (OME-Zarr) or .ome.tif / .tif (OME-TIFF)",
     )
     parser.add_argument(
-        "--model", default="srgan-sqe-he-x4", help="bundled model name or .safetensors file"
+        "--model",
+        default=None,
+        help="bundled model name or .safetensors file (default: chosen by how the input "
+        "is stored: srgan-sqe-he-x4-clean for lossless input, srgan-sqe-he-x4 for "
+        "JPEG / JPEG 2000 scans or an unknown coding)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument(
@@ -33,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile",
         type=int,
         default=None,
-        help="tile side in input pixels (default 512)",
+        help=f"tile side in input pixels, {TILE_RANGE[0]} to {TILE_RANGE[1]} (default 512)",
     )
     parser.add_argument(
         "--batch", type=int, default=None, help="tiles per forward pass (default 16)"
@@ -51,17 +60,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
+def coding_text(coding: Any) -> str:
+    """'JPEG Q=30 (quantisation tables), lossy', 'lossless (LZW)' or 'coding unknown'."""
+    if coding.codec == "unknown":
+        return "coding unknown" + (f" ({coding.detail})" if coding.detail else "")
+    return f"{coding}, lossy" if coding.lossy else str(coding)
+
+
+def model_scale(model: str) -> tuple[str, int | None]:
+    """(name, up-scaling factor) of a bundled model or a model file, from the registry
+    or the file's metadata only (cheap); the scale is None when unknown here (loading
+    the model then says what is wrong with it)."""
+    import json
+
+    from napari_srgan_sqe.io.checkpoints import CheckpointError, read_safetensors_metadata
+    from napari_srgan_sqe.models.registry import BUNDLED_MODELS
+
+    entry = BUNDLED_MODELS.get(model)
+    if entry is not None:
+        return entry.name, entry.scale
+    try:
+        meta = read_safetensors_metadata(Path(model).expanduser())
+        name = meta.get("name") or Path(model).name
+        if "scale" in meta:
+            return name, int(meta["scale"])
+        return name, int(json.loads(meta["config"])["generator"]["scale"])
+    except (CheckpointError, OSError, KeyError, TypeError, ValueError):
+        return str(model), None
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_srgan_sqe.inference.bench import peak_rss_mb
-    from napari_srgan_sqe.inference.export import enhance_slide
+    from napari_srgan_sqe.inference.export import default_model_for, enhance_slide
     from napari_srgan_sqe.inference.tiling import DataError
+    from napari_srgan_sqe.io.slides import open_slide
 
-    if args.tile is not None and args.tile < 8:
-        raise UserError(f"--tile must be at least 8 pixels, got {args.tile}")
+    lo, hi = TILE_RANGE
+    if args.tile is not None and not lo <= args.tile <= hi:
+        raise UserError(f"--tile must be {lo} to {hi} pixels, got {args.tile}")
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
+    slide = open_slide(args.input)  # metadata only; a bad file is one clear line
+    print(f"input: {coding_text(slide.coding)}")
+    model = args.model
+    if model is None:
+        model, why = default_model_for(slide.coding)
+        print(f"model: {model} ({why}; --model chooses another)")
+    else:
+        print(f"model: {model}")
+    named, scale = model_scale(model)
+    if scale is not None:
+        usual = "" if scale == 4 else "; not the usual x4: --scale 4 refuses such a model"
+        print(f"scale: x{scale} (model {named} up-scales each side by {scale}{usual})")
     bars: list = []  # made at the first progress report, after the checks passed
 
     def progress(done: int, total: int) -> None:
@@ -75,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         path = enhance_slide(
             args.input,
             args.output,
-            model=args.model,
+            model=model,
             device=args.device,
             region=args.region,
             tissue_only=args.tissue_only,
@@ -91,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise UserError(str(exc)) from exc
     except RuntimeError as exc:  # models.predictor.DeviceError: e.g. no CUDA here
-        if type(exc).__name__ == "DeviceError":
+        if type(exc).__name__ in ("DeviceError", "NonFiniteOutputError"):
             raise UserError(str(exc)) from exc
         raise
     except OSError as exc:  # io.pyramid.ExportError (disk full ...) and friends

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_srgan_sqe.cli import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -26,8 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="JSON split file: evaluate only its 'val' images found in --data",
     )
-    parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--scale", type=int, default=4, help="up-scaling factor of the models")
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: the GPU if any)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder for evaluation.csv / .json")
     parser.add_argument(
         "--crops",
@@ -35,7 +39,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder for side-by-side PNG crops (LR | bicubic | lanczos | SR... | HR)",
     )
-    parser.add_argument("--no-lanczos", action="store_true")
+    parser.add_argument("--no-lanczos", action="store_true", help="skip the Lanczos baseline")
+    parser.add_argument(
+        "--degradation",
+        choices=("clean", "scanner"),
+        default="clean",
+        help="how LR is made from HR: clean = the reference D_s (default); scanner = the "
+        "seeded scanner chain (blur, noise, JPEG / JPEG 2000 drawn per image)",
+    )
+    parser.add_argument(
+        "--lr-codec",
+        action="append",
+        choices=("none", "jpeg", "jpeg2000"),
+        default=None,
+        help="store the LR with this codec before SR, as a scanner's file does "
+        "(repeatable; default none = lossless)",
+    )
+    parser.add_argument(
+        "--lr-quality",
+        action="append",
+        default=None,
+        help="JPEG quality(ies) 1-100 for --lr-codec jpeg: repeat or give a list "
+        "('95,75,50,30'); default 75",
+    )
+    parser.add_argument(
+        "--lr-ratio",
+        action="append",
+        default=None,
+        help="JPEG 2000 compression ratio(s) for --lr-codec jpeg2000 (repeat or a list); "
+        "default 17, the rate of Aperio's J2K Q=70",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scanner degradation")
+
+
+def _numbers(values: list[str] | None, kind: type, what: str) -> list:
+    out = []
+    for v in values or []:
+        for part in str(v).replace(" ", "").split(","):
+            if not part:
+                continue
+            try:
+                out.append(kind(part))
+            except ValueError:
+                raise UserError(f"{what} {part!r} is not a number") from None
+    return out
+
+
+def lr_conditions(args: argparse.Namespace) -> list:
+    """The LR conditions asked for on the command line, in order."""
+    from napari_srgan_sqe.training.evaluate import LRCondition
+
+    codecs = list(dict.fromkeys(args.lr_codec or ["none"]))
+    qualities = _numbers(args.lr_quality, int, "JPEG quality")
+    ratios = _numbers(args.lr_ratio, float, "JPEG 2000 ratio")
+    if qualities and "jpeg" not in codecs:
+        raise UserError("--lr-quality needs --lr-codec jpeg")
+    if ratios and "jpeg2000" not in codecs:
+        raise UserError("--lr-ratio needs --lr-codec jpeg2000")
+    out = []
+    for codec in codecs:
+        if codec == "none":
+            out.append(LRCondition())
+        elif codec == "jpeg":
+            out += [LRCondition("jpeg", q) for q in dict.fromkeys(qualities or [75])]
+        else:
+            out += [LRCondition("jpeg2000", r) for r in dict.fromkeys(ratios or [None])]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     if args.split is not None:
         _, data = resolve_split(args.data, args.split)
     baselines = ("bicubic",) if args.no_lanczos else ("bicubic", "lanczos")
-    bar = tqdm(unit="image", dynamic_ncols=True)
+    conditions = lr_conditions(args)
+    bar = tqdm(unit="image", dynamic_ncols=True, delay=0.5)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
@@ -62,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         baselines=baselines,
         crops_dir=args.crops,
         progress=progress,
+        degradation=args.degradation,
+        lr_conditions=conditions,
+        seed=args.seed,
     )
     bar.close()
     print(result.table())

@@ -36,7 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hr", type=Path, default=None, help="HR slide of the same tissue (s x); paired mode"
     )
     parser.add_argument(
-        "--model", default="srgan-sqe-he-x4", help="base model: bundled name or .safetensors path"
+        "--model",
+        default=None,
+        help="base model: bundled name or .safetensors path (default: the bundled model for "
+        "the slide's coding: srgan-sqe-he-x4 for JPEG / JPEG 2000, srgan-sqe-he-x4-clean "
+        "for lossless)",
+    )
+    parser.add_argument(
+        "--degradation",
+        choices=("clean", "scanner"),
+        default=None,
+        help="how self-supervised pseudo-LR is made: clean (D_s) or scanner (coded like a "
+        "scanned slide); default: scanner when the slide is stored lossy, else clean",
     )
     parser.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default 5e-5)")
@@ -53,11 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="new model file (.safetensors)")
 
 
-def _config(args: argparse.Namespace, mode: str) -> Any:
+def _config(args: argparse.Namespace, mode: str, degradation: str = "clean") -> Any:
     from napari_srgan_sqe.config import FinetuneConfig, loss_preset, validate
 
     data: dict[str, Any] = {"mode": mode, "steps": args.steps, "train_layers": args.layers}
     data["seed"] = args.seed
+    data["degradation"] = degradation
     for key, value in (
         ("lr", args.lr),
         ("val_fraction", args.val_fraction),
@@ -76,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_srgan_sqe.io.slides import open_slide
     from napari_srgan_sqe.models.modelfile import load_model, save_model
+    from napari_srgan_sqe.models.registry import model_for_coding
     from napari_srgan_sqe.training.finetune import (
         Finished,
         Started,
@@ -94,11 +107,18 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     mode = "paired" if args.hr is not None else "self-supervised"
-    cfg = _config(args, mode)
-    model = load_model(args.model)
-    if model.variant == "bicubic":
-        raise UserError(f"{args.model} is the bicubic baseline; it has no weights to fine-tune")
     slide = open_slide(args.slide)
+    codec = getattr(slide, "codec", "unknown")
+    lossy = codec in ("jpeg", "jpeg2000")
+    degradation = args.degradation or ("scanner" if lossy else "clean")
+    cfg = _config(args, mode, degradation)
+    model_name = args.model or model_for_coding(codec)
+    model = load_model(model_name)
+    if model.variant == "bicubic":
+        raise UserError(f"{model_name} is the bicubic baseline; it has no weights to fine-tune")
+    if mode == "self-supervised":
+        coding = getattr(slide, "coding", None)
+        print(f"input stored as {coding or codec}: model {model.name}, pseudo-LR {degradation}")
     hr = open_slide(args.hr) if args.hr is not None else None
     regions = cut_regions(slide, args.region, hr=hr, scale=model.scale, config=cfg)
     rects = [dict(zip("xywh", r, strict=True)) for r in args.region]

@@ -1,16 +1,33 @@
-"""`srgan-sqe train --config FILE`: train a model, with progress, checkpoints and resume."""
+"""`srgan-sqe train --config FILE`: train a model, with progress, checkpoints and resume.
+
+A run folder that already holds a run (checkpoint, log or model) is continued with
+`--resume` or replaced with `--overwrite`; without either the command refuses, so a
+run is never overwritten by accident. On `--resume` the log keeps only the records up
+to the checkpoint's step (a run killed between two checkpoints logged steps that the
+resumed run takes again).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import threading
 from pathlib import Path
+
+from napari_srgan_sqe.cli import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="training config (JSON or YAML)")
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run's last checkpoint"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in a run folder that holds a run (deletes its checkpoint, log "
+        "and model first)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="run folder (overrides out_dir in the config)"
@@ -40,12 +57,59 @@ def _stop_on_signals(stop: threading.Event) -> None:
         signal.signal(sig, _request_stop)
 
 
+def run_files(out_dir: Path) -> list[Path]:
+    """The files of a training run already in `out_dir`: checkpoint, log, model."""
+    from napari_srgan_sqe.training.trainer import CHECKPOINT, LOG, MODEL
+
+    return [out_dir / name for name in (CHECKPOINT, LOG, MODEL) if (out_dir / name).exists()]
+
+
+def checkpoint_step(out_dir: Path) -> int:
+    """The step of `out_dir`'s checkpoint (from its metadata only); 0 without one."""
+    from napari_srgan_sqe.io.checkpoints import CheckpointError, read_safetensors_metadata
+    from napari_srgan_sqe.training.trainer import CHECKPOINT
+
+    path = out_dir / CHECKPOINT
+    if not path.exists():
+        return 0
+    meta = read_safetensors_metadata(path)
+    try:
+        return int(meta["step"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: not a training checkpoint (no step in metadata)") from None
+
+
+def trim_log(path: Path, step: int) -> int:
+    """Drop the records of the log `path` after `step` (and unreadable lines, such as
+    one cut short by a kill), rewriting it atomically; returns how many were dropped."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            keep = int(record["step"]) <= step
+        except (ValueError, TypeError, KeyError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return dropped
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_srgan_sqe.config import TrainConfig, load_config
-    from napari_srgan_sqe.training.trainer import Trainer
+    from napari_srgan_sqe.training.trainer import LOG, Trainer
 
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite starts it again: give one")
     cfg: TrainConfig = load_config(args.config, TrainConfig)
     if args.out is not None:
         cfg.out_dir = str(args.out.resolve())
@@ -55,6 +119,18 @@ def run(args: argparse.Namespace) -> int:
         given = Path(args.init_from)
         cfg.init_from = str(given.resolve()) if given.exists() else args.init_from
     trainer = Trainer(cfg, base_dir=args.config.resolve().parent)
+    existing = run_files(trainer.out_dir)
+    if existing and not (args.resume or args.overwrite):
+        names = ", ".join(p.name for p in existing)
+        raise UserError(
+            f"{trainer.out_dir} already holds a training run ({names}): --resume continues "
+            "it, --overwrite starts again (deleting it)"
+        )
+    if args.overwrite:
+        for path in existing:
+            path.unlink()
+    elif args.resume:
+        trim_log(trainer.out_dir / LOG, checkpoint_step(trainer.out_dir))
     stop = threading.Event()
     _stop_on_signals(stop)
     bar = tqdm(total=trainer.total, unit="step", dynamic_ncols=True)

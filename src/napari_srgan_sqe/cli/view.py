@@ -43,8 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from napari_srgan_sqe._napari.launch import NoDisplayError, launch_viewer
+    from napari_srgan_sqe.cli.enhance import coding_text
+    from napari_srgan_sqe.io.sample import sample_slide_path
+    from napari_srgan_sqe.io.slides import open_slide
 
+    slide = open_slide(args.path if args.path is not None else sample_slide_path())
+    print(f"{slide.path.name}: {coding_text(slide.coding)}")
+    simulate_lr = args.path is None if args.simulate_lr is None else args.simulate_lr
     try:
-        return launch_viewer(args.path, simulate_lr=args.simulate_lr, enhance=args.enhance)
+        return launch_viewer(slide, simulate_lr=simulate_lr, enhance=args.enhance)
     except NoDisplayError as exc:
         raise UserError(str(exc)) from None

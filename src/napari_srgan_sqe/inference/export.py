@@ -49,6 +49,7 @@ from napari_srgan_sqe.io.errors import DataError, RegionError
 __all__ = [
     "DataError",
     "RegionError",
+    "default_model_for",
     "enhance_slide",
     "output_format",
     "writer_chunk",
@@ -175,11 +176,28 @@ def _scaled_mpp(mpp: Any, scale: int) -> Any:
     return float(mpp) / scale
 
 
+def default_model_for(coding: Any) -> tuple[str, str]:
+    """The bundled model for a slide stored with `coding` (a `SlideCoding`, or None
+    when not known), and why, in words: the clean model only for lossless input."""
+    from napari_srgan_sqe.models.registry import model_for_coding
+
+    codec = getattr(coding, "codec", None) or "unknown"
+    name = model_for_coding(codec)
+    if codec == "none":
+        why = "the input is stored losslessly: the model trained on clean LR"
+    elif codec == "unknown":
+        why = "the input's coding is unknown: the model for scanned (compressed) slides"
+    else:
+        short = type(coding)(coding.codec, coding.quality)  # "JPEG Q=30", no detail
+        why = f"the input is stored as {short}, lossy: the model for scanned slides"
+    return name, why
+
+
 def enhance_slide(
     input: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
-    model: Any = "srgan-sqe-he-x4",
+    model: Any = None,
     device: str = "auto",
     region: tuple[int, int, int, int] | None = None,
     tissue_only: bool = False,
@@ -195,7 +213,9 @@ def enhance_slide(
     """Super-resolve the slide `input` and write the pyramid to `output`.
 
     The format follows the extension (.zarr / .ome.zarr, .tif / .tiff / .ome.tif).
-    `region`: (x, y, w, h) in LR level-0 px. `scale`: refuse a model of another
+    `model`: an SRModel, a bundled name or a .safetensors path; None chooses by the
+    slide's coding (`default_model_for`: the clean model for losslessly stored
+    input, the scanner model for JPEG / JPEG 2000 or unknown coding). `region`: (x, y, w, h) in LR level-0 px. `scale`: refuse a model of another
     scale. `scheduler`: a dask.distributed address or Client to compute on.
     `progress(done, total)` after each written unit. `resume`: continue an
     interrupted export. `stats`: a dict filled with timings and counters.
@@ -206,9 +226,13 @@ def enhance_slide(
     out = Path(output).expanduser()
     fmt = output_format(out)
     check_writable(out, overwrite=overwrite)
+    slide = None
+    if model is None:
+        slide = open_slide(input)
+        model, _ = default_model_for(slide.coding)
     model = resolve_model(model)
     check_scale(model, scale)
-    slide = open_slide(input)
+    slide = slide if slide is not None else open_slide(input)
     lr0 = slide.levels[0]
     full = (int(lr0.shape[0]), int(lr0.shape[1]))
     region = check_region(region if region is not None else (0, 0, full[1], full[0]), full)
@@ -258,6 +282,7 @@ def enhance_slide(
     if stats is not None:
         _fill_stats(stats, sr, time.perf_counter() - t0, mask)
         stats["remote_chunks"] = pre.submitted if pre is not None else 0
+        stats["coding"] = str(getattr(slide, "coding", "unknown"))
     return Path(path)
 
 

@@ -14,17 +14,21 @@ import numpy as np
 import openslide
 
 from napari_srgan_sqe.io import _formats
+from napari_srgan_sqe.io.codecs import SlideCoding
 from napari_srgan_sqe.io.slides import (
     LevelSource,
     Slide,
     SlideError,
     aligned_chunk,
+    coding_or_unknown,
     composite,
     shared_handle,
     tiff_header_problem,
 )
 
 TIFF_BASED = frozenset({".svs", ".ndpi", ".scn", ".bif"})  # .svslide is SQLite
+JPEG_VENDORS = frozenset({"hamamatsu", "mirax", "sakura"})
+"""Vendors whose slides hold JPEG tiles (NDPI, VMS; MIRAX by default; Sakura SVSlide)."""
 
 
 class OpenSlideLevel(LevelSource):
@@ -108,6 +112,55 @@ def _check_tiff_extent(path: Path) -> None:
         raise SlideError(path, problem)
 
 
+def _tiff_level0_coding(path: Path, dims: tuple[int, int]) -> SlideCoding:
+    """The coding of the TIFF page holding level 0: the page of OpenSlide's level-0
+    size (width, height), tiled first; else the largest page."""
+    import tifffile
+
+    from napari_srgan_sqe.io._tiff_reader import page_coding
+
+    with tifffile.TiffFile(path) as tif:
+        pages = [pg for pg in tif.pages if hasattr(pg, "compression")]
+        if not pages:
+            return SlideCoding()
+        same = [pg for pg in pages if (pg.imagewidth, pg.imagelength) == tuple(dims)]
+        page = max(same or pages, key=lambda pg: (pg.is_tiled, pg.imagewidth * pg.imagelength))
+        return page_coding(page, path)
+
+
+def _mirax_coding(props: Any) -> SlideCoding:
+    """MIRAX: JPEG unless Slidedat.ini names PNG or BMP for level 0 (best effort:
+    `mirax.*.IMAGE_FORMAT`, the level-0 section's first); quality from its
+    IMAGE_COMPRESSION_FACTOR where stated."""
+    keys = sorted(
+        (k for k in props if str(k).startswith("mirax.") and str(k).endswith(".IMAGE_FORMAT")),
+        key=lambda k: "LEVEL_0_" not in str(k),
+    )
+    fmt = str(props.get(keys[0], "")).upper() if keys else ""
+    if fmt in ("PNG", "BMP"):
+        return SlideCoding("none", None, fmt)
+    quality = None
+    if keys:
+        factor = props.get(keys[0][: -len("IMAGE_FORMAT")] + "IMAGE_COMPRESSION_FACTOR")
+        quality = int(factor) if str(factor or "").strip().isdigit() else None
+    return SlideCoding("jpeg", quality if quality and 1 <= quality <= 100 else None, "mirax")
+
+
+def vendor_coding(path: Path, vendor: str, dims: tuple[int, int], props: Any) -> SlideCoding:
+    """How level 0 of an OpenSlide slide is stored: from its TIFF page (tifffile) for
+    TIFF-based formats; JPEG for the vendors that only store JPEG; else unknown."""
+    coding = SlideCoding()
+    if _formats.extension(path) in TIFF_BASED:
+        coding = coding_or_unknown(_tiff_level0_coding, path, dims)
+    if coding.codec != "unknown":
+        return coding
+    if vendor == "mirax":
+        return _mirax_coding(props)
+    if vendor in JPEG_VENDORS:
+        return SlideCoding("jpeg", None, vendor)
+    return coding
+
+
 def open_vendor(path: Path, *, chunk: int) -> Slide:
     """Open a vendor slide with OpenSlide (metadata only)."""
     ext = _formats.extension(path)
@@ -148,4 +201,5 @@ def open_vendor(path: Path, *, chunk: int) -> Slide:
         path=path,
         format=vendor,
         metadata=metadata,
+        coding=coding_or_unknown(vendor_coding, path, vendor, handle.level_dimensions[0], props),
     )

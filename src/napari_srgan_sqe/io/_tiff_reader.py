@@ -17,14 +17,18 @@ import tifffile
 import zarr
 
 from napari_srgan_sqe.io import _formats
+from napari_srgan_sqe.io.codecs import SlideCoding, coding_from_tiff_page, jpeg_quality
 from napari_srgan_sqe.io.slides import (
+    HEAD_BYTES,
     LevelSource,
     Slide,
     SlideError,
     aligned_chunk,
     as_rgb8,
     check_convertible,
+    coding_or_unknown,
     downsamples_of,
+    read_bytes,
     shared_handle,
     tiff_header_problem,
     to_yxc,
@@ -113,7 +117,9 @@ def _mpp(tif: Any, page: Any) -> float | None:
             return mpp
     if tif.is_svs:
         try:
-            mpp = float(tifffile.svs_description_metadata(page.description).get("MPP", 0))
+            # tifffile.tifffile: newer tifffile no longer re-exports it at the top level
+            meta = tifffile.tifffile.svs_description_metadata(page.description)
+            mpp = float(meta.get("MPP", 0))
         except (ValueError, TypeError):
             mpp = 0.0
         if mpp > 0:
@@ -125,6 +131,27 @@ def _tile(page: Any) -> tuple[int, int]:
     if page.is_tiled:
         return int(page.tilelength), int(page.tilewidth)
     return int(min(page.rowsperstrip or page.imagelength, page.imagelength)), int(page.imagewidth)
+
+
+_JPEG_COMPRESSIONS = frozenset({6, 7, 34892})  # OJPEG, JPEG, lossy JPEG
+
+
+def page_coding(page: Any, path: Path) -> SlideCoding:
+    """The coding of one TIFF page: its compression tag, Aperio's "Q=" in the image
+    description, and for JPEG the quantisation tables (the JPEGTables tag, NDPI's
+    JPEG header, else the head of the first tile's raw bytes; nothing is decoded)."""
+    fh = getattr(page.parent, "filehandle", None)  # a multi-file OME-TIFF's own file
+    path = Path(fh.path) if fh is not None and getattr(fh, "path", None) else path
+    compression = int(page.compression)
+    description = page.description if isinstance(page.description, str) else ""
+    tables = page.jpegtables or getattr(page, "jpegheader", None)
+    first_tile = None
+    if compression in _JPEG_COMPRESSIONS and not (tables and jpeg_quality(bytes(tables))):
+        for offset, count in zip(page.dataoffsets, page.databytecounts):
+            if count:
+                first_tile = read_bytes(path, offset, min(int(count), HEAD_BYTES))
+                break
+    return coding_from_tiff_page(compression, description, tables, first_tile)
 
 
 def data_extent_problem(tif: Any, size: int) -> str | None:
@@ -191,4 +218,5 @@ def open_tiff(path: Path, *, chunk: int) -> Slide:
         path=path,
         format="ome-tiff" if tif.is_ome else "tiff",
         metadata=metadata,
+        coding=coding_or_unknown(page_coding, page, path),
     )

@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 
 from napari_srgan_sqe.io import _formats
+from napari_srgan_sqe.io.codecs import SlideCoding
 from napari_srgan_sqe.io.slides import (
     LevelSource,
     Slide,
@@ -22,10 +23,66 @@ from napari_srgan_sqe.io.slides import (
     aligned_chunk,
     as_rgb8,
     check_convertible,
+    coding_or_unknown,
     downsamples_of,
     shared_handle,
     to_yxc,
 )
+
+# Codecs (zarr 2 compressor / filter ids, zarr 3 codec names, without the "numcodecs." or
+# "imagecodecs_" prefix) that give back exactly the bytes they were given.
+_LOSSLESS_CODECS = frozenset(
+    {
+        "blosc", "zstd", "zlib", "gzip", "lz4", "lz4f", "bz2", "lzma", "lzf", "lzw",
+        "deflate", "zlibng", "zopfli", "brotli", "snappy", "packbits", "png", "apng",
+        "spng", "qoi", "bytes", "endian", "transpose", "crc32c", "sharding_indexed",
+        "delta", "shuffle", "bitshuffle", "byteshuffle", "xor", "ljpeg", "pcodec",
+        "adler32", "fletcher32", "jenkins_lookup3", "checksum", "bitorder", "floatpred",
+    }
+)  # fmt: skip
+_NAMES = {"blosc": "Blosc", "zstd": "Zstandard", "zlib": "zlib", "gzip": "gzip", "lz4": "LZ4"}
+
+
+def _codec_specs(meta: Any) -> list[dict[str, Any]]:
+    """Every codec / compressor / filter spec in an array's metadata dict, nested too."""
+    found: list[dict[str, Any]] = []
+    if isinstance(meta, dict):
+        if isinstance(meta.get("id") or meta.get("name"), str):
+            found.append(meta)
+        for key in ("compressor", "compressors", "filters", "codecs", "configuration"):
+            found.extend(_codec_specs(meta.get(key)))
+    elif isinstance(meta, list | tuple):
+        for item in meta:
+            found.extend(_codec_specs(item))
+    return found
+
+
+def array_coding(arr: Any) -> SlideCoding:
+    """How a zarr array's chunks are stored: JPEG (imagecodecs' jpeg codecs, quality =
+    their `level`), JPEG 2000, or lossless when every codec is a lossless one (Blosc,
+    Zstandard, zlib, PNG ... or none); anything else is unknown."""
+    meta = arr.metadata.to_dict()
+    specs = _codec_specs({k: meta.get(k) for k in ("compressor", "filters", "codecs")})
+    names: list[str] = []
+    for spec in specs:
+        name = str(spec.get("id") or spec.get("name")).lower()
+        name = name.removeprefix("numcodecs.").removeprefix("imagecodecs_")
+        config = spec.get("configuration") if isinstance(spec.get("configuration"), dict) else spec
+        if name in ("jpeg2k", "jpeg2000", "j2k", "htj2k"):
+            return SlideCoding("jpeg2000", None, f"zarr codec {name}")
+        if name in ("jpeg", "jpeg8", "jpeg12"):
+            if config.get("lossless"):
+                return SlideCoding("none", None, "lossless JPEG")
+            level = config.get("level")
+            quality = int(level) if isinstance(level, int | float) and 1 <= level <= 100 else None
+            return SlideCoding("jpeg", quality, f"zarr codec {name}")
+        if name not in _LOSSLESS_CODECS:
+            return SlideCoding("unknown", None, f"zarr codec {name}")
+        if name == "blosc" and config.get("cname"):
+            names.append(f"Blosc {config['cname']}")
+        elif name not in ("bytes", "endian", "transpose", "crc32c", "sharding_indexed"):
+            names.append(_NAMES.get(name, name))
+    return SlideCoding("none", None, ", ".join(dict.fromkeys(names)) or "uncompressed")
 
 
 class _ZarrHandle:
@@ -152,4 +209,5 @@ def open_ome_zarr(path: Path, *, chunk: int) -> Slide:
         path=path,
         format="ome-zarr",
         metadata=metadata,
+        coding=coding_or_unknown(array_coding, arrays[0]),
     )

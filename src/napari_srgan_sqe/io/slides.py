@@ -19,6 +19,7 @@ Conversion rules, applied lazily per chunk (docs/formats.md):
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 import weakref
@@ -39,16 +40,20 @@ from napari_srgan_sqe.io._formats import (
     VENDOR_EXTENSIONS,
     extension,
 )
+from napari_srgan_sqe.io.codecs import SlideCoding, jpeg_quality
 
 __all__ = [
     "DEFAULT_CHUNK",
     "SUPPORTED_EXTENSIONS",
     "Slide",
+    "SlideCoding",
     "SlideError",
     "as_rgb8",
     "open_slide",
 ]
 
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 512
 """Target chunk edge in pixels; rounded to a multiple of the file's tile size."""
@@ -72,7 +77,9 @@ class Slide:
 
     `levels` are dask arrays (y, x, 3) uint8, finest first; `downsamples[i]` is the
     size of level 0 over level i (1.0 for level 0); `mpp` is micrometres per pixel at
-    level 0, or None when the file does not record it.
+    level 0, or None when the file does not record it. `coding` is how level 0's
+    pixels are stored (JPEG / JPEG 2000 and their quality, lossless, or unknown),
+    read from the file's metadata and at most one tile's raw bytes.
     """
 
     levels: list[Any]
@@ -81,11 +88,22 @@ class Slide:
     path: Path
     format: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    coding: SlideCoding = field(default_factory=SlideCoding)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """Shape (y, x, 3) of level 0."""
         return tuple(self.levels[0].shape)  # type: ignore[return-value]
+
+    @property
+    def codec(self) -> str:
+        """'jpeg', 'jpeg2000', 'none' (lossless) or 'unknown'."""
+        return self.coding.codec
+
+    @property
+    def quality(self) -> int | None:
+        """JPEG's IJG quality or the scanner's stated JPEG 2000 quality; None if unknown."""
+        return self.coding.quality
 
 
 def open_slide(path: str | Path, *, chunk: int = DEFAULT_CHUNK) -> Slide:
@@ -132,6 +150,37 @@ def open_slide(path: str | Path, *, chunk: int = DEFAULT_CHUNK) -> Slide:
 
 
 # --- helpers shared by the readers -------------------------------------------------
+
+HEAD_BYTES = 1 << 16
+"""Bytes read from the start of a tile or JPEG file to find its quantisation tables."""
+
+
+def coding_or_unknown(read: Callable[..., SlideCoding], *args: Any) -> SlideCoding:
+    """`read(*args)`, or `SlideCoding()` (unknown) if it fails in any way: knowing the
+    coding is a help, never a reason to refuse a slide."""
+    try:
+        coding = read(*args)
+    except Exception:  # noqa: BLE001 - a file we can read pixels of still opens
+        log.debug("could not tell the coding of %s", args, exc_info=True)
+        return SlideCoding()
+    return coding if isinstance(coding, SlideCoding) else SlideCoding()
+
+
+def read_bytes(path: Path, offset: int, size: int) -> bytes:
+    """At most `size` bytes of `path` from `offset` (its own handle: no shared state)."""
+    with open(path, "rb") as f:
+        f.seek(int(offset))
+        return f.read(max(0, int(size)))
+
+
+def plain_coding(path: Path, fmt: str) -> SlideCoding:
+    """PNG: lossless; JPEG: its IJG quality from the quantisation tables in its header."""
+    if fmt == "png":
+        return SlideCoding("none", None, "PNG")
+    if fmt in ("jpeg", "jpg", "mpo"):
+        q = jpeg_quality(read_bytes(path, 0, 4 * HEAD_BYTES))
+        return SlideCoding("jpeg", q, "quantisation tables" if q is not None else "")
+    return SlideCoding()
 
 
 def aligned_chunk(tile: int | None, target: int) -> int:
@@ -434,7 +483,8 @@ def _open_plain(path: Path) -> Slide:
         ) from exc
     src = _ImageFile(path, 0, (height, width, 3), np.uint8)
     level = src.to_dask(((height,), (width,), (3,)))
-    return Slide([level], None, [1.0], path, fmt, {"reader": "pillow"})
+    coding = coding_or_unknown(plain_coding, path, fmt)
+    return Slide([level], None, [1.0], path, fmt, {"reader": "pillow"}, coding)
 
 
 def tiff_header_problem(path: Path) -> str | None:

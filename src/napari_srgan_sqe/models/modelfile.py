@@ -232,6 +232,19 @@ def _check_fit(path: Path, model: SRModel, tensors: dict[str, torch.Tensor]) -> 
         raise ModelFileError(f"{path}: weights do not fit architecture {arch}: " + "; ".join(parts))
 
 
+def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """ModelFileError naming the first tensor holding NaN or infinite values: such a
+    model would turn every tile black (NaN -> 0 when rounded to uint8)."""
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).sum())
+            raise ModelFileError(
+                f"{path}: tensor {key!r} holds {n_bad} NaN or infinite value(s) of "
+                f"{t.numel()}: the model is damaged or its training diverged; use another "
+                "model file"
+            )
+
+
 def load_model(
     name_or_path: str | os.PathLike[str], *, allow_pickle: bool = False, device: Any = "cpu"
 ) -> SRModel:
@@ -239,7 +252,8 @@ def load_model(
 
     Pickled PyTorch checkpoints are refused unless `allow_pickle=True`; then they are
     read with `torch.load(weights_only=True)` and need the config as JSON beside them
-    (same name, `.json`). `device` is "cpu", "cuda[:i]", "mps" or "auto".
+    (same name, `.json`). `device` is "cpu", "cuda[:i]", "mps" or "auto". Weights
+    holding NaN or infinite values are refused (ModelFileError naming the tensor).
     """
     from napari_srgan_sqe.models.predictor import resolve_device
 
@@ -264,6 +278,7 @@ def load_model(
     config = _config_from(path, meta)
     model = new_model(config)
     _check_fit(path, model, tensors)
+    _check_finite(path, tensors)
     model.load_state_dict(tensors, strict=True)
     model.metadata = dict(meta)
     return model.to(device).eval()

@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUNDLED_MODELS", "WEIGHTS_DIR", "BundledModel", "list_models"]
+__all__ = [
+    "BUNDLED_MODELS",
+    "CLEAN_MODEL",
+    "DEFAULT_MODEL",
+    "WEIGHTS_DIR",
+    "BundledModel",
+    "list_models",
+    "model_for_coding",
+]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -35,7 +43,15 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
     "srgan-sqe-he-x4": BundledModel(
         name="srgan-sqe-he-x4",
         file="weights/srgan-sqe-he-x4.safetensors",
-        description="SRGAN_SQE, light preset, 4x, trained on MoNuSeg 2018 H&E (TCGA, 40x)",
+        description="SRGAN_SQE 12x48, 4x, for scanned slides: trained on the scanner "
+        "degradation (JPEG / JPEG 2000 LR) of MoNuSeg 2018 H&E at 40x and 20x",
+        licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg; non-commercial use)",
+    ),
+    "srgan-sqe-he-x4-clean": BundledModel(
+        name="srgan-sqe-he-x4-clean",
+        file="weights/srgan-sqe-he-x4-clean.safetensors",
+        description="SRGAN_SQE 12x48, 4x, for lossless LR: trained on the clean D_s of "
+        "MoNuSeg 2018 H&E at 40x and 20x",
         licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg; non-commercial use)",
     ),
     "bicubic-x4": BundledModel(
@@ -45,6 +61,19 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         licence="BSD-3-Clause",
     ),
 }
+
+
+DEFAULT_MODEL = "srgan-sqe-he-x4"
+"""The model for scanned slides (JPEG / JPEG 2000 tiles): the default."""
+CLEAN_MODEL = "srgan-sqe-he-x4-clean"
+"""The model for losslessly stored LR (and LR simulated by the clean D_s)."""
+
+
+def model_for_coding(codec: str | None) -> str:
+    """The bundled model to use by default for LR stored with `codec` ('jpeg',
+    'jpeg2000', 'none' for lossless, 'unknown' or None): the clean model only when the
+    LR is known to be lossless, the scanner model otherwise."""
+    return CLEAN_MODEL if codec == "none" else DEFAULT_MODEL
 
 
 def list_models() -> list[dict]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_srgan_sqe.config import CorruptionConfig
-from napari_srgan_sqe.degradation import corrupt
+from napari_srgan_sqe.config import CorruptionConfig, DegradationConfig
+from napari_srgan_sqe.degradation import apply_scanner, corrupt, draw_scanner
 from napari_srgan_sqe.io.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -113,6 +113,9 @@ class PatchBatch:
     """The HR the LR is made from (corrupted when the whole pair is corrupted)."""
     corrupted: np.ndarray
     """Boolean (N,): which pairs were corrupted."""
+    lr: np.ndarray | None = None
+    """LR inputs made in the sampler (scanner preset); None: the trainer applies D_s to
+    `lr_source`."""
 
 
 class PatchSampler:
@@ -127,15 +130,27 @@ class PatchSampler:
         seed: int = 0,
         augment: bool = True,
         corruption: CorruptionConfig | None = None,
+        degradation: DegradationConfig | None = None,
+        scale: int = 4,
+        lower_mag_fraction: float = 0.0,
     ) -> None:
         if not images:
             raise DataError(
                 "no training images: the folders are empty or hold no PNG/JPEG/TIFF files"
             )
-        small = [im.shape[:2] for im in images if min(im.shape[:2]) < patch_size]
+        self.degradation = degradation or DegradationConfig()
+        self.scale = scale
+        self.lower_mag_fraction = lower_mag_fraction
+        # The scanner chain codes an LR patch 8 px larger and crops it at a random
+        # offset, so the network meets the JPEG block grid at every phase.
+        self.margin = 8 * scale if self.degradation.preset == "scanner" else 0
+        need = (patch_size + self.margin) * (2 if lower_mag_fraction > 0 else 1)
+        small = [im.shape[:2] for im in images if min(im.shape[:2]) < need]
         if small:
             raise DataError(
-                f"patch size {patch_size} is larger than {len(small)} training image(s), e.g. {small[0]}; "
+                f"training patches need {need} px (patch size {patch_size}"
+                + (", scanner margin, half magnification" if need > patch_size else "")
+                + f"), larger than {len(small)} training image(s), e.g. {small[0]}; "
                 "choose a smaller patch_size"
             )
         self.images = list(images)
@@ -148,16 +163,24 @@ class PatchSampler:
     def batch(self, step: int) -> PatchBatch:
         """The batch for global step `step` (deterministic)."""
         rng = np.random.default_rng([self.seed, step])
-        p = self.patch_size
+        p, s = self.patch_size, self.scale
+        scanner = self.degradation.preset == "scanner"
         hr = np.empty((self.batch_size, p, p, 3), np.float32)
         src = np.empty_like(hr)
+        lr = np.empty((self.batch_size, p // s, p // s, 3), np.float32) if scanner else None
         flags = np.zeros(self.batch_size, bool)
         c = self.corruption
         for i in range(self.batch_size):
             im = self.images[rng.integers(len(self.images))]
-            y = rng.integers(im.shape[0] - p + 1)
-            x = rng.integers(im.shape[1] - p + 1)
-            patch = im[y : y + p, x : x + p].astype(np.float32) / 255.0
+            zoom = (
+                2 if self.lower_mag_fraction > 0 and rng.random() < self.lower_mag_fraction else 1
+            )
+            side = (p + self.margin) * zoom
+            y = rng.integers(im.shape[0] - side + 1)
+            x = rng.integers(im.shape[1] - side + 1)
+            patch = im[y : y + side, x : x + side].astype(np.float32) / 255.0
+            if zoom > 1:  # half magnification: 2 x 2 area mean (40x -> 20x)
+                patch = patch.reshape(side // 2, 2, side // 2, 2, 3).mean(axis=(1, 3))
             if self.augment:
                 patch = np.rot90(patch, k=int(rng.integers(4)))
                 if rng.random() < 0.5:
@@ -165,14 +188,20 @@ class PatchSampler:
             clean = np.ascontiguousarray(patch)
             hit = c.kind != "none" and rng.random() < c.fraction
             flags[i] = hit
-            if hit:
-                bad = corrupt(clean, c.kind, c.strength, rng=rng)
-                hr[i] = bad
-                src[i] = bad if c.target == "pair" else clean
-            else:
-                hr[i] = src[i] = clean
+            bad = corrupt(clean, c.kind, c.strength, rng=rng) if hit else clean
+            target = bad
+            source = bad if c.target == "pair" else clean
+            if scanner:
+                draw = draw_scanner(self.degradation, s, rng)
+                lr_full = apply_scanner(source.astype(np.float64), s, draw, rng)
+                oy, ox = (int(v) for v in rng.integers(self.margin // s, size=2))
+                lr[i] = lr_full[oy : oy + p // s, ox : ox + p // s]
+                target = target[oy * s : oy * s + p, ox * s : ox * s + p]
+                source = source[oy * s : oy * s + p, ox * s : ox * s + p]
+            hr[i], src[i] = target, source
         return PatchBatch(
             hr=np.ascontiguousarray(hr.transpose(0, 3, 1, 2)),
             lr_source=np.ascontiguousarray(src.transpose(0, 3, 1, 2)),
             corrupted=flags,
+            lr=None if lr is None else np.ascontiguousarray(lr.transpose(0, 3, 1, 2)),
         )

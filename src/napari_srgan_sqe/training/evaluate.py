@@ -1,7 +1,11 @@
-"""Evaluation: D_s then SR on held-out HR images, scored against HR next to baselines.
+"""Evaluation: degradation then SR on held-out HR images, scored against HR next to
+baselines.
 
-Every method sees the same LR (the reference degradation of the HR image) and is
-scored with the same metrics, on the whole image. Bicubic is `models.blocks.bicubic_upscale`
+Every method sees the same LR and is scored with the same metrics, on the whole image.
+The LR is the degradation preset's (D_s for 'clean', the seeded scanner chain for
+'scanner'), optionally stored with a codec as a scanner's file would: JPEG at an IJG
+quality (YCbCr 4:2:0) or JPEG 2000 at a compression ratio. Several LR conditions are
+scored in one run; the bicubic baseline of each is computed from that same LR. Bicubic is `models.blocks.bicubic_upscale`
 (D_s's pixel centres, symmetric padding: the same as the `bicubic-x4` model), Lanczos is
 Pillow's.
 """
@@ -16,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_srgan_sqe.config import ConfigError
-from napari_srgan_sqe.degradation import degrade
+from napari_srgan_sqe.config import ConfigError, degradation_preset
+from napari_srgan_sqe.degradation import degrade_with
 from napari_srgan_sqe.io.atomic import atomic_path
+from napari_srgan_sqe.io.codecs import APERIO_J2K_RATIO, CODECS, code_image
 from napari_srgan_sqe.metrics import all_metrics
 from napari_srgan_sqe.models.blocks import bicubic_upscale  # re-exported for callers
 from napari_srgan_sqe.models.modelfile import SRModel, load_model
@@ -27,7 +32,38 @@ from napari_srgan_sqe.training.data import DataError, find_images, load_rgb
 
 METRICS = ("psnr", "ssim", "ms_ssim", "qilv", "rrmse")
 
-__all__ = ["EvalResult", "bicubic_upscale", "evaluate", "lanczos_upscale"]
+__all__ = ["EvalResult", "LRCondition", "bicubic_upscale", "evaluate", "lanczos_upscale"]
+
+
+@dataclass(frozen=True)
+class LRCondition:
+    """How the LR of an evaluation is stored: codec 'none', 'jpeg' (quality = IJG
+    quality 1-100) or 'jpeg2000' (quality = compression ratio, default Aperio's)."""
+
+    codec: str = "none"
+    quality: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown LR codec {self.codec!r}; choose {', '.join(CODECS)}")
+        if self.codec == "jpeg" and (self.quality is None or not 1 <= self.quality <= 100):
+            raise ConfigError(f"JPEG LR needs a quality in 1..100, got {self.quality}")
+        if self.codec == "jpeg2000" and self.quality is not None and self.quality <= 1:
+            raise ConfigError(f"JPEG 2000 LR needs a compression ratio above 1, got {self.quality}")
+        if self.codec == "none" and self.quality is not None:
+            raise ConfigError("lossless LR takes no quality")
+
+    @property
+    def label(self) -> str:
+        if self.codec == "none":
+            return "lossless"
+        if self.codec == "jpeg":
+            return f"jpeg-q{int(self.quality)}"
+        ratio = APERIO_J2K_RATIO if self.quality is None else self.quality
+        return f"jpeg2000-r{ratio:g}"
+
+    def apply(self, lr: np.ndarray) -> np.ndarray:
+        return code_image(lr, self.codec, self.quality)
 
 
 def lanczos_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
@@ -43,13 +79,26 @@ class EvalResult:
     """Per-image and mean metrics of every method."""
 
     rows: list[dict] = field(default_factory=list)
-    """One row per (image, method): image, method, and each metric."""
+    """One row per (LR condition, image, method): lr, image, method, and each metric."""
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        """Mean of each metric per method (MS-SSIM over the images large enough)."""
+    @property
+    def conditions(self) -> list[str]:
+        """The LR condition labels, in the order evaluated."""
+        return list(dict.fromkeys(r["lr"] for r in self.rows))
+
+    def summaries(self) -> dict[str, dict[str, dict[str, float]]]:
+        """`summary` of every LR condition, by label."""
+        return {c: self.summary(c) for c in self.conditions}
+
+    def summary(self, lr: str | None = None) -> dict[str, dict[str, float]]:
+        """Mean of each metric per method for one LR condition (default: the first),
+        MS-SSIM over the images large enough."""
+        conds = self.conditions
+        lr = lr if lr is not None else (conds[0] if conds else None)
         out: dict[str, dict[str, float]] = {}
-        for method in dict.fromkeys(r["method"] for r in self.rows):
-            rows = [r for r in self.rows if r["method"] == method]
+        mine = [r for r in self.rows if r["lr"] == lr]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            rows = [r for r in mine if r["method"] == method]
             out[method] = {
                 m: float(np.mean([r[m] for r in rows if r[m] is not None]))
                 for m in METRICS
@@ -58,16 +107,20 @@ class EvalResult:
         return out
 
     def table(self) -> str:
-        """A plain-text table of the summary, with PSNR gain over bicubic."""
-        s = self.summary()
-        base = s.get("bicubic", {}).get("psnr")
-        head = f"{'method':<28}" + "".join(f"{m:>9}" for m in METRICS) + f"{'dB vs bic':>11}"
-        lines = [head, "-" * len(head)]
-        for method, vals in s.items():
-            cells = "".join(f"{vals.get(m, float('nan')):>9.4f}" for m in METRICS)
-            gain = f"{vals['psnr'] - base:>+11.2f}" if base is not None else ""
-            lines.append(f"{method:<28}{cells}{gain}")
-        return "\n".join(lines)
+        """A plain-text table per LR condition, with PSNR gain over bicubic of that LR."""
+        blocks = []
+        for cond in self.conditions:
+            s = self.summary(cond)
+            base = s.get("bicubic", {}).get("psnr")
+            head = f"{'LR: ' + cond:<28}" + "".join(f"{m:>9}" for m in METRICS)
+            head += f"{'dB vs bic':>11}"
+            lines = [head, "-" * len(head)]
+            for method, vals in s.items():
+                cells = "".join(f"{vals.get(m, float('nan')):>9.4f}" for m in METRICS)
+                gain = f"{vals['psnr'] - base:>+11.2f}" if base is not None else ""
+                lines.append(f"{method:<28}{cells}{gain}")
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks)
 
     def write(self, out_dir: str | Path) -> tuple[Path, Path]:
         """Write rows as CSV and the summary as JSON (atomically)."""
@@ -75,12 +128,15 @@ class EvalResult:
         out.mkdir(parents=True, exist_ok=True)
         csv_path, json_path = out / "evaluation.csv", out / "evaluation.json"
         with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["image", "method", *METRICS])
+            writer = csv.DictWriter(f, fieldnames=["lr", "image", "method", *METRICS])
             writer.writeheader()
             writer.writerows(self.rows)
         with atomic_path(json_path) as tmp:
             Path(tmp).write_text(
-                json.dumps({"summary": self.summary(), "rows": self.rows}, indent=2)
+                json.dumps(
+                    {"summary": self.summary(), "by_lr": self.summaries(), "rows": self.rows},
+                    indent=2,
+                )
             )
         return csv_path, json_path
 
@@ -95,8 +151,21 @@ def evaluate(
     crops_dir: str | Path | None = None,
     crop_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
+    degradation: str = "clean",
+    lr_conditions: Sequence[LRCondition | tuple[str, float | None]] = (LRCondition(),),
+    seed: int = 0,
 ) -> EvalResult:
-    """Score models and baselines on HR images (folders or files) degraded by D_s."""
+    """Score models and baselines on HR images (folders or files).
+
+    LR = the `degradation` preset of the HR ('clean': D_s; 'scanner': the scanner
+    chain seeded by (seed, image index)), then stored as each of `lr_conditions`.
+    """
+    preset = degradation_preset(degradation)
+    conds = [c if isinstance(c, LRCondition) else LRCondition(*c) for c in lr_conditions]
+    if not conds:
+        raise ConfigError("no LR condition to evaluate")
+    if len({c.label for c in conds}) != len(conds):
+        raise ConfigError("the same LR condition was asked for twice")
     paths = find_images(data)
     if not paths:
         raise DataError(f"no images found in {', '.join(map(str, data))}")
@@ -123,15 +192,23 @@ def evaluate(
     for i, path in enumerate(paths):
         hr = load_rgb(path)
         hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
-        lr = degrade(hr, scale)
-        outputs = {name: up(lr) for name, up in upscalers.items()}
-        for name, sr in outputs.items():
-            vals = all_metrics(sr, hr)
-            result.rows.append(
-                {"image": path.name, "method": name, **{m: vals.get(m) for m in METRICS}}
-            )
-        if crops_dir is not None:
-            _save_crops(Path(crops_dir) / f"{path.stem}.png", lr, outputs, hr, scale, crop_size)
+        base_lr = degrade_with(hr, preset, scale, seed=[seed, i])
+        for cond in conds:
+            lr = cond.apply(base_lr)
+            outputs = {name: up(lr) for name, up in upscalers.items()}
+            for name, sr in outputs.items():
+                vals = all_metrics(sr, hr)
+                result.rows.append(
+                    {
+                        "lr": cond.label,
+                        "image": path.name,
+                        "method": name,
+                        **{m: vals.get(m) for m in METRICS},
+                    }
+                )
+            if crops_dir is not None:
+                stem = path.stem if len(conds) == 1 else f"{path.stem}_{cond.label}"
+                _save_crops(Path(crops_dir) / f"{stem}.png", lr, outputs, hr, scale, crop_size)
         if progress is not None:
             progress(i + 1, len(paths))
     return result

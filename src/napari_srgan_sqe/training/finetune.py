@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_srgan_sqe.config import ConfigError, FinetuneConfig
-from napari_srgan_sqe.degradation import degrade, degrade_torch
+from napari_srgan_sqe.config import ConfigError, DegradationConfig, FinetuneConfig
+from napari_srgan_sqe.degradation import degrade, degrade_torch, degrade_with
 from napari_srgan_sqe.io.errors import RegionError
 from napari_srgan_sqe.losses import GeneratorObjective
 from napari_srgan_sqe.metrics import psnr, ssim
@@ -297,13 +297,18 @@ def _train_step(
     mode: Mode,
     s: int,
     device: torch.device,
+    degradation: DegradationConfig | None = None,
+    seed: Sequence[int] = (0,),
 ) -> tuple[float, dict[str, float]]:
     """One Adam step; returns plain floats so no device tensor outlives it."""
     x, y = (torch.from_numpy(a).to(device) for a in batch)
     if mode == "self-supervised":
         # Pseudo-LR from the pseudo-HR crop of the LR region, on 8-bit levels like the
-        # real LR it stands in for.
-        x = degrade_torch(x, s, quantize=True)
+        # real LR it stands in for (and coded like it with the scanner preset).
+        if degradation is not None and degradation.preset == "scanner":
+            x = degrade_with(x, degradation, s, seed=seed)
+        else:
+            x = degrade_torch(x, s, quantize=True)
     total, terms = objective(gen(x), y)
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -349,7 +354,15 @@ def _run(
                 stopped = True
                 break
             loss, row_terms = _train_step(
-                gen, opt, objective, sample_batch(data, mode, cfg, s, step), mode, s, device
+                gen,
+                opt,
+                objective,
+                sample_batch(data, mode, cfg, s, step),
+                mode,
+                s,
+                device,
+                cfg.degradation,
+                (cfg.seed, step),
             )
             done = step
             elapsed = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from napari_srgan_sqe.config import FinetuneConfig
-from napari_srgan_sqe.degradation import degrade
+from napari_srgan_sqe.degradation import degrade_with
 from napari_srgan_sqe.io.errors import RegionError
 
 __all__ = [
@@ -190,7 +190,7 @@ def prepare(
     min_w, min_h = min_region_size(mode, cfg, s)
     data = RegionData([], [], [], np.zeros(len(regions)))
     for i, item in enumerate(regions):
-        lr_img, hr_img = _split_item(item, mode, s, i)
+        lr_img, hr_img = _split_item(item, mode, s, i, cfg)
         h, w = lr_img.shape[:2]
         if w < min_w or h < min_h:
             raise RegionError(
@@ -205,14 +205,17 @@ def prepare(
         else:
             data.targets.append(None)
             stripe = lr_img[: h - h % s, tw : w - (w - tw) % s]
-            data.val.append((degrade(stripe, s).astype(np.float32) / 255.0, stripe))
+            pseudo = degrade_with(stripe, cfg.degradation, s, seed=[cfg.seed, i])
+            data.val.append((pseudo.astype(np.float32) / 255.0, stripe))
         data.weights[i] = (h - p_in + 1) * (tw - p_in + 1)
     data.weights /= data.weights.sum()
     return data
 
 
-def _split_item(item: Any, mode: Mode, s: int, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(LR uint8, HR uint8 or None) of one region; D_s(HR) when the LR is None."""
+def _split_item(
+    item: Any, mode: Mode, s: int, i: int, cfg: FinetuneConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(LR uint8, HR uint8 or None) of one region; the preset's LR of HR when LR is None."""
     if mode == "self-supervised":
         if isinstance(item, tuple | list):
             raise RegionError("self-supervised mode takes LR regions, not (LR, HR) pairs")
@@ -224,7 +227,7 @@ def _split_item(item: Any, mode: Mode, s: int, i: int) -> tuple[np.ndarray, np.n
         : hr_img.shape[0] - hr_img.shape[0] % s, : hr_img.shape[1] - hr_img.shape[1] % s
     ]
     if item[0] is None:
-        return degrade(hr_img, s), hr_img
+        return degrade_with(hr_img, cfg.degradation, s, seed=[cfg.seed, i]), hr_img
     lr_img = _rgb8(np.asarray(item[0]))
     if lr_img.shape[:2] != (hr_img.shape[0] // s, hr_img.shape[1] // s):
         raise RegionError(

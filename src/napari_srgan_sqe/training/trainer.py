@@ -89,10 +89,14 @@ class Trainer:
             seed=cfg.seed,
             augment=cfg.augment,
             corruption=cfg.corruption,
+            degradation=cfg.degradation,
+            scale=cfg.model.scale,
+            lower_mag_fraction=cfg.lower_mag_fraction,
         )
         self.val_images = [
             _centre_crop(load_rgb(p), cfg.val_crop, cfg.model.scale) for p in self.val_paths
         ]
+        self.val_lr = [validation_lr(hr, cfg) for hr in self.val_images]
 
         torch.manual_seed(cfg.seed)
         loss = cfg.loss
@@ -204,11 +208,14 @@ class Trainer:
             loss.backward()
             self.opt_ae.step()
             return {"ae": loss.item()}
-        lr_img = degrade_torch(
-            torch.from_numpy(batch.lr_source).to(self.device),
-            self.cfg.model.scale,
-            quantize=self.cfg.quantize_lr,
-        )
+        if batch.lr is not None:  # made by the sampler (scanner preset)
+            lr_img = torch.from_numpy(batch.lr).to(self.device)
+        else:
+            lr_img = degrade_torch(
+                torch.from_numpy(batch.lr_source).to(self.device),
+                self.cfg.model.scale,
+                quantize=self.cfg.quantize_lr,
+            )
         self.G.train()
         if phase == "warmup":
             _set_lr(self.opt_g, self.cfg.warmup_lr)
@@ -263,8 +270,8 @@ class Trainer:
         model = copy.deepcopy(self.as_model(with_encoder=False))
         pred = Predictor(model, device=str(self.device), precision="fp32")
         rows = []
-        for hr in self.val_images:
-            sr = pred.predict_image(degrade(hr, self.cfg.model.scale))
+        for hr, lr in zip(self.val_images, self.val_lr, strict=True):
+            sr = pred.predict_image(lr)
             rows.append((psnr(sr, hr), ssim(sr, hr), qilv(sr, hr)))
         self.G.train()
         m = np.mean(rows, axis=0)
@@ -383,6 +390,7 @@ class Trainer:
         model = self.as_model(
             training_data=", ".join(p.name for p in self.train_paths)[:4000],
             steps=str(self.step),
+            degradation=self.cfg.degradation.preset,
             **provenance,
         )
         if self.step >= self.total:
@@ -436,6 +444,20 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 def _resolve(base: Path, p: str) -> Path:
     q = Path(p).expanduser()
     return q if q.is_absolute() else base / q
+
+
+VAL_JPEG_QUALITY = 75
+
+
+def validation_lr(hr: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """The fixed LR a run validates on: D_s of the HR crop, and for a run trained on the
+    scanner preset, D_s then JPEG at quality VAL_JPEG_QUALITY (YCbCr 4:2:0)."""
+    from napari_srgan_sqe.io.codecs import code_image
+
+    lr = degrade(hr, cfg.model.scale)
+    if cfg.degradation.preset == "scanner":
+        lr = code_image(lr, "jpeg", VAL_JPEG_QUALITY)
+    return lr
 
 
 def _centre_crop(img: np.ndarray, size: int, scale: int) -> np.ndarray:
