@@ -262,6 +262,7 @@ FULL_DISK = textwrap.dedent(
     import numpy as np
     from napari_srgan_sqe.io.pyramid import ExportError, write_ome_tiff, write_ome_zarr
     img = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    img[:256] = 0  # the zarr's first row of chunks fits (so it is kept, resumable)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
     resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
     for write, path, options in (

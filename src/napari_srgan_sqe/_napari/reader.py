@@ -74,11 +74,19 @@ def _image_accepts(parameter: str) -> bool:
 def slide_layer_data(slide: Any) -> list[LayerData]:
     """napari layer data of a `Slide`: multiscale when it has more than one level.
 
+    napari loads the whole coarsest level when zoomed out, so a slide whose coarsest
+    level is large (a 40000 x 40000 single-level TIFF) gets lazily computed block-mean
+    levels down to about 512 px (`slides.display_levels`): memory stays bounded. The
+    metadata's `downsamples` are those of the layer's levels; `file_levels` counts
+    the file's own (the first ones).
     The layer scale is the pixel size in um (with units "um" on napari >= 0.6), or 1
     when the file records none; the metadata keep mpp, path, format and the coding
     (`coding_metadata`: the Enhance widget shows it and picks its default model by it).
     """
-    multiscale = len(slide.levels) > 1
+    from napari_srgan_sqe.io.slides import display_levels, downsamples_of
+
+    levels = display_levels(list(slide.levels))
+    multiscale = len(levels) > 1
     mpp = slide.mpp
     meta: dict[str, Any] = {
         "name": layer_name(slide.path),
@@ -90,11 +98,16 @@ def slide_layer_data(slide: Any) -> list[LayerData]:
             "mpp": mpp,
             "path": str(slide.path),
             "slide_format": slide.format,
-            "downsamples": list(slide.downsamples),
+            "downsamples": (
+                list(slide.downsamples)
+                if len(levels) == len(slide.levels)
+                else downsamples_of([lvl.shape for lvl in levels])
+            ),
+            "file_levels": len(slide.levels),
             "coding": coding_metadata(getattr(slide, "coding", None)),
         },
     }
     if mpp and _image_accepts("units"):
         meta["units"] = ("um", "um")
-    data = list(slide.levels) if multiscale else slide.levels[0]
+    data = levels if multiscale else levels[0]
     return [(data, meta, "image")]

@@ -219,71 +219,81 @@ def enhance_slide(
     scale. `scheduler`: a dask.distributed address or Client to compute on.
     `progress(done, total)` after each written unit. `resume`: continue an
     interrupted export. `stats`: a dict filled with timings and counters.
+
+    The output is locked for the whole call (`io.pyramid.export_lock`, a lock file
+    `.NAME.lock` next to it): a second export to the same output, in this or another
+    process, fails at once with `ExportError` instead of mixing its pixels in.
     """
+    from napari_srgan_sqe.io.pyramid import export_lock
     from napari_srgan_sqe.io.slides import open_slide
     from napari_srgan_sqe.models.predictor import Predictor
 
     out = Path(output).expanduser()
     fmt = output_format(out)
     check_writable(out, overwrite=overwrite)
-    slide = None
-    if model is None:
-        slide = open_slide(input)
-        model, _ = default_model_for(slide.coding)
-    model = resolve_model(model)
-    check_scale(model, scale)
-    slide = slide if slide is not None else open_slide(input)
-    lr0 = slide.levels[0]
-    full = (int(lr0.shape[0]), int(lr0.shape[1]))
-    region = check_region(region if region is not None else (0, 0, full[1], full[0]), full)
-    x, y, w, h = region
-    predictor = Predictor(model, device=device, max_batch=batch or 16)
-    tile = tile or EXPORT_TILE
-    mask = None
-    if tissue_only:
-        mask = tissue_mask(slide.levels, slide.downsamples, region=region, tile=tile)
-    sr = super_resolve(
-        lr0,
-        model,
-        predictor=predictor,
-        tile=tile,
-        batch=batch,
-        cache_mb=64,
-        use_model=None if mask is None else TileMask(mask),
-        region=None if region == (0, 0, full[1], full[0]) else region,
-    )
-    level0 = sr[0]
-    t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        client = pre = None
-        if scheduler is not None:
-            level0, client, pre = _distributed_level0(
-                stack, scheduler, slide, sr, region, device, mask
-            )
-        chunk = writer_chunk(sr.tile * sr.scale, tiff=fmt == "tiff")
-        kwargs = {"mpp": _scaled_mpp(slide.mpp, sr.scale), "progress": progress, "resume": resume}
-        kwargs["overwrite"] = overwrite
-        kwargs["fingerprint"] = export_fingerprint(
-            model, slide, region=region, tile=tile, tissue_only=tissue_only, scale=sr.scale
+    with export_lock(out):  # another export to `out` is refused at once
+        slide = None
+        if model is None:
+            slide = open_slide(input)
+            model, _ = default_model_for(slide.coding)
+        model = resolve_model(model)
+        check_scale(model, scale)
+        slide = slide if slide is not None else open_slide(input)
+        lr0 = slide.levels[0]
+        full = (int(lr0.shape[0]), int(lr0.shape[1]))
+        region = check_region(region if region is not None else (0, 0, full[1], full[0]), full)
+        x, y, w, h = region
+        predictor = Predictor(model, device=device, max_batch=batch or 16)
+        tile = tile or EXPORT_TILE
+        mask = None
+        if tissue_only:
+            mask = tissue_mask(slide.levels, slide.downsamples, region=region, tile=tile)
+        sr = super_resolve(
+            lr0,
+            model,
+            predictor=predictor,
+            tile=tile,
+            batch=batch,
+            cache_mb=64,
+            use_model=None if mask is None else TileMask(mask),
+            region=None if region == (0, 0, full[1], full[0]) else region,
         )
-        if client is not None:  # the writer's own tasks stay in this process
-            import dask
+        level0 = sr[0]
+        t0 = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            client = pre = None
+            if scheduler is not None:
+                level0, client, pre = _distributed_level0(
+                    stack, scheduler, slide, sr, region, device, mask
+                )
+            chunk = writer_chunk(sr.tile * sr.scale, tiff=fmt == "tiff")
+            kwargs = {
+                "mpp": _scaled_mpp(slide.mpp, sr.scale),
+                "progress": progress,
+                "resume": resume,
+            }
+            kwargs["overwrite"] = overwrite
+            kwargs["fingerprint"] = export_fingerprint(
+                model, slide, region=region, tile=tile, tissue_only=tissue_only, scale=sr.scale
+            )
+            if client is not None:  # the writer's own tasks stay in this process
+                import dask
 
-            stack.enter_context(dask.config.set(scheduler="threads"))
-            kwargs["concurrency"] = _cluster_threads(client)
-        if fmt == "zarr":
-            from napari_srgan_sqe.io.pyramid import write_ome_zarr
+                stack.enter_context(dask.config.set(scheduler="threads"))
+                kwargs["concurrency"] = _cluster_threads(client)
+            if fmt == "zarr":
+                from napari_srgan_sqe.io.pyramid import write_ome_zarr
 
-            path = write_ome_zarr(level0, out, chunk=chunk, **kwargs)
-        else:
-            from napari_srgan_sqe.io.pyramid import write_ome_tiff
+                path = write_ome_zarr(level0, out, chunk=chunk, **kwargs)
+            else:
+                from napari_srgan_sqe.io.pyramid import write_ome_tiff
 
-            path = write_ome_tiff(level0, out, tile=chunk, **kwargs)
-    if stats is not None:
-        _fill_stats(stats, sr, time.perf_counter() - t0, mask)
-        stats["remote_chunks"] = pre.submitted if pre is not None else 0
-        stats["coding"] = str(getattr(slide, "coding", "unknown"))
-    return Path(path)
+                path = write_ome_tiff(level0, out, tile=chunk, **kwargs)
+        if stats is not None:
+            _fill_stats(stats, sr, time.perf_counter() - t0, mask)
+            stats["remote_chunks"] = pre.submitted if pre is not None else 0
+            stats["coding"] = str(getattr(slide, "coding", "unknown"))
+        return Path(path)
 
 
 def export_fingerprint(

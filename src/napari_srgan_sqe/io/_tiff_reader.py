@@ -3,6 +3,11 @@
 Pixels come from tifffile's zarr store (`TiffPageSeries.aszarr()`, zarr v2 metadata
 served to zarr 3), opened as a group for pyramids; each level is wrapped so that dask
 chunks cover whole TIFF tiles (or strips) and the graph pickles by path.
+
+Untiled pages are read strip by strip, and reading any pixel of a strip decodes all of
+it: a page whose one strip needs more than `MAX_STRIP_BYTES` to decode (a 30000 x
+30000 image stored as a single strip) is refused at open, as Pillow refuses
+decompression bombs for PNG / JPEG, with advice to convert it to a tiled pyramid.
 """
 
 from __future__ import annotations
@@ -133,6 +138,29 @@ def _tile(page: Any) -> tuple[int, int]:
     return int(min(page.rowsperstrip or page.imagelength, page.imagelength)), int(page.imagewidth)
 
 
+MAX_STRIP_BYTES = 512 * 2**20
+"""Largest decoded size of one strip of an untiled page that is read (512 MiB, about
+Pillow's decompression-bomb limit for an RGB image); larger strips are refused."""
+
+
+def strip_problem(page: Any) -> str | None:
+    """Why an untiled page cannot be read in bounded memory (its strips are too big), or None."""
+    if page.is_tiled:
+        return None
+    rows, width = _tile(page)
+    samples = int(page.samplesperpixel) if int(page.planarconfig) == 1 else 1  # contig
+    nbytes = rows * width * samples * np.dtype(page.dtype).itemsize
+    if nbytes <= MAX_STRIP_BYTES:
+        return None
+    what = "a single strip" if rows >= int(page.imagelength) else f"strips of {rows} rows"
+    return (
+        f"the untiled {page.imagewidth} x {page.imagelength} image is stored as {what}, "
+        f"{nbytes / 2**20:,.0f} MiB to decode for any read (limit {MAX_STRIP_BYTES / 2**20:,.0f} "
+        "MiB); convert it to a tiled pyramidal TIFF to read it in tiles, e.g. "
+        "`vips tiffsave in.tif out.tif --tile --pyramid --compression deflate`"
+    )
+
+
 _JPEG_COMPRESSIONS = frozenset({6, 7, 34892})  # OJPEG, JPEG, lossy JPEG
 
 
@@ -190,6 +218,11 @@ def open_tiff(path: Path, *, chunk: int) -> Slide:
     axes = series.axes
     channel_sizes = [n for ax, n in zip(axes, series.shape) if ax in "CS" and n > 1]
     check_convertible(path, series.dtype, channel_sizes[0] if channel_sizes else 1)
+
+    for lev in series.levels:
+        problem = strip_problem(lev.keyframe)
+        if problem:
+            raise SlideError(path, problem)
 
     levels = []
     for i, lev in enumerate(series.levels):

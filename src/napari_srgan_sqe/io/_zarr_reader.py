@@ -3,6 +3,12 @@
 Axes may come in any order ("cyx", "yxc", "tczyx" ...); axes other than c, y, x must
 have size 1. The pixel size is the x scale of level 0 (dataset and multiscale
 `coordinateTransformations` multiplied) when the x axis has a length unit.
+
+A level named in the metadata but absent from the store is refused at open
+(`SlideError` naming it). A missing chunk cannot be told from one left out on
+purpose: zarr stores no chunk that equals the fill value (`write_empty_chunks` is
+off by default) and reads an absent chunk as the fill value, with no hook to tell
+the two apart, so a lost chunk reads as the fill value (black for 0) without error.
 """
 
 from __future__ import annotations
@@ -174,7 +180,19 @@ def open_ome_zarr(path: Path, *, chunk: int) -> Slide:
     group, ms = found
     prefix = f"{group.path}/" if group.path else ""
     datasets = [d["path"] for d in ms["datasets"]]
-    arrays = [group[name] for name in datasets]
+    arrays = []
+    for i, name in enumerate(datasets):
+        try:
+            arr = group[name]
+        except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
+            raise SlideError(
+                path,
+                f"level {i} is missing: its array '{prefix}{name}' named in the NGFF "
+                f"metadata is not in the store (a folder deleted or not copied?)",
+            ) from exc
+        if not isinstance(arr, zarr.Array):
+            raise SlideError(path, f"level {i} ('{prefix}{name}') is a group, not an array")
+        arrays.append(arr)
     ndim = arrays[0].ndim
     letters, units = _axis_letters(ms.get("axes"), ndim)
     channel_sizes = [n for ax, n in zip(letters, arrays[0].shape) if ax == "C" and n > 1]

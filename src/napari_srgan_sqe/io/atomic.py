@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import re
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "remove_path"]
+__all__ = ["atomic_path", "file_lock", "remove_path", "remove_stale_temporaries"]
+
+log = logging.getLogger(__name__)
 
 
 def remove_path(path: Path) -> None:
@@ -84,3 +89,104 @@ def _replace_dir(tmp: Path, final: Path, token: str) -> None:
         os.replace(old, final)  # put the previous version back
         raise
     remove_path(old)
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove what an `atomic_path(path)` killed mid-write left: its hidden temporary
+    siblings, and a previous version set aside by a directory swap when `path` exists.
+
+    Only safe while no live process writes `path`: call it holding `file_lock` on it.
+    Returns the paths removed.
+    """
+    final = Path(path)
+    if not final.parent.is_dir():
+        return []
+    tmp = re.compile(rf"\.{re.escape(final.stem)}\.[0-9a-f]{{8}}\.tmp{re.escape(final.suffix)}")
+    old = re.compile(rf"\.{re.escape(final.name)}\.[0-9a-f]{{8}}\.old")
+    removed = []
+    for entry in final.parent.iterdir():
+        if tmp.fullmatch(entry.name) or (final.exists() and old.fullmatch(entry.name)):
+            remove_path(entry)
+            removed.append(entry)
+    if removed:
+        log.info("removed what an interrupted write of %s left: %s", final, removed)
+    return removed
+
+
+_HELD: dict[str, list[int]] = {}  # lock file -> [owning thread id, depth]
+_HELD_GUARD = threading.Lock()
+_NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+@contextlib.contextmanager
+def file_lock(lock: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive OS lock on the file `lock` (created, and removed on release).
+
+    Raises `BlockingIOError` at once when another process, or another thread of this
+    one, holds it; the thread holding it may take it again (nested). The lock is
+    `fcntl.flock`, which the OS releases when the holder dies, so a killed process
+    never leaves a stale lock (a leftover lock file is just reused). On file systems
+    without flock support, and on Windows, nothing is locked (a warning is logged).
+    """
+    lock = Path(lock)
+    key = str(lock.parent.resolve() / lock.name)
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        entry = _HELD.get(key)
+        if entry is not None and entry[0] != me:
+            raise BlockingIOError(errno.EWOULDBLOCK, "held by another thread of this process", key)
+        if entry is not None:
+            entry[1] += 1
+    if entry is not None:  # nested in this thread
+        try:
+            yield lock
+        finally:
+            with _HELD_GUARD:
+                entry[1] -= 1
+        return
+    fd = _acquire(lock)
+    with _HELD_GUARD:
+        _HELD[key] = [me, 1]
+    try:
+        yield lock
+    finally:
+        with _HELD_GUARD:
+            _HELD.pop(key, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                lock.unlink()  # still holding it: a waiter retries on a new file
+            os.close(fd)
+
+
+def _acquire(lock: Path) -> int | None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: msvcrt.locking cannot lock a file we then unlink
+        log.warning("%s: output locking is not supported on this system", lock)
+        return None
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BlockingIOError(
+                    errno.EWOULDBLOCK, "locked by another process", str(lock)
+                ) from None
+            if exc.errno in _NO_LOCKING:
+                log.warning("%s: the file system does not support locking (%s)", lock, exc)
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+                return None
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)  # the holder removed this file as we locked it: lock the new one

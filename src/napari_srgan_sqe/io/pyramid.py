@@ -24,6 +24,7 @@ by tile into a temporary file that is renamed over the target only when complete
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -44,12 +45,20 @@ import tifffile
 import zarr
 
 from napari_srgan_sqe.io._formats import INCOMPLETE_MARKER, looks_like_zarr
-from napari_srgan_sqe.io.atomic import _fsync, _replace_dir, atomic_path, remove_path
+from napari_srgan_sqe.io.atomic import (
+    _fsync,
+    _replace_dir,
+    atomic_path,
+    file_lock,
+    remove_path,
+    remove_stale_temporaries,
+)
 
 __all__ = [
     "DEFAULT_COMPRESSOR",
     "INCOMPLETE_MARKER",
     "ExportError",
+    "export_lock",
     "write_ome_tiff",
     "write_ome_zarr",
 ]
@@ -68,6 +77,52 @@ class ExportError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of an export to `path`: hidden, next to it (`.NAME.lock`)."""
+    final = Path(path)
+    return final.with_name(f".{final.name.rstrip('/')}.lock")
+
+
+@contextlib.contextmanager
+def export_lock(path: str | Path) -> Iterator[None]:
+    """Hold the lock of the export to `path` (see `atomic.file_lock`): another export to
+    the same path, in this or another process, is refused at once with `ExportError`.
+
+    Removes what a killed export to `path` left (hidden temporary files), which is
+    safe once the lock is held. Nothing is locked when the folder does not exist (the
+    writer then says so).
+    """
+    final = Path(path)
+    if not final.parent.is_dir():
+        yield
+        return
+    lock = lock_path(final)
+    try:
+        with file_lock(lock):
+            remove_stale_temporaries(final)
+            yield
+    except BlockingIOError as exc:
+        if exc.filename not in (str(lock), str(lock.parent.resolve() / lock.name)):
+            raise
+        raise ExportError(
+            errno.EBUSY,
+            f"cannot write {final}: another export is writing it right now (its lock "
+            f"{lock} is held); wait for it to finish or choose another output",
+            str(final),
+        ) from None
+
+
+def _discard_if_empty(root: Path) -> bool:
+    """Remove the zarr folder `root` of a failed export that recorded no unit yet (an
+    empty `.incomplete` folder); keep it when units exist (resumable). True if removed."""
+    marker = root / INCOMPLETE_MARKER
+    with contextlib.suppress(OSError):
+        if marker.is_file() and not _read_record(marker)[1]:
+            remove_path(root)
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -221,6 +276,7 @@ def _write_levels(
     elif marker.exists():
         remove_path(root)
     if not root.exists():
+        remove_stale_temporaries(root)  # the callers hold the export's lock
         with atomic_path(root) as tmp:  # the marker exists from the first moment
             group = zarr.open_group(tmp, mode="w", zarr_format=2)
             for i, (h, w) in enumerate(pyr.shapes):
@@ -356,9 +412,41 @@ def write_ome_zarr(
     hidden sibling `.NAME.overwrite.zarr` (resumable) and swapped in only when
     complete, so a failure keeps the old export. `concurrency`: units computed
     at once (default: CPU count; with a dask.distributed client, on its workers).
-    Raises `ExportError` (an OSError) naming the path when writing fails.
+    Raises `ExportError` (an OSError) naming the path when writing fails, or when
+    another export writes `path` at the same time (`export_lock`). A failure before
+    any unit was written removes the (empty) partial output.
     """
     root = Path(path)
+    with export_lock(root):
+        return _write_ome_zarr(
+            levels,
+            root,
+            mpp=mpp,
+            chunk=chunk,
+            n_levels=n_levels,
+            progress=progress,
+            resume=resume,
+            overwrite=overwrite,
+            compressor=compressor,
+            concurrency=concurrency,
+            fingerprint=fingerprint,
+        )
+
+
+def _write_ome_zarr(
+    levels: Any,
+    root: Path,
+    *,
+    mpp: float | None,
+    chunk: int,
+    n_levels: int | None,
+    progress: Progress | None,
+    resume: bool,
+    overwrite: bool,
+    compressor: Any,
+    concurrency: int | None,
+    fingerprint: str | None,
+) -> Path:
     _check_target(root, overwrite=overwrite)
     pyr = _pyramid(levels, chunk=chunk, n_levels=n_levels)
     replace = root.exists() and not (root / INCOMPLETE_MARKER).exists()
@@ -383,8 +471,10 @@ def write_ome_zarr(
             _replace_dir(target, root, uuid.uuid4().hex[:8])
             _fsync(root.parent)
     except ExportError:
+        _discard_if_empty(target)
         raise
     except OSError as exc:
+        _discard_if_empty(target)
         if replace:
             note = f"; the previous export is kept; intermediate data are in {target} to resume"
         elif root.exists():
@@ -392,6 +482,9 @@ def write_ome_zarr(
         else:
             note = ""
         raise _export_error(exc, root, note) from exc
+    except BaseException:  # the input failed (SlideError ...), or an interrupt
+        _discard_if_empty(target)
+        raise
     return root
 
 
@@ -427,9 +520,42 @@ def write_ome_tiff(
     and `compression` a tifffile codec name ("zlib", "lzw", "zstd", None ...). Progress
     counts the staging units, then the TIFF tiles. Nothing appears under `path` until
     the file is complete; an interrupted call leaves a hidden `.NAME.partial.zarr`
-    next to it, which the same call resumes and removes when done.
+    next to it, which the same call resumes and removes when done (or removed at once
+    when the call failed before any unit was staged). Another export to `path` at the
+    same time is refused (`export_lock`); hidden temporary files that a killed export
+    left next to `path` are removed.
     """
     final = Path(path)
+    with export_lock(final):
+        return _write_ome_tiff(
+            levels,
+            final,
+            mpp=mpp,
+            tile=tile,
+            n_levels=n_levels,
+            compression=compression,
+            progress=progress,
+            resume=resume,
+            overwrite=overwrite,
+            concurrency=concurrency,
+            fingerprint=fingerprint,
+        )
+
+
+def _write_ome_tiff(
+    levels: Any,
+    final: Path,
+    *,
+    mpp: float | None,
+    tile: int,
+    n_levels: int | None,
+    compression: str | None,
+    progress: Progress | None,
+    resume: bool,
+    overwrite: bool,
+    concurrency: int | None,
+    fingerprint: str | None,
+) -> Path:
     if tile % 16:
         raise ValueError(f"tile must be a multiple of 16, got {tile}")
     if final.exists() and not overwrite:
@@ -466,8 +592,12 @@ def write_ome_tiff(
                 group, pyr, tmp, name=name, tile=tile, mpp=mpp, compression=compression, tick=tick
             )
     except OSError as exc:
+        _discard_if_empty(staging)
         note = f"; intermediate data are kept in {staging} to resume" if staging.exists() else ""
         raise _export_error(exc, final, note) from exc
+    except BaseException:  # the input failed (SlideError ...), or an interrupt
+        _discard_if_empty(staging)
+        raise
     remove_path(staging)
     return final
 

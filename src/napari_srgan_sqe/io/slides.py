@@ -300,6 +300,75 @@ def _normalise_key(key: Any, shape: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(out)
 
 
+# --- display pyramid -----------------------------------------------------------------
+
+DISPLAY_MAX_SIDE = 4096
+"""A viewer loads the whole coarsest level of an image when zoomed out: when the
+coarsest level of a slide has a side longer than this, `display_levels` adds levels."""
+
+DISPLAY_SMALLEST = 512
+"""`display_levels` adds levels until the coarsest has no side longer than this."""
+
+
+def display_levels(
+    levels: list[Any],
+    *,
+    max_side: int = DISPLAY_MAX_SIDE,
+    smallest: int = DISPLAY_SMALLEST,
+    chunk: int = DEFAULT_CHUNK,
+) -> list[Any]:
+    """`levels` (y, x, 3) uint8 dask arrays, finest first, extended for display.
+
+    If the coarsest level has a side longer than `max_side`, lazily computed levels are
+    appended, each the block mean (rounded) of the coarsest given level over 2 x 2,
+    4 x 4, ... pixels, until the coarsest has no side longer than `smallest`. Each
+    chunk of a new level is reduced from whole chunks of the source level one at a
+    time, so computing even the smallest level reads the source chunk by chunk, never
+    all at once. Nothing is read here. `Slide.levels` stay the file's own levels.
+    """
+    levels = list(levels)
+    base = levels[-1]
+    if max(base.shape[:2]) <= max_side:
+        return levels
+    factor = 2
+    while min(base.shape[:2]) // factor >= 1:
+        level = block_mean(base, factor, chunk=chunk)
+        levels.append(level)
+        if max(level.shape[:2]) <= smallest:
+            break
+        factor *= 2
+    return levels
+
+
+def _mean_block(block: np.ndarray, factor: int) -> np.ndarray:
+    h, w = block.shape[0] // factor, block.shape[1] // factor
+    view = block.reshape(h, factor, w, factor, block.shape[2])
+    n = factor * factor
+    total = view.sum(axis=(1, 3), dtype=np.uint32 if n <= 1 << 16 else np.uint64)
+    return ((total + n // 2) // n).astype(np.uint8)
+
+
+def block_mean(arr: Any, factor: int, *, chunk: int = DEFAULT_CHUNK) -> Any:
+    """A (y, x, 3) uint8 dask array reduced by the rounded mean of `factor` x `factor`
+    blocks (the remainder rows and columns dropped), lazily, in `chunk`-pixel chunks."""
+    h, w = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
+    arr = arr[:h, :w]
+
+    def multiple(chunks: tuple[int, ...]) -> int:
+        c = max(chunks)
+        return c if c % factor == 0 else factor * max(1, round(c / factor))
+
+    arr = arr.rechunk((multiple(arr.chunks[0]), multiple(arr.chunks[1]), -1))
+    out = arr.map_blocks(
+        _mean_block,
+        factor,
+        dtype=np.uint8,
+        chunks=tuple(tuple(c // factor for c in cs) for cs in arr.chunks[:2]) + (arr.chunks[2],),
+        meta=np.empty((0, 0, 0), np.uint8),
+    )
+    return out.rechunk((chunk, chunk, -1))
+
+
 # --- conversion rules ---------------------------------------------------------------
 
 
