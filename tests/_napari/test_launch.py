@@ -49,3 +49,27 @@ def test_show_slide_and_dock_widgets(make_napari_viewer, cmu_svs: Path) -> None:
     assert layer.rgb and tuple(layer.scale) == pytest.approx((0.499, 0.499))
     docked = dock_widgets(viewer, names=("Compare", "No such widget"))
     assert set(docked) <= {"Compare"}  # a missing widget is logged, not raised
+
+
+def test_view_starts_with_lr_simulated_as_a_scanner_stores_it(viewer, qtbot, errors) -> None:
+    """`srgan-sqe view` on the sample: LR simulated with the scanner degradation by
+    default (clean on request), and the model the widget pairs with that preset."""
+    from napari_srgan_sqe._napari import _layers
+    from napari_srgan_sqe._napari.launch import _start_enhance
+    from napari_srgan_sqe.io.sample import sample_slide_path
+
+    layer = show_slide(viewer, open_slide(sample_slide_path()))
+    widget = dock_widgets(viewer, names=("Enhance",))["Enhance"]
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    _start_enhance(widget, layer, simulate_lr=True)
+    qtbot.waitUntil(lambda: any(_layers.pyramid_of(x) for x in viewer.layers), timeout=60000)
+    assert widget.simulate_preset == "scanner"
+    sr = next(x for x in viewer.layers if _layers.pyramid_of(x))
+    assert _layers.pyramid_of(sr).model.name == "srgan-sqe-he-x4"
+    assert _layers.find_pair(viewer.layers, sr).lr.name.endswith("(simulated 4x, scanner)")
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    _start_enhance(widget, layer, simulate_lr=True, degradation="clean")
+    qtbot.waitUntil(lambda: _layers.pyramid_of(sr).model.name == "srgan-sqe-he-x4-clean",
+                    timeout=60000)  # fmt: skip
+    assert widget.simulate_preset == "clean"
+    assert errors() == []

@@ -61,10 +61,12 @@ def dock_widgets(viewer: Any, names: tuple[str, ...] = WIDGETS) -> dict[str, Any
     return docked
 
 
-def _start_enhance(widget: Any, layer: Any, *, simulate_lr: bool) -> None:
+def _start_enhance(
+    widget: Any, layer: Any, *, simulate_lr: bool, degradation: str = "scanner"
+) -> None:
     try:
         if simulate_lr:
-            widget.enhance(simulate_from=layer)
+            widget.enhance(simulate_from=layer, degradation=degradation)
         else:
             widget.enhance(layer)
     except Exception as exc:
@@ -72,7 +74,11 @@ def _start_enhance(widget: Any, layer: Any, *, simulate_lr: bool) -> None:
 
 
 def launch_viewer(
-    path: Any = None, *, simulate_lr: bool | None = None, enhance: bool = True
+    path: Any = None,
+    *,
+    simulate_lr: bool | None = None,
+    enhance: bool = True,
+    degradation: str = "scanner",
 ) -> int:
     """Open napari with the slide at `path` (default: the sample) and run it; return 0.
 
@@ -81,6 +87,8 @@ def launch_viewer(
     `simulate_lr`: treat the slide as HR and super-resolve LR simulated from it (so
     the Compare widget can measure against HR); by default on for the sample, so
     the LR | SR | HR comparison is there on first sight, and off for a user's slide.
+    `degradation`: how that LR is simulated: 'scanner' (as a scanner stores a slide:
+    blur, noise, JPEG / JPEG 2000; the default) or 'clean' (the reference D_s).
     `enhance`: start the lazy SR layer at once with the default model (the Enhance
     widget's: chosen by the slide's coding, or by the simulated degradation). Raises
     `SlideError` for an unreadable slide and `NoDisplayError` without a display, both
@@ -104,6 +112,6 @@ def launch_viewer(
     layer = show_slide(viewer, slide)
     widgets = dock_widgets(viewer)
     if enhance and "Enhance" in widgets:
-        _start_enhance(widgets["Enhance"], layer, simulate_lr=simulate_lr)
+        _start_enhance(widgets["Enhance"], layer, simulate_lr=simulate_lr, degradation=degradation)
     napari.run()
     return 0

@@ -34,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="super-resolve the slide itself (default for a slide you name)",
     )
     parser.add_argument(
+        "--degradation",
+        choices=("scanner", "clean"),
+        default="scanner",
+        help="how simulated LR is made: scanner (blur, noise and JPEG / JPEG 2000 coding, "
+        "as a scanner stores a slide; the default) or clean (the reference D_s)",
+    )
+    parser.add_argument(
         "--no-enhance",
         dest="enhance",
         action="store_false",
@@ -51,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{slide.path.name}: {coding_text(slide.coding)}")
     simulate_lr = args.path is None if args.simulate_lr is None else args.simulate_lr
     try:
-        return launch_viewer(slide, simulate_lr=simulate_lr, enhance=args.enhance)
+        return launch_viewer(
+            slide, simulate_lr=simulate_lr, enhance=args.enhance, degradation=args.degradation
+        )
     except NoDisplayError as exc:
         raise UserError(str(exc)) from None
