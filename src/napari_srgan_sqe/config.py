@@ -11,7 +11,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AutoencoderConfig",
@@ -265,6 +273,13 @@ class DegradationConfig(_Strict):
         return self
 
 
+Degradation = Annotated[
+    DegradationConfig,
+    BeforeValidator(lambda v: {"preset": v} if isinstance(v, str) else v),
+]
+"""A DegradationConfig field that also accepts a bare preset name ("scanner")."""
+
+
 def degradation_preset(name: str | DegradationConfig) -> DegradationConfig:
     """The named degradation preset ('clean' or 'scanner'); a config passes through."""
     if isinstance(name, DegradationConfig):
@@ -319,7 +334,7 @@ class TrainConfig(_Strict):
     out_dir: str = "runs/default"
     augment: bool = True
     """Random flips and 90-degree rotations of training patches."""
-    degradation: DegradationConfig = Field(default_factory=DegradationConfig)
+    degradation: Degradation = Field(default_factory=DegradationConfig)
     """How training LR is made: `{"preset": "clean"}` (D_s, the default) or
     `{"preset": "scanner"}` (blur, noise and JPEG / JPEG 2000 coding drawn per patch);
     a bare preset name is accepted too."""
@@ -341,11 +356,6 @@ class TrainConfig(_Strict):
     The architecture must match. Optimizers and the step counter start fresh, so
     set `ae_steps` (and `warmup_steps`) to 0 when the checkpoint already covers them.
     Relative paths are resolved against the config file's folder."""
-
-    @field_validator("degradation", mode="before")
-    @classmethod
-    def _preset_name(cls, v: Any) -> Any:
-        return {"preset": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _patch_divisible(self) -> TrainConfig:
@@ -393,15 +403,10 @@ class FinetuneConfig(_Strict):
     """Validate on the held-out stripes every this many steps (and after the last)."""
     max_minutes: float | None = Field(None, gt=0.0)
     """Stop after this many minutes even if steps remain (the best state is kept)."""
-    degradation: DegradationConfig = Field(default_factory=DegradationConfig)
+    degradation: Degradation = Field(default_factory=DegradationConfig)
     """How pseudo-LR is made from the pseudo-HR in self-supervised mode (and LR from HR
     in paired mode when no LR is given): 'clean' (D_s) or 'scanner' (as a scanner codes
     its slides: use it for JPEG / JPEG 2000 slides). A bare preset name is accepted."""
-
-    @field_validator("degradation", mode="before")
-    @classmethod
-    def _preset_name(cls, v: Any) -> Any:
-        return {"preset": v} if isinstance(v, str) else v
 
 
 def load_config(path: str | Path, cls: type[BaseModel] = TrainConfig) -> Any:

@@ -47,14 +47,6 @@ def layer_name(path: str | Path) -> str:
 
 def coding_metadata(coding: Any) -> dict[str, Any]:
     """A `SlideCoding` as plain layer metadata: codec, quality, detail, lossy, text."""
-    if coding is None:
-        return {
-            "codec": "unknown",
-            "quality": None,
-            "detail": "",
-            "lossy": False,
-            "text": "unknown",
-        }
     return {
         "codec": coding.codec,
         "quality": coding.quality,
@@ -104,7 +96,7 @@ def slide_layer_data(slide: Any) -> list[LayerData]:
                 else downsamples_of([lvl.shape for lvl in levels])
             ),
             "file_levels": len(slide.levels),
-            "coding": coding_metadata(getattr(slide, "coding", None)),
+            "coding": coding_metadata(slide.coding),
         },
     }
     if mpp and _image_accepts("units"):

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     stats: dict = {}
     try:
         path = enhance_slide(
-            args.input,
+            slide,
             args.output,
             model=model,
             device=args.device,

@@ -108,17 +108,14 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     mode = "paired" if args.hr is not None else "self-supervised"
     slide = open_slide(args.slide)
-    codec = getattr(slide, "codec", "unknown")
-    lossy = codec in ("jpeg", "jpeg2000")
-    degradation = args.degradation or ("scanner" if lossy else "clean")
+    degradation = args.degradation or ("scanner" if slide.coding.lossy else "clean")
     cfg = _config(args, mode, degradation)
-    model_name = args.model or model_for_coding(codec)
+    model_name = args.model or model_for_coding(slide.codec)
     model = load_model(model_name)
     if model.variant == "bicubic":
         raise UserError(f"{model_name} is the bicubic baseline; it has no weights to fine-tune")
     if mode == "self-supervised":
-        coding = getattr(slide, "coding", None)
-        print(f"input stored as {coding or codec}: model {model.name}, pseudo-LR {degradation}")
+        print(f"input stored as {slide.coding}: model {model.name}, pseudo-LR {degradation}")
     hr = open_slide(args.hr) if args.hr is not None else None
     regions = cut_regions(slide, args.region, hr=hr, scale=model.scale, config=cfg)
     rects = [dict(zip("xywh", r, strict=True)) for r in args.region]

@@ -10,8 +10,6 @@ resumed run takes again).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import threading
 from pathlib import Path
 
@@ -64,49 +62,11 @@ def run_files(out_dir: Path) -> list[Path]:
     return [out_dir / name for name in (CHECKPOINT, LOG, MODEL) if (out_dir / name).exists()]
 
 
-def checkpoint_step(out_dir: Path) -> int:
-    """The step of `out_dir`'s checkpoint (from its metadata only); 0 without one."""
-    from napari_srgan_sqe.io.checkpoints import CheckpointError, read_safetensors_metadata
-    from napari_srgan_sqe.training.trainer import CHECKPOINT
-
-    path = out_dir / CHECKPOINT
-    if not path.exists():
-        return 0
-    meta = read_safetensors_metadata(path)
-    try:
-        return int(meta["step"])
-    except (KeyError, ValueError):
-        raise CheckpointError(f"{path}: not a training checkpoint (no step in metadata)") from None
-
-
-def trim_log(path: Path, step: int) -> int:
-    """Drop the records of the log `path` after `step` (and unreadable lines, such as
-    one cut short by a kill), rewriting it atomically; returns how many were dropped."""
-    if not path.exists():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-            keep = int(record["step"]) <= step
-        except (ValueError, TypeError, KeyError):
-            keep = False
-        if keep:
-            kept.append(line + "\n")
-        else:
-            dropped += 1
-    if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
-    return dropped
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_srgan_sqe.config import TrainConfig, load_config
-    from napari_srgan_sqe.training.trainer import LOG, Trainer
+    from napari_srgan_sqe.training.trainer import Trainer
 
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite starts it again: give one")
@@ -129,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         for path in existing:
             path.unlink()
-    elif args.resume:
-        trim_log(trainer.out_dir / LOG, checkpoint_step(trainer.out_dir))
     stop = threading.Event()
     _stop_on_signals(stop)
     bar = tqdm(total=trainer.total, unit="step", dynamic_ncols=True)

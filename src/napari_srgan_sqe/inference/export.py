@@ -194,7 +194,7 @@ def default_model_for(coding: Any) -> tuple[str, str]:
 
 
 def enhance_slide(
-    input: str | os.PathLike[str],
+    input: str | os.PathLike[str] | Any,
     output: str | os.PathLike[str],
     *,
     model: Any = None,
@@ -212,7 +212,8 @@ def enhance_slide(
 ) -> Path:
     """Super-resolve the slide `input` and write the pyramid to `output`.
 
-    The format follows the extension (.zarr / .ome.zarr, .tif / .tiff / .ome.tif).
+    `input`: a path, or a `Slide` already opened. The format follows the extension
+    (.zarr / .ome.zarr, .tif / .tiff / .ome.tif).
     `model`: an SRModel, a bundled name or a .safetensors path; None chooses by the
     slide's coding (`default_model_for`: the clean model for losslessly stored
     input, the scanner model for JPEG / JPEG 2000 or unknown coding). `region`: (x, y, w, h) in LR level-0 px. `scale`: refuse a model of another
@@ -225,20 +226,16 @@ def enhance_slide(
     process, fails at once with `ExportError` instead of mixing its pixels in.
     """
     from napari_srgan_sqe.io.pyramid import export_lock
-    from napari_srgan_sqe.io.slides import open_slide
+    from napari_srgan_sqe.io.slides import Slide, open_slide
     from napari_srgan_sqe.models.predictor import Predictor
 
     out = Path(output).expanduser()
     fmt = output_format(out)
     check_writable(out, overwrite=overwrite)
     with export_lock(out):  # another export to `out` is refused at once
-        slide = None
-        if model is None:
-            slide = open_slide(input)
-            model, _ = default_model_for(slide.coding)
-        model = resolve_model(model)
+        slide = input if isinstance(input, Slide) else open_slide(input)
+        model = resolve_model(model if model is not None else default_model_for(slide.coding)[0])
         check_scale(model, scale)
-        slide = slide if slide is not None else open_slide(input)
         lr0 = slide.levels[0]
         full = (int(lr0.shape[0]), int(lr0.shape[1]))
         region = check_region(region if region is not None else (0, 0, full[1], full[0]), full)
@@ -271,11 +268,11 @@ def enhance_slide(
                 "mpp": _scaled_mpp(slide.mpp, sr.scale),
                 "progress": progress,
                 "resume": resume,
+                "overwrite": overwrite,
+                "fingerprint": export_fingerprint(
+                    model, slide, region=region, tile=tile, tissue_only=tissue_only, scale=sr.scale
+                ),
             }
-            kwargs["overwrite"] = overwrite
-            kwargs["fingerprint"] = export_fingerprint(
-                model, slide, region=region, tile=tile, tissue_only=tissue_only, scale=sr.scale
-            )
             if client is not None:  # the writer's own tasks stay in this process
                 import dask
 
@@ -292,7 +289,7 @@ def enhance_slide(
         if stats is not None:
             _fill_stats(stats, sr, time.perf_counter() - t0, mask)
             stats["remote_chunks"] = pre.submitted if pre is not None else 0
-            stats["coding"] = str(getattr(slide, "coding", "unknown"))
+            stats["coding"] = str(slide.coding)
         return Path(path)
 
 

@@ -94,38 +94,27 @@ def _mpp(props: Any) -> float | None:
     return None
 
 
-def _check_tiff_extent(path: Path) -> None:
-    """Refuse TIFF-based slides whose first directory or pixel data lie past the end."""
+def _inspect_tiff(path: Path) -> SlideCoding:
+    """Refuse TIFF-based slides whose first directory or pixel data lie past the end;
+    from the same parse, the coding of level 0 (the largest page, tiled first)."""
     problem = tiff_header_problem(path)
     if problem:
         raise SlideError(path, problem)
     import tifffile
 
-    from napari_srgan_sqe.io._tiff_reader import data_extent_problem
+    from napari_srgan_sqe.io._tiff_reader import data_extent_problem, page_coding
 
     try:
         with tifffile.TiffFile(path) as tif:
             problem = data_extent_problem(tif, path.stat().st_size)
+            pages = [pg for pg in tif.pages if hasattr(pg, "compression")]
+            level0 = max(pages, key=lambda pg: (pg.is_tiled, pg.imagewidth * pg.imagelength))
+            coding = coding_or_unknown(page_coding, level0, path)
     except Exception:  # not parseable by tifffile: let OpenSlide judge
-        return
+        return SlideCoding()
     if problem:
         raise SlideError(path, problem)
-
-
-def _tiff_level0_coding(path: Path, dims: tuple[int, int]) -> SlideCoding:
-    """The coding of the TIFF page holding level 0: the page of OpenSlide's level-0
-    size (width, height), tiled first; else the largest page."""
-    import tifffile
-
-    from napari_srgan_sqe.io._tiff_reader import page_coding
-
-    with tifffile.TiffFile(path) as tif:
-        pages = [pg for pg in tif.pages if hasattr(pg, "compression")]
-        if not pages:
-            return SlideCoding()
-        same = [pg for pg in pages if (pg.imagewidth, pg.imagelength) == tuple(dims)]
-        page = max(same or pages, key=lambda pg: (pg.is_tiled, pg.imagewidth * pg.imagelength))
-        return page_coding(page, path)
+    return coding
 
 
 def _mirax_coding(props: Any) -> SlideCoding:
@@ -146,12 +135,11 @@ def _mirax_coding(props: Any) -> SlideCoding:
     return SlideCoding("jpeg", quality if quality and 1 <= quality <= 100 else None, "mirax")
 
 
-def vendor_coding(path: Path, vendor: str, dims: tuple[int, int], props: Any) -> SlideCoding:
-    """How level 0 of an OpenSlide slide is stored: from its TIFF page (tifffile) for
-    TIFF-based formats; JPEG for the vendors that only store JPEG; else unknown."""
-    coding = SlideCoding()
-    if _formats.extension(path) in TIFF_BASED:
-        coding = coding_or_unknown(_tiff_level0_coding, path, dims)
+def vendor_coding(tiff_coding: SlideCoding, vendor: str, props: Any) -> SlideCoding:
+    """How level 0 of an OpenSlide slide is stored: `tiff_coding` (from its TIFF page,
+    for TIFF-based formats) when known; JPEG for the vendors that only store JPEG; else
+    unknown."""
+    coding = tiff_coding
     if coding.codec != "unknown":
         return coding
     if vendor == "mirax":
@@ -164,8 +152,7 @@ def vendor_coding(path: Path, vendor: str, dims: tuple[int, int], props: Any) ->
 def open_vendor(path: Path, *, chunk: int) -> Slide:
     """Open a vendor slide with OpenSlide (metadata only)."""
     ext = _formats.extension(path)
-    if ext in TIFF_BASED:
-        _check_tiff_extent(path)
+    tiff_coding = _inspect_tiff(path) if ext in TIFF_BASED else SlideCoding()
     vendor = openslide.OpenSlide.detect_format(path)
     if vendor is None:
         raise SlideError(
@@ -201,5 +188,5 @@ def open_vendor(path: Path, *, chunk: int) -> Slide:
         path=path,
         format=vendor,
         metadata=metadata,
-        coding=coding_or_unknown(vendor_coding, path, vendor, handle.level_dimensions[0], props),
+        coding=coding_or_unknown(vendor_coding, tiff_coding, vendor, props),
     )

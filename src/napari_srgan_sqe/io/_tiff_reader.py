@@ -22,7 +22,12 @@ import tifffile
 import zarr
 
 from napari_srgan_sqe.io import _formats
-from napari_srgan_sqe.io.codecs import SlideCoding, coding_from_tiff_page, jpeg_quality
+from napari_srgan_sqe.io.codecs import (
+    TIFF_JPEG_CODES,
+    SlideCoding,
+    coding_from_tiff_page,
+    jpeg_quality,
+)
 from napari_srgan_sqe.io.slides import (
     HEAD_BYTES,
     LevelSource,
@@ -161,9 +166,6 @@ def strip_problem(page: Any) -> str | None:
     )
 
 
-_JPEG_COMPRESSIONS = frozenset({6, 7, 34892})  # OJPEG, JPEG, lossy JPEG
-
-
 def page_coding(page: Any, path: Path) -> SlideCoding:
     """The coding of one TIFF page: its compression tag, Aperio's "Q=" in the image
     description, and for JPEG the quantisation tables (the JPEGTables tag, NDPI's
@@ -174,7 +176,7 @@ def page_coding(page: Any, path: Path) -> SlideCoding:
     description = page.description if isinstance(page.description, str) else ""
     tables = page.jpegtables or getattr(page, "jpegheader", None)
     first_tile = None
-    if compression in _JPEG_COMPRESSIONS and not (tables and jpeg_quality(bytes(tables))):
+    if compression in TIFF_JPEG_CODES and not (tables and jpeg_quality(bytes(tables))):
         for offset, count in zip(page.dataoffsets, page.databytecounts):
             if count:
                 first_tile = read_bytes(path, offset, min(int(count), HEAD_BYTES))

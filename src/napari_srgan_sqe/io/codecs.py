@@ -22,6 +22,7 @@ __all__ = [
     "APERIO_J2K_RATIO",
     "CODECS",
     "JPEG_COLOURS",
+    "TIFF_JPEG_CODES",
     "SlideCoding",
     "code_image",
     "encode_jpeg",
@@ -236,8 +237,8 @@ class SlideCoding:
         return f"{name}{q}" + (f" ({self.detail})" if self.detail else "")
 
 
-_JPEG_CODES = {6, 7, 34892}  # OJPEG, JPEG, lossy JPEG (DNG)
-_J2K_CODES = {33003, 33004, 33005, 34712}  # Aperio YCbCr / RGB, JPEG 2000
+TIFF_JPEG_CODES = frozenset({6, 7, 34892})  # OJPEG, JPEG, lossy JPEG (DNG)
+_J2K_CODES = frozenset({33003, 33004, 33005, 34712})  # Aperio YCbCr / RGB, JPEG 2000
 _LOSSLESS_CODES = {
     1: "uncompressed",
     5: "LZW",
@@ -260,7 +261,7 @@ def coding_from_tiff_page(
     code = int(compression)
     stated = re.search(r"\bQ=(\d+)", description or "")
     stated_q = int(stated.group(1)) if stated else None
-    if code in _JPEG_CODES:
+    if code in TIFF_JPEG_CODES:
         q = None
         for blob in (jpegtables, first_tile):
             if blob:

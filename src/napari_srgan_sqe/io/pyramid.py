@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import math
@@ -112,6 +113,17 @@ def export_lock(path: str | Path) -> Iterator[None]:
             f"{lock} is held); wait for it to finish or choose another output",
             str(final),
         ) from None
+
+
+def _under_export_lock(write: Callable[..., Path]) -> Callable[..., Path]:
+    """A writer `write(levels, path, ...)` that runs holding `export_lock(path)`."""
+
+    @functools.wraps(write)
+    def locked(levels: Any, path: str | Path, **kwargs: Any) -> Path:
+        with export_lock(path):
+            return write(levels, path, **kwargs)
+
+    return locked
 
 
 def _discard_if_empty(root: Path) -> bool:
@@ -386,6 +398,7 @@ def _export_error(exc: OSError, path: Path, note: str) -> ExportError:
     return ExportError(exc.errno or errno.EIO, f"cannot write {path}: {reason}{note}", str(path))
 
 
+@_under_export_lock
 def write_ome_zarr(
     levels: Any,
     path: str | Path,
@@ -417,36 +430,6 @@ def write_ome_zarr(
     any unit was written removes the (empty) partial output.
     """
     root = Path(path)
-    with export_lock(root):
-        return _write_ome_zarr(
-            levels,
-            root,
-            mpp=mpp,
-            chunk=chunk,
-            n_levels=n_levels,
-            progress=progress,
-            resume=resume,
-            overwrite=overwrite,
-            compressor=compressor,
-            concurrency=concurrency,
-            fingerprint=fingerprint,
-        )
-
-
-def _write_ome_zarr(
-    levels: Any,
-    root: Path,
-    *,
-    mpp: float | None,
-    chunk: int,
-    n_levels: int | None,
-    progress: Progress | None,
-    resume: bool,
-    overwrite: bool,
-    compressor: Any,
-    concurrency: int | None,
-    fingerprint: str | None,
-) -> Path:
     _check_target(root, overwrite=overwrite)
     pyr = _pyramid(levels, chunk=chunk, n_levels=n_levels)
     replace = root.exists() and not (root / INCOMPLETE_MARKER).exists()
@@ -470,11 +453,10 @@ def _write_ome_zarr(
         if replace:
             _replace_dir(target, root, uuid.uuid4().hex[:8])
             _fsync(root.parent)
-    except ExportError:
+    except BaseException as exc:  # also the input failing (SlideError ...), an interrupt
         _discard_if_empty(target)
-        raise
-    except OSError as exc:
-        _discard_if_empty(target)
+        if not isinstance(exc, OSError) or isinstance(exc, ExportError):
+            raise
         if replace:
             note = f"; the previous export is kept; intermediate data are in {target} to resume"
         elif root.exists():
@@ -482,9 +464,6 @@ def _write_ome_zarr(
         else:
             note = ""
         raise _export_error(exc, root, note) from exc
-    except BaseException:  # the input failed (SlideError ...), or an interrupt
-        _discard_if_empty(target)
-        raise
     return root
 
 
@@ -500,6 +479,7 @@ def _tiles(arr: Any, tile: int, tick: Callable[[], None]) -> Iterator[np.ndarray
             yield block
 
 
+@_under_export_lock
 def write_ome_tiff(
     levels: Any,
     path: str | Path,
@@ -526,36 +506,6 @@ def write_ome_tiff(
     left next to `path` are removed.
     """
     final = Path(path)
-    with export_lock(final):
-        return _write_ome_tiff(
-            levels,
-            final,
-            mpp=mpp,
-            tile=tile,
-            n_levels=n_levels,
-            compression=compression,
-            progress=progress,
-            resume=resume,
-            overwrite=overwrite,
-            concurrency=concurrency,
-            fingerprint=fingerprint,
-        )
-
-
-def _write_ome_tiff(
-    levels: Any,
-    final: Path,
-    *,
-    mpp: float | None,
-    tile: int,
-    n_levels: int | None,
-    compression: str | None,
-    progress: Progress | None,
-    resume: bool,
-    overwrite: bool,
-    concurrency: int | None,
-    fingerprint: str | None,
-) -> Path:
     if tile % 16:
         raise ValueError(f"tile must be a multiple of 16, got {tile}")
     if final.exists() and not overwrite:
@@ -591,13 +541,12 @@ def _write_ome_tiff(
             _stream_tiff(
                 group, pyr, tmp, name=name, tile=tile, mpp=mpp, compression=compression, tick=tick
             )
-    except OSError as exc:
+    except BaseException as exc:  # also the input failing (SlideError ...), an interrupt
         _discard_if_empty(staging)
+        if not isinstance(exc, OSError):
+            raise
         note = f"; intermediate data are kept in {staging} to resume" if staging.exists() else ""
         raise _export_error(exc, final, note) from exc
-    except BaseException:  # the input failed (SlideError ...), or an interrupt
-        _discard_if_empty(staging)
-        raise
     remove_path(staging)
     return final
 

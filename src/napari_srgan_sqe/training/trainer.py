@@ -25,6 +25,7 @@ import torch
 
 from napari_srgan_sqe.config import ConfigError, TrainConfig, saved_train_config
 from napari_srgan_sqe.degradation import degrade, degrade_torch
+from napari_srgan_sqe.io.atomic import atomic_path
 from napari_srgan_sqe.io.checkpoints import (
     CheckpointError,
     read_safetensors,
@@ -340,11 +341,15 @@ class Trainer:
         """Train to the end of the schedule (or `max_steps` more steps); return the model.
 
         Checkpoints every `checkpoint_every` steps, at the end, on stop and on Ctrl-C.
+        On `resume` the log keeps only the records up to the checkpoint's step.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (self.out_dir / CHECKPOINT).exists():
-            self.load_checkpoint()
-            log.info("resumed at step %d of %d", self.step, self.total)
+        if resume:
+            if (self.out_dir / CHECKPOINT).exists():
+                self.load_checkpoint()
+                log.info("resumed at step %d of %d", self.step, self.total)
+            # a run killed between two checkpoints logged steps it now takes again
+            trim_log(self.out_dir / LOG, self.step)
         end = self.total if max_steps is None else min(self.total, self.step + max_steps)
         t0 = time.perf_counter()
         logf = (self.out_dir / LOG).open("a")
@@ -444,6 +449,27 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 def _resolve(base: Path, p: str) -> Path:
     q = Path(p).expanduser()
     return q if q.is_absolute() else base / q
+
+
+def trim_log(path: Path, step: int) -> int:
+    """Drop the records of the log `path` after `step` (and unreadable lines, such as
+    one cut short by a kill), rewriting it atomically; returns how many were dropped."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            keep = int(json.loads(line)["step"]) <= step
+        except (ValueError, TypeError, KeyError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text("".join(kept))
+    return dropped
 
 
 VAL_JPEG_QUALITY = 75
