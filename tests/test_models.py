@@ -262,16 +262,16 @@ def test_predictor_halves_and_remembers_batch_on_oom(monkeypatch, oom) -> None:
     pred = Predictor(model, device="cpu", max_batch=8)
     tiles = np.random.default_rng(0).integers(0, 256, (8, 24, 24, 3), dtype=np.uint8)
     want = np.concatenate([pred.run(t[None], crop=2) for t in tiles])
-    forward = model.forward
+    infer = model.infer_batch
     sizes: list[int] = []
 
-    def fake(x):  # noqa: ANN001, ANN202
+    def fake(x, seed=None):  # noqa: ANN001, ANN202
         sizes.append(x.shape[0])
         if x.shape[0] > 2:
             raise oom()
-        return forward(x)
+        return infer(x, seed=seed)
 
-    monkeypatch.setattr(model, "forward", fake)
+    monkeypatch.setattr(model, "infer_batch", fake)
     got = pred.run(tiles, crop=2)
     np.testing.assert_array_equal(got, want)
     assert sizes == [8, 4, 2, 2, 2, 2] and pred.max_batch == 2  # halved until it fits
@@ -279,7 +279,7 @@ def test_predictor_halves_and_remembers_batch_on_oom(monkeypatch, oom) -> None:
     np.testing.assert_array_equal(pred.run(tiles, crop=2), want)
     assert sizes == [2, 2, 2, 2]  # the reduced batch is remembered: no OOM next time
 
-    monkeypatch.setattr(model, "forward", lambda x: (_ for _ in ()).throw(oom()))
+    monkeypatch.setattr(model, "infer_batch", lambda x, seed=None: (_ for _ in ()).throw(oom()))
     with pytest.raises(DeviceError, match="even for one 24 x 24 tile.*smaller tile.*CPU"):
         pred.run(tiles[:1], crop=2)
     from napari_srgan_sqe.cli import _is_user_error
@@ -288,7 +288,9 @@ def test_predictor_halves_and_remembers_batch_on_oom(monkeypatch, oom) -> None:
         pred.run(tiles[:1], crop=2)
     except DeviceError as exc:
         assert _is_user_error(exc)
-    monkeypatch.setattr(model, "forward", lambda x: (_ for _ in ()).throw(RuntimeError("bug")))
+    monkeypatch.setattr(
+        model, "infer_batch", lambda x, seed=None: (_ for _ in ()).throw(RuntimeError("bug"))
+    )
     with pytest.raises(RuntimeError, match="^bug$"):
         pred.run(tiles[:1], crop=2)
 

@@ -15,13 +15,17 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 __all__ = [
+    "ARCH_NAMES",
+    "ArchConfig",
     "AutoencoderConfig",
     "ConfigError",
     "CorruptionConfig",
@@ -31,9 +35,11 @@ __all__ = [
     "FinetuneConfig",
     "GeneratorConfig",
     "LossConfig",
+    "MedicalSRGANConfig",
     "ModelConfig",
     "TrainConfig",
     "VARIANTS",
+    "ZSSRConfig",
     "degradation_preset",
     "generator_preset",
     "load_config",
@@ -54,7 +60,7 @@ class _Strict(BaseModel):
 
 
 class GeneratorConfig(_Strict):
-    """The super-resolution generator G."""
+    """The SRGAN-family generator G ('srresnet' or 'lrnet'): one member of `ArchConfig`."""
 
     arch: Literal["srresnet", "lrnet"] = "lrnet"
     """'srresnet': the SRGAN generator (head conv, residual blocks, log2(s) x2 up-sampling
@@ -74,6 +80,9 @@ class GeneratorConfig(_Strict):
     """Batch normalisation inside residual blocks (SRGAN uses it)."""
     bicubic_skip: bool = True
     """Add the bicubic up-sampling of the input, so the network learns the residual."""
+    activation: Literal["relu", "prelu"] = "relu"
+    """Activation of the trunk and up-sampling stages ('prelu' as in SRGAN; 'srresnet'
+    only)."""
 
     @field_validator("head_kernel", "tail_kernel")
     @classmethod
@@ -86,7 +95,70 @@ class GeneratorConfig(_Strict):
     def _scale_fits_arch(self) -> GeneratorConfig:
         if self.arch == "srresnet" and self.scale & (self.scale - 1):
             raise ValueError(f"arch 'srresnet' needs a power-of-two scale, got {self.scale}")
+        if self.arch == "lrnet" and self.activation != "relu":
+            raise ValueError("activation 'prelu' is for arch 'srresnet'; 'lrnet' uses relu")
         return self
+
+
+class MedicalSRGANConfig(_Strict):
+    """The multi-scale medical SRGAN generator (Ahmad et al. 2022).
+
+    Shallow features from three parallel residual paths with 3x3, 5x5 and 7x7 kernels,
+    concatenated and fused; deep residual blocks with a long skip; x2 up-sampling; a
+    small residual net at 2x; a second x2 up-sampling; a conv to RGB."""
+
+    arch: Literal["medsrgan"] = "medsrgan"
+    scale: Literal[4] = 4
+    """Up-scaling factor: two x2 stages, so 4."""
+    channels: int = Field(32, ge=4, le=256)
+    """Feature channels of the shallow paths and the deep trunk."""
+    n_blocks: int = Field(6, ge=0, le=64)
+    """Deep residual blocks at LR resolution."""
+    mid_blocks: int = Field(1, ge=0, le=16)
+    """Residual blocks of the small net at 2x resolution."""
+    mid_channels: int = Field(16, ge=4, le=256)
+    """Channels of the net at 2x resolution (and of the 4x stage)."""
+    bicubic_skip: bool = True
+    """Add the bicubic up-sampling of the input (the network learns the residual)."""
+
+
+class ZSSRConfig(_Strict):
+    """ZSSR's image-specific network (Shocher et al. 2018): the bicubic up-sampling of
+    the input, then `n_layers` 3x3 convs (ReLU between) at the output resolution, added
+    to the bicubic image. Trained on one image from its own LR ('zero-shot')."""
+
+    arch: Literal["zssr"] = "zssr"
+    scale: int = Field(4, ge=2, le=8)
+    n_layers: int = Field(8, ge=2, le=16)
+    channels: int = Field(64, ge=4, le=256)
+    self_ensemble: bool = True
+    """Average the outputs of the 8 flips / 90-degree rotations of the input at inference
+    (geometric self-ensemble); training uses the plain network."""
+
+
+ARCH_NAMES: tuple[str, ...] = ("srresnet", "lrnet", "medsrgan", "zssr")
+
+
+def _arch_tag(v: Any) -> str | None:
+    """The discriminator of `ArchConfig`: a missing `arch` means 'lrnet' (the default)."""
+    if isinstance(v, dict):
+        return str(v.get("arch", "lrnet"))
+    return getattr(v, "arch", None)
+
+
+ArchConfig = Annotated[
+    Annotated[GeneratorConfig, Tag("srresnet")]
+    | Annotated[GeneratorConfig, Tag("lrnet")]
+    | Annotated[MedicalSRGANConfig, Tag("medsrgan")]
+    | Annotated[ZSSRConfig, Tag("zssr")],
+    Discriminator(
+        _arch_tag,
+        custom_error_type="unknown_architecture",
+        custom_error_message="unknown architecture: choose srresnet, lrnet, medsrgan or zssr",
+    ),
+]
+"""The network of a model: one validated config per architecture, chosen by `arch`
+('srresnet', 'lrnet', 'medsrgan', 'zssr'). A field of another architecture is refused."""
 
 
 class AutoencoderConfig(_Strict):
@@ -105,6 +177,9 @@ class DiscriminatorConfig(_Strict):
         default_factory=lambda: [32, 64, 128, 256], min_length=2, max_length=8
     )
     """Channels of each conv; every conv halves the spatial size."""
+    residual: bool = False
+    """Follow every strided conv with a residual block at its resolution (the deeper
+    discriminator with residual skips of the medical SRGAN)."""
 
 
 class LossConfig(_Strict):
@@ -152,7 +227,7 @@ def loss_preset(variant: str, *, q: float = 0.8) -> LossConfig:
 
 
 def generator_preset(preset: str, scale: int = 4) -> GeneratorConfig:
-    """Named generator presets: 'paper' (SRGAN 16x64, 9x9 head/tail, BN), 'light'
+    """Named generator presets: 'paper' (SRGAN 16x64, 9x9 head/tail, BN, PReLU), 'light'
     (8x48, all at LR resolution, CPU-friendly) and 'tiny' (for tests)."""
     if preset == "paper":
         return GeneratorConfig(
@@ -164,6 +239,7 @@ def generator_preset(preset: str, scale: int = 4) -> GeneratorConfig:
             tail_kernel=9,
             batch_norm=True,
             bicubic_skip=True,
+            activation="prelu",
         )
     if preset == "light":
         return GeneratorConfig(arch="lrnet", scale=scale, n_blocks=8, channels=48)
@@ -177,7 +253,8 @@ class ModelConfig(_Strict):
 
     name: str = Field("unnamed", min_length=1, max_length=200)
     variant: Variant = "srgan_sqe"
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    generator: ArchConfig = Field(default_factory=GeneratorConfig)
+    """The network, chosen by its `arch` field (see `ArchConfig`)."""
     autoencoder: AutoencoderConfig | None = None
     """Present when the file also carries the encoder (needed to fine-tune with L_E)."""
 

@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("napari_srgan_sqe.cli.train", "train a model from a config file"),
     "finetune": ("napari_srgan_sqe.cli.finetune", "adapt a model to regions of a slide"),
+    "zero-shot": (
+        "napari_srgan_sqe.cli.zero_shot",
+        "train ZSSR on regions of a slide from its LR alone",
+    ),
     "bench": ("napari_srgan_sqe.cli.bench", "measure model and pipeline throughput"),
     "models": ("napari_srgan_sqe.cli.models", "list bundled models or describe a model file"),
     "experiment": ("napari_srgan_sqe.cli.experiment", "run the robustness experiment"),

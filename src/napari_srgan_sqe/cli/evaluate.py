@@ -28,9 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="JSON split file: evaluate only its 'val' images found in --data",
     )
-    parser.add_argument("--scale", type=int, default=4, help="up-scaling factor of the models")
     parser.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: the GPU if any)"
+        "--scale",
+        type=int,
+        default=4,
+        help="up-scaling factor: LR is made at 1/SCALE of each HR image's width and height, "
+        "and every --model must super-resolve by SCALE (default 4)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the models run: auto (default: a CUDA GPU if there is one, then Apple "
+        "mps, else the CPU), cpu, cuda, cuda:N or mps",
     )
     parser.add_argument("--out", type=Path, default=None, help="folder for evaluation.csv / .json")
     parser.add_argument(
@@ -70,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default 17, the rate of Aperio's J2K Q=70",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the scanner degradation")
+    parser.add_argument(
+        "--zero-shot-steps",
+        type=int,
+        default=300,
+        help="training steps of zero-shot models (zssr-x4) on each LR image (300)",
+    )
 
 
 def _numbers(values: list[str] | None, kind: type, what: str) -> list:
@@ -135,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         degradation=args.degradation,
         lr_conditions=conditions,
         seed=args.seed,
+        zero_shot_steps=args.zero_shot_steps,
     )
     bar.close()
     print(result.table())

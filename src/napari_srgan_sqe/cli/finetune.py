@@ -17,7 +17,7 @@ from typing import Any
 
 from napari_srgan_sqe.cli import UserError, parse_region
 
-__all__ = ["add_arguments", "parse_region", "run"]
+__all__ = ["add_arguments", "drive", "parse_region", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,19 +84,10 @@ def _config(args: argparse.Namespace, mode: str, degradation: str = "clean") -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from napari_srgan_sqe.io.slides import open_slide
     from napari_srgan_sqe.models.modelfile import load_model, save_model
     from napari_srgan_sqe.models.registry import model_for_coding
-    from napari_srgan_sqe.training.finetune import (
-        Finished,
-        Started,
-        Step,
-        Validated,
-        cut_regions,
-        iter_finetune,
-    )
+    from napari_srgan_sqe.training.finetune import cut_regions, iter_finetune
 
     if args.out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {args.out}")
@@ -114,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(model_name)
     if model.variant == "bicubic":
         raise UserError(f"{model_name} is the bicubic baseline; it has no weights to fine-tune")
+    if model.descriptor.kind == "zero-shot":
+        raise UserError(
+            f"{model_name} is a zero-shot model: train it on the slide with "
+            "`srgan-sqe zero-shot SLIDE --region X,Y,W,H --out M.safetensors`"
+        )
     if mode == "self-supervised":
         print(f"input stored as {slide.coding}: model {model.name}, pseudo-LR {degradation}")
     hr = open_slide(args.hr) if args.hr is not None else None
@@ -135,7 +131,24 @@ def run(args: argparse.Namespace) -> int:
         stop_event=(stop := threading.Event()),
     )
     print(f"{mode} fine-tuning of {model.name!r} on {len(regions)} region(s), {cfg.steps} steps")
-    bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True)
+    result = drive(events, cfg.steps, stop)
+    if not result.improved:
+        print("validation did not improve: no model written; the base model stays the better one")
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(result.model, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def drive(events: Any, total: int, stop: threading.Event) -> Any:
+    """Run a fine-tune event stream with a progress bar (Ctrl-C stops it, keeping the
+    best state), print before / after, and return the FinetuneResult."""
+    from tqdm import tqdm
+
+    from napari_srgan_sqe.training.finetune import Finished, Started, Step, Validated
+
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
     result = None
@@ -163,10 +176,4 @@ def run(args: argparse.Namespace) -> int:
     )
     if result.stopped:
         print(f"stopped after {result.steps_done} steps; the best state so far is kept")
-    if not result.improved:
-        print("validation did not improve: no model written; the base model stays the better one")
-        return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(result.model, args.out)
-    print(f"wrote {args.out}")
-    return 0
+    return result

@@ -29,7 +29,7 @@ __all__ = ["DiskTileCache", "TileCache", "cache_root", "clear_disk_cache", "sour
 log = logging.getLogger(__name__)
 
 ENV_CACHE = "NAPARI_SRGAN_SQE_CACHE"
-_IDENTITY = re.compile(r"[0-9a-f]{8,64}")
+_IDENTITY = re.compile(r"[0-9a-f]{8,64}(-seed[0-9]+)?")
 
 
 class TileCache:

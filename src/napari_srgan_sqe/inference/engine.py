@@ -60,6 +60,7 @@ __all__ = [
     "as_rgb_uint8",
     "bicubic_region",
     "check_scale",
+    "model_key",
     "resolve_model",
     "super_resolve",
 ]
@@ -295,7 +296,7 @@ class SRPyramid(list):
 
     def _install(self, model: Any, predictor: Any) -> None:
         """Build the whole state for `model` first, then swap it in under the lock."""
-        model_id = str(model.identity)
+        model_id = model_key(model, getattr(predictor, "seed", None))
         disk = None
         lr0 = self.lr_levels[0]
         if self.region is not None:
@@ -404,6 +405,20 @@ def resolve_model(model: Any) -> Any:
     return model
 
 
+def model_key(model: Any, seed: int | None) -> str:
+    """The model's part of every cache key: its identity, and the seed when the method
+    is stochastic. Refuses methods the halo-tiled engine cannot run exactly."""
+    desc = model.descriptor
+    if desc.tiling != "halo":
+        raise DataError(
+            f"model {model.name!r} needs {desc.tiling!r} tiling; this engine runs methods "
+            "with a finite receptive field ('halo' tiling)"
+        )
+    if desc.stochastic:
+        return f"{model.identity}-seed{0 if seed is None else int(seed)}"
+    return str(model.identity)
+
+
 def check_scale(model: Any, scale: int | None) -> None:
     """DataError when `scale` is given and the model up-scales by another factor."""
     if scale is not None and int(model.scale) != int(scale):
@@ -453,6 +468,7 @@ def super_resolve(
     precision: str = "auto",
     use_model: Callable[[int, int], bool] | None = None,
     region: tuple[int, int, int, int] | None = None,
+    seed: int | None = None,
 ) -> SRPyramid:
     """Lazy multiscale SR of a Slide, a list of levels, or one (H, W, 3) array.
 
@@ -465,7 +481,9 @@ def super_resolve(
     (iy, ix) by bicubic up-sampling instead (background, see export.tissue_mask;
     indices of the region's grid); `region`: (x, y, w, h) in LR level-0 px, super-
     resolve only that part, with its tiles' halos reading the real pixels around it
-    (equal to the crop of the whole-slide result). Nothing is computed here.
+    (equal to the crop of the whole-slide result); `seed`: the seed of a stochastic
+    method (part of the cache key; ignored by deterministic ones). Nothing is computed
+    here.
     """
     levels, slide = _levels_of(slide_levels_or_array)
     model = resolve_model(model)
@@ -473,11 +491,12 @@ def super_resolve(
     max_batch = batch if batch is not None else getattr(predictor, "max_batch", 16)
     if predictor is not None:  # set_model keeps the given predictor's settings
         device, precision = predictor.device, getattr(predictor, "precision", precision)
+        seed = getattr(predictor, "seed", seed)
 
     def make_predictor(m: Any) -> Any:
         from napari_srgan_sqe.models.predictor import Predictor
 
-        return Predictor(m, device=device, precision=precision, max_batch=max_batch)
+        return Predictor(m, device=device, precision=precision, max_batch=max_batch, seed=seed)
 
     if predictor is None:
         predictor = make_predictor(model)

@@ -7,6 +7,7 @@ instead of being written down by hand.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,7 +15,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Bicubic", "ResidualBlock", "bicubic_upscale", "conv", "halo_of"]
+__all__ = [
+    "Bicubic",
+    "ResidualBlock",
+    "activation",
+    "bicubic_upscale",
+    "conv",
+    "count_macs",
+    "halo_of",
+]
+
+
+def activation(name: str, channels: int) -> nn.Module:
+    """'relu' or 'prelu' (one learned slope per channel, as in SRGAN)."""
+    if name == "prelu":
+        return nn.PReLU(channels)
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    raise ValueError(f"unknown activation {name!r}; choose relu or prelu")
 
 
 def conv(
@@ -27,12 +45,20 @@ def conv(
 class ResidualBlock(nn.Module):
     """conv3x3-[BN]-ReLU-conv3x3-[BN] + identity (SRGAN's block)."""
 
-    def __init__(self, channels: int, *, batch_norm: bool = True, res_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        *,
+        batch_norm: bool = True,
+        res_scale: float = 1.0,
+        kernel: int = 3,
+        act: str = "relu",
+    ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [conv(channels, channels, bias=not batch_norm)]
+        layers: list[nn.Module] = [conv(channels, channels, kernel, bias=not batch_norm)]
         if batch_norm:
             layers.append(nn.BatchNorm2d(channels))
-        layers += [nn.ReLU(inplace=True), conv(channels, channels, bias=not batch_norm)]
+        layers += [activation(act, channels), conv(channels, channels, kernel, bias=not batch_norm)]
         if batch_norm:
             layers.append(nn.BatchNorm2d(channels))
         self.body = nn.Sequential(*layers)
@@ -55,6 +81,16 @@ class Bicubic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+    @torch.no_grad()
+    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        return self(x)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"all": [], "last": []}
+
+    def macs_per_pixel(self) -> int:
+        return 0
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
@@ -80,7 +116,8 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
 def halo_of(ops: Sequence[tuple[str, int]], scale: int) -> int:
     """Receptive-field radius, in LR pixels, of a chain of ops applied input -> output.
 
-    `ops` lists ("conv", radius) at the current resolution and ("shuffle", factor).
+    `ops` lists ("conv", radius) at the current resolution, ("shuffle", factor), and
+    ("bicubic", factor) for a bicubic up-sampling (4 taps, `align_corners=False`).
     For every sub-pixel phase of an output pixel y (LR location y // scale) the input
     interval it depends on is propagated back exactly (with the floor of each pixel
     shuffle); the result is the largest distance from y // scale to either end.
@@ -93,7 +130,36 @@ def halo_of(ops: Sequence[tuple[str, int]], scale: int) -> int:
                 lo, hi = lo - value, hi + value
             elif kind == "shuffle":
                 lo, hi = lo // value, hi // value
+            elif kind == "bicubic":  # output y samples input (y + 0.5) / f - 0.5
+                lo = math.floor((lo + 0.5) / value - 0.5) - 1
+                hi = math.floor((hi + 0.5) / value - 0.5) + 2
             else:
                 raise ValueError(f"unknown op {kind!r}")
         worst = max(worst, -lo, hi)
     return worst
+
+
+def count_macs(net: nn.Module, scale: int, size: int = 16) -> int:
+    """Multiply-adds per output pixel of `net`'s convolutions (one forward pass of a
+    `size` x `size` input, counted by hooks; interpolation and activations excluded)."""
+    total = 0
+
+    def hook(mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(mod, nn.Conv2d)
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        total += out[0].numel() * (mod.in_channels // mod.groups) * k
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    was_training = net.training
+    net.eval()  # BatchNorm statistics stay as they are
+    try:
+        param = next(net.parameters(), None)
+        x = torch.zeros(1, 3, size, size, device=param.device if param is not None else "cpu")
+        with torch.no_grad():
+            net(x)
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    return round(total / (size * scale) ** 2)

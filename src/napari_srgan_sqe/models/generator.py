@@ -1,4 +1,4 @@
-"""Super-resolution generators G (SPEC section 2): 'srresnet' and 'lrnet'.
+"""Super-resolution generators G of the SRGAN family: 'srresnet' and 'lrnet'.
 
 Both take float NCHW RGB in [0, 1] and return NCHW at `scale` x the size, unclamped.
 `halo` is the receptive-field radius in LR pixels, derived from the layers.
@@ -13,7 +13,15 @@ import torch
 from torch import nn
 
 from napari_srgan_sqe.config import GeneratorConfig
-from napari_srgan_sqe.models.blocks import Bicubic, ResidualBlock, conv, halo_of
+from napari_srgan_sqe.models.blocks import (
+    Bicubic,
+    ResidualBlock,
+    activation,
+    conv,
+    count_macs,
+    halo_of,
+)
+from napari_srgan_sqe.models.method import parameter_groups_by_children
 
 __all__ = ["LRNet", "SRResNet", "build_generator"]
 
@@ -32,14 +40,15 @@ class _Generator(nn.Module, metaclass=ABCMeta):
         head_kernel: int,
         batch_norm: bool,
         bicubic_skip: bool,
+        act: str = "relu",
     ) -> None:
         super().__init__()
         self.scale = int(scale)
-        self.head = nn.Sequential(conv(3, channels, head_kernel), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(conv(3, channels, head_kernel), activation(act, channels))
         res_scale = 1.0 if batch_norm else 0.1
         self.blocks = nn.Sequential(
             *[
-                ResidualBlock(channels, batch_norm=batch_norm, res_scale=res_scale)
+                ResidualBlock(channels, batch_norm=batch_norm, res_scale=res_scale, act=act)
                 for _ in range(n_blocks)
             ]
         )
@@ -65,6 +74,18 @@ class _Generator(nn.Module, metaclass=ABCMeta):
             y = y + self.skip(x)
         return y
 
+    @torch.no_grad()
+    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """One deterministic pass (the seed is ignored)."""
+        return self(x)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """'all', and 'last': the layers after the residual trunk (up-sampling, tail)."""
+        return parameter_groups_by_children(self, ("up", "tail"))
+
+    def macs_per_pixel(self) -> int:
+        return count_macs(self, self.scale)
+
     def _set_halo(self, ops: list[tuple[str, int]]) -> None:
         halo = halo_of(ops, self.scale)
         self.halo = max(halo, Bicubic.halo) if self.skip is not None else halo
@@ -82,14 +103,15 @@ class SRResNet(_Generator):
         tail_kernel: int = 9,
         batch_norm: bool = True,
         bicubic_skip: bool = True,
+        act: str = "relu",
     ) -> None:
         if scale < 2 or scale & (scale - 1):
             raise ValueError(f"SRResNet needs a power-of-two scale, got {scale}")
-        super().__init__(scale, n_blocks, channels, head_kernel, batch_norm, bicubic_skip)
+        super().__init__(scale, n_blocks, channels, head_kernel, batch_norm, bicubic_skip, act)
         stages: list[nn.Module] = []
         ops = list(self._lr_ops)
         for _ in range(int(math.log2(scale))):
-            stages += [conv(channels, 4 * channels), nn.PixelShuffle(2), nn.ReLU(inplace=True)]
+            stages += [conv(channels, 4 * channels), nn.PixelShuffle(2), activation(act, channels)]
             ops += [("conv", 1), ("shuffle", 2)]
         self.up = nn.Sequential(*stages)
         self.tail = conv(channels, 3, tail_kernel)
@@ -125,10 +147,22 @@ class LRNet(_Generator):
         return self.shuffle(self.tail(f))
 
 
-def build_generator(cfg: GeneratorConfig) -> nn.Module:
+def build_generator(cfg: GeneratorConfig) -> SRResNet | LRNet:
     """The generator described by `cfg` (random init; seed torch before calling)."""
-    cls = {"srresnet": SRResNet, "lrnet": LRNet}[cfg.arch]
-    return cls(
+    if cfg.arch == "srresnet":
+        return SRResNet(
+            scale=cfg.scale,
+            n_blocks=cfg.n_blocks,
+            channels=cfg.channels,
+            head_kernel=cfg.head_kernel,
+            tail_kernel=cfg.tail_kernel,
+            batch_norm=cfg.batch_norm,
+            bicubic_skip=cfg.bicubic_skip,
+            act=cfg.activation,
+        )
+    if cfg.activation != "relu":
+        raise ValueError("arch 'lrnet' uses ReLU; activation 'prelu' is for 'srresnet'")
+    return LRNet(
         scale=cfg.scale,
         n_blocks=cfg.n_blocks,
         channels=cfg.channels,

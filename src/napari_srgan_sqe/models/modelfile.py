@@ -19,7 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from napari_srgan_sqe.config import ConfigError, GeneratorConfig, ModelConfig, validate
+from napari_srgan_sqe.config import (
+    ConfigError,
+    GeneratorConfig,
+    ModelConfig,
+    ZSSRConfig,
+    validate,
+)
 from napari_srgan_sqe.io.checkpoints import (
     CheckpointError,
     is_pickle,
@@ -27,9 +33,10 @@ from napari_srgan_sqe.io.checkpoints import (
     read_safetensors,
     write_safetensors,
 )
+from napari_srgan_sqe.models.architectures import build_network, describe
 from napari_srgan_sqe.models.autoencoder import build_autoencoder
 from napari_srgan_sqe.models.blocks import Bicubic
-from napari_srgan_sqe.models.generator import build_generator
+from napari_srgan_sqe.models.method import MethodDescriptor
 from napari_srgan_sqe.models.registry import BUNDLED_MODELS
 
 __all__ = [
@@ -37,6 +44,7 @@ __all__ = [
     "FORMAT_VERSION",
     "ModelFileError",
     "SRModel",
+    "arch_summary",
     "load_model",
     "new_model",
     "save_model",
@@ -51,10 +59,13 @@ class ModelFileError(ValueError):
 
 
 class SRModel(nn.Module):
-    """A super-resolution model: generator + config (+ frozen encoder) + metadata.
+    """A super-resolution model: network + config (+ frozen encoder) + metadata.
 
-    `forward(x)` is the generator: float NCHW RGB in [0, 1] -> NCHW at `scale` x the
-    size, not clamped. `halo` is the receptive-field radius in LR pixels.
+    Implements `models.method.SRMethod`: `infer_batch(x, seed=)` is inference (one pass,
+    a self-ensemble or sampling steps, as the architecture defines), `descriptor` says
+    what inference needs (scale, halo, tiling, kind), `parameter_groups()` the
+    trainable groups. `forward(x)` is the plain differentiable network for training:
+    float NCHW RGB in [0, 1] -> NCHW at `scale` x the size, not clamped.
     """
 
     def __init__(
@@ -72,6 +83,27 @@ class SRModel(nn.Module):
             encoder.requires_grad_(False).eval()
         self.config = config
         self.metadata: dict[str, str] = dict(metadata or {})
+        self._descriptor: MethodDescriptor | None = None
+
+    @property
+    def descriptor(self) -> MethodDescriptor:
+        """What inference needs to know (computed once; the architecture is fixed)."""
+        if self._descriptor is None:
+            self._descriptor = describe(self.config.generator.arch, self.generator)
+        return self._descriptor
+
+    @property
+    def arch(self) -> str:
+        return self.descriptor.arch
+
+    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """Inference on float NCHW [0, 1] -> NCHW at `scale` x the size, unclamped."""
+        return self.generator.infer_batch(x, seed=seed)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The network's trainable groups ('all', 'last'); the encoder is never trained."""
+        groups: dict[str, list[nn.Parameter]] = self.generator.parameter_groups()
+        return groups
 
     @property
     def name(self) -> str:
@@ -112,7 +144,7 @@ def new_model(config: ModelConfig) -> SRModel:
     """A randomly initialised model for `config` (seed torch before calling)."""
     if config.variant == "bicubic":
         return SRModel(Bicubic(config.scale), config)
-    generator = build_generator(config.generator)
+    generator = build_network(config.generator)
     encoder = build_autoencoder(config.autoencoder).encoder if config.autoencoder else None
     return SRModel(generator, config, encoder=encoder)
 
@@ -140,13 +172,22 @@ def save_model(
             "scale": str(model.scale),
             "variant": model.variant,
             "halo": str(model.halo),
+            "arch": model.arch,
+            "kind": model.descriptor.kind,
+            "method": json.dumps(model.descriptor.as_dict()),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
     )
     return write_safetensors(path, tensors, meta)
 
 
-def _bicubic_model(scale: int, name: str) -> SRModel:
+def _weight_free_model(arch: str, scale: int, name: str) -> SRModel:
+    """A bundled model without a weights file: bicubic, or a fresh zero-shot network."""
+    if arch == "zssr":
+        cfg = ModelConfig(name=name, variant="l1", generator=ZSSRConfig(scale=scale))
+        model = new_model(cfg)
+        model.metadata["training_data"] = "none yet: trained on the slide it enhances"
+        return model
     cfg = ModelConfig(name=name, variant="bicubic", generator=GeneratorConfig(scale=scale))
     return SRModel(Bicubic(scale), cfg, metadata={"training_data": "none (interpolation)"})
 
@@ -156,7 +197,7 @@ def _resolve(name_or_path: str | os.PathLike[str]) -> Path | SRModel:
     if isinstance(name_or_path, str) and name_or_path in BUNDLED_MODELS:
         entry = BUNDLED_MODELS[name_or_path]
         if entry.path is None:
-            return _bicubic_model(entry.scale, entry.name)
+            return _weight_free_model(entry.arch, entry.scale, entry.name)
         if not entry.path.is_file():
             raise ModelFileError(
                 f"the bundled model {entry.name!r} has no weights file at {entry.path}; it is "
@@ -214,12 +255,7 @@ def _check_fit(path: Path, model: SRModel, tensors: dict[str, torch.Tensor]) -> 
         if k in got and got[k] != expected[k]
     ]
     if missing or unexpected or shapes:
-        g = model.config.generator
-        arch = (
-            "bicubic"
-            if model.variant == "bicubic"
-            else f"{g.arch} ({g.n_blocks} blocks x {g.channels} ch, x{g.scale})"
-        )
+        arch = "bicubic" if model.variant == "bicubic" else arch_summary(model.config.generator)
         parts = []
         for label, items in (
             ("missing", missing),
@@ -230,6 +266,13 @@ def _check_fit(path: Path, model: SRModel, tensors: dict[str, torch.Tensor]) -> 
                 more = f" and {len(items) - 5} more" if len(items) > 5 else ""
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
         raise ModelFileError(f"{path}: weights do not fit architecture {arch}: " + "; ".join(parts))
+
+
+def arch_summary(cfg: Any) -> str:
+    """'lrnet (12 blocks x 48 ch, x4)', 'zssr (8 layers x 64 ch, x4)', ..."""
+    if cfg.arch == "zssr":
+        return f"zssr ({cfg.n_layers} layers x {cfg.channels} ch, x{cfg.scale})"
+    return f"{cfg.arch} ({cfg.n_blocks} blocks x {cfg.channels} ch, x{cfg.scale})"
 
 
 def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+
+from napari_srgan_sqe.models.method import MethodDescriptor, SRMethod
 
 __all__ = ["DeviceError", "NonFiniteOutputError", "Predictor", "resolve_device"]
 
@@ -90,7 +91,8 @@ class Predictor:
     Tensor contract (see docs/architecture.md):
     - input: tiles (N, h, w, 3) NHWC, uint8 in [0, 255] or float in [0, 1]; inside,
       float32 NCHW in [0, 1] (channels_last memory format).
-    - the network returns (N, 3, h*s, w*s), unclamped; an output pixel depends only on
+    - the model's `infer_batch(x, seed=)` (the method interface) returns
+      (N, 3, h*s, w*s), unclamped; for 'halo' tiling an output pixel depends only on
       input pixels within `halo` LR px. Convolutions zero-pad, so a tile must carry a
       margin of `halo` LR px read from its neighbours (or, at the image border, a
       half-sample symmetric extension d c b a | a b c d).
@@ -102,27 +104,44 @@ class Predictor:
       supported). Out-of-memory (CUDA or MPS) halves the batch and retries down to 1
       tile; the reduced batch is kept (`max_batch`) for later calls. Out of memory
       for one tile raises DeviceError (use smaller tiles or the CPU).
+    - `seed`: passed to every `infer_batch` call; it matters only for stochastic
+      methods (`descriptor.stochastic`), whose output it fixes.
     Torch's thread count is left as the user set it.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: SRMethod,
         *,
         device: str | torch.device = "auto",
         precision: str = "auto",
         max_batch: int = 16,
+        seed: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         if precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+        desc = model.descriptor
         if precision == "auto":
             precision = "fp32"
             if self.device.type == "cuda":
                 precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+                if precision not in desc.precisions:
+                    precision = "fp32"
+        elif precision not in desc.precisions:
+            raise ValueError(
+                f"model {model.name!r} runs in {', '.join(desc.precisions)}, not {precision}"
+            )
         self.precision = precision
         self.max_batch = max(1, int(max_batch))
-        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.seed = seed
+        self.model: SRMethod = model.to(self.device).eval()
+        if isinstance(self.model, torch.nn.Module):
+            self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def descriptor(self) -> MethodDescriptor:
+        return self.model.descriptor
 
     @property
     def scale(self) -> int:
@@ -156,7 +175,7 @@ class Predictor:
         c = crop * self.scale
         with torch.inference_mode():
             with self._autocast():
-                y = self.model(x)
+                y = self.model.infer_batch(x, seed=self.seed)
             if c:
                 y = y[:, :, c : y.shape[2] - c, c : y.shape[3] - c]
             y = y.float()
@@ -170,7 +189,7 @@ class Predictor:
     def _non_finite_message(self, y: torch.Tensor) -> str:
         bad = ~torch.isfinite(y)
         share = float(bad.float().mean()) * 100
-        name = getattr(self.model, "name", type(self.model).__name__)
+        name = self.model.name
         why = (
             f"{self.precision} arithmetic on {self.device_name} may overflow: try the CPU "
             "(--device cpu, fp32), or the model is damaged"

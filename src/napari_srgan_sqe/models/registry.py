@@ -33,6 +33,10 @@ class BundledModel:
     description: str
     licence: str
     scale: int = 4
+    arch: str = "lrnet"
+    """The network: an architecture name (`models.architectures`) or 'bicubic'."""
+    kind: str = "deterministic"
+    """'deterministic', 'stochastic' or 'zero-shot' (trained on the image it enhances)."""
 
     @property
     def path(self) -> Path | None:
@@ -59,6 +63,16 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         file=None,
         description="Bicubic interpolation, 4x (baseline, no weights)",
         licence="BSD-3-Clause",
+        arch="bicubic",
+    ),
+    "zssr-x4": BundledModel(
+        name="zssr-x4",
+        file=None,
+        description="ZSSR (8 convs x 64 ch over bicubic, self-ensemble), 4x: trained on "
+        "the slide itself from its LR (zero-shot); equal to bicubic until trained",
+        licence="BSD-3-Clause",
+        arch="zssr",
+        kind="zero-shot",
     ),
 }
 
@@ -77,7 +91,8 @@ def model_for_coding(codec: str | None) -> str:
 
 
 def list_models() -> list[dict]:
-    """The bundled models as plain dicts (name, scale, description, licence, available)."""
+    """The bundled models as plain dicts (name, scale, arch, kind, description, licence,
+    available)."""
     out = []
     for m in BUNDLED_MODELS.values():
         path = m.path
@@ -85,6 +100,8 @@ def list_models() -> list[dict]:
             {
                 "name": m.name,
                 "scale": m.scale,
+                "arch": m.arch,
+                "kind": m.kind,
                 "description": m.description,
                 "licence": m.licence,
                 "file": None if path is None else str(path),

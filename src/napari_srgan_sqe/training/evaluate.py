@@ -12,6 +12,7 @@ Pillow's.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from collections.abc import Callable, Sequence
@@ -154,11 +155,15 @@ def evaluate(
     degradation: str = "clean",
     lr_conditions: Sequence[LRCondition | tuple[str, float | None]] = (LRCondition(),),
     seed: int = 0,
+    zero_shot_steps: int = 300,
 ) -> EvalResult:
     """Score models and baselines on HR images (folders or files).
 
     LR = the `degradation` preset of the HR ('clean': D_s; 'scanner': the scanner
     chain seeded by (seed, image index)), then stored as each of `lr_conditions`.
+    A zero-shot model (ZSSR) is trained on each LR image first (`zero_shot_steps`,
+    pseudo-LR made with the clean D_s for lossless LR and the scanner chain for
+    coded LR), then applied to it: the method as a user runs it on a slide.
     """
     preset = degradation_preset(degradation)
     conds = [c if isinstance(c, LRCondition) else LRCondition(*c) for c in lr_conditions]
@@ -175,18 +180,19 @@ def evaluate(
             raise ConfigError(
                 f"model {m.name!r} is for scale {m.scale}, but scale {scale} was asked for"
             )
-    predictors = [
-        (label, Predictor(m, device=device)) for label, m in zip(_labels(models, loaded), loaded)
-    ]
-    upscalers: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    upscalers: dict[str, Callable[[np.ndarray, LRCondition], np.ndarray]] = {}
     for b in baselines:
         if b == "bicubic":
-            upscalers[b] = lambda lr: bicubic_upscale(lr, scale)
+            upscalers[b] = lambda lr, _c: bicubic_upscale(lr, scale)
         elif b == "lanczos":
-            upscalers[b] = lambda lr: lanczos_upscale(lr, scale)
+            upscalers[b] = lambda lr, _c: lanczos_upscale(lr, scale)
         else:
             raise ConfigError(f"unknown baseline {b!r}; choose bicubic or lanczos")
-    upscalers |= {name: pred.predict_image for name, pred in predictors}
+    for label, m in zip(_labels(models, loaded), loaded):
+        if m.descriptor.kind == "zero-shot":
+            upscalers[label] = _zero_shot_upscaler(m, device, zero_shot_steps, preset.preset, seed)
+        else:
+            upscalers[label] = _upscaler(Predictor(m, device=device))
 
     result = EvalResult()
     for i, path in enumerate(paths):
@@ -195,7 +201,7 @@ def evaluate(
         base_lr = degrade_with(hr, preset, scale, seed=[seed, i])
         for cond in conds:
             lr = cond.apply(base_lr)
-            outputs = {name: up(lr) for name, up in upscalers.items()}
+            outputs = {name: up(lr, cond) for name, up in upscalers.items()}
             for name, sr in outputs.items():
                 vals = all_metrics(sr, hr)
                 result.rows.append(
@@ -212,6 +218,25 @@ def evaluate(
         if progress is not None:
             progress(i + 1, len(paths))
     return result
+
+
+def _upscaler(pred: Predictor) -> Callable[[np.ndarray, LRCondition], np.ndarray]:
+    return lambda lr, _cond: pred.predict_image(lr)
+
+
+def _zero_shot_upscaler(
+    model: SRModel, device: str, steps: int, preset: str, seed: int
+) -> Callable[[np.ndarray, LRCondition], np.ndarray]:
+    """Train a copy of `model` on the LR image, then super-resolve it."""
+    from napari_srgan_sqe.training.zero_shot import zero_shot, zero_shot_config
+
+    def up(lr: np.ndarray, cond: LRCondition) -> np.ndarray:
+        lossy = cond.codec != "none" or preset == "scanner"
+        cfg = zero_shot_config(steps, degradation="scanner" if lossy else "clean", seed=seed)
+        trained = zero_shot([lr], model=copy.deepcopy(model), config=cfg, device=device)
+        return Predictor(trained, device=device).predict_image(lr)
+
+    return up
 
 
 def _labels(sources: Sequence[SRModel | str | Path], models: Sequence[SRModel]) -> list[str]:

@@ -69,7 +69,6 @@ __all__ = [
 # Loss presets (`config.loss_preset`) offered for fine-tuning; the GAN term is dropped.
 LOSS_PRESETS = ("srgan_sqe", "srgan_qe", "srgan_e", "srgan", "l1")
 # Generator children that form the residual trunk; everything after them is "last".
-TRUNK = ("head", "blocks", "trunk_tail")
 
 
 # ----------------------------------------------------------------------------- events
@@ -144,28 +143,24 @@ class FinetuneResult:
 
 
 # ----------------------------------------------------------------------------- model parts
-def last_layers(generator: nn.Module) -> list[str]:
-    """Names of the generator's children after the residual trunk (up-sampling and tail).
-
-    Generic rule: every direct child that owns parameters and is not part of the
-    trunk (`head`, `blocks`, `trunk_tail`); if a generator has no such names, its
-    last child with parameters.
-    """
-    with_params = [n for n, m in generator.named_children() if any(True for _ in m.parameters())]
-    if any(n in TRUNK for n in with_params):
-        return [n for n in with_params if n not in TRUNK]
-    return with_params[-1:]
+def last_layers(network: nn.Module) -> list[str]:
+    """Names of the network's children in its 'last' parameter group (the layers after
+    its trunk, as the architecture defines them: `parameter_groups()`)."""
+    last = {id(p) for p in network.parameter_groups()["last"]}
+    return [n for n, m in network.named_children() if any(id(p) in last for p in m.parameters())]
 
 
-def _trainable(generator: nn.Module, which: str) -> list[nn.Parameter]:
-    keep = set(last_layers(generator)) if which == "last" else None
+def _trainable(network: nn.Module, which: str) -> list[nn.Parameter]:
+    """The parameters of group `which` ('all' or 'last') with gradients on; the rest off."""
+    groups = network.parameter_groups()
+    if which not in groups:
+        raise ConfigError(f"this model has no parameter group {which!r}: {', '.join(groups)}")
+    on = {id(p) for p in groups[which]}
     params = []
-    for name, child in generator.named_children():
-        on = keep is None or name in keep
-        for p in child.parameters():
-            p.requires_grad_(on)
-            if on:
-                params.append(p)
+    for p in network.parameters():
+        p.requires_grad_(id(p) in on)
+        if id(p) in on:
+            params.append(p)
     if not params:
         raise ConfigError(
             "this model has no trainable layers (a weight-free model cannot be fine-tuned)"

@@ -34,9 +34,9 @@ from napari_srgan_sqe.io.checkpoints import (
 )
 from napari_srgan_sqe.losses import GeneratorObjective, discriminator_loss, l1_loss, quasi_norm_loss
 from napari_srgan_sqe.metrics import psnr, qilv, ssim
+from napari_srgan_sqe.models.architectures import build_network
 from napari_srgan_sqe.models.autoencoder import build_autoencoder
 from napari_srgan_sqe.models.discriminator import build_discriminator
-from napari_srgan_sqe.models.generator import build_generator
 from napari_srgan_sqe.models.modelfile import ModelFileError, SRModel, load_model, save_model
 from napari_srgan_sqe.models.predictor import Predictor, resolve_device
 from napari_srgan_sqe.training.data import PatchSampler, load_rgb, resolve_split
@@ -101,7 +101,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         loss = cfg.loss
-        self.G = build_generator(cfg.model.generator).to(self.device)
+        self.G = build_network(cfg.model.generator).to(self.device)
         self.G_ema = _frozen_copy(self.G) if cfg.ema_decay else None
         self.AE = build_autoencoder(cfg.autoencoder).to(self.device) if loss.lam_e > 0 else None
         self.D = build_discriminator(cfg.discriminator).to(self.device) if loss.lam_a > 0 else None

@@ -1,0 +1,115 @@
+"""`srgan-sqe zero-shot SLIDE --region x,y,w,h ... --out MODEL.safetensors`.
+
+Trains ZSSR on regions of the slide from its LR alone (no HR, no training set) and
+writes the image-specific model, which `enhance`, `view` and `evaluate` then use like
+any other. Regions are in LR level-0 pixels; the right `--val-fraction` of each is
+held out, and the model is written only when it beats its start (bicubic) there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from pathlib import Path
+
+from napari_srgan_sqe.cli import UserError, parse_region
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slide", type=Path, help="the slide or image to train on and enhance")
+    parser.add_argument(
+        "--region",
+        action="append",
+        type=parse_region,
+        required=True,
+        metavar="X,Y,W,H",
+        help="a rectangle in LR level-0 pixels (repeat for more regions); at least "
+        "about 200 x 100 px",
+    )
+    parser.add_argument(
+        "--degradation",
+        choices=("clean", "scanner"),
+        default=None,
+        help="how the pseudo-LR is made from the slide's LR: clean (D_s) or scanner "
+        "(coded like a scanned slide); default: scanner when the slide is stored lossy",
+    )
+    parser.add_argument("--steps", type=int, default=300, help="optimisation steps (300)")
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="stop after this many minutes (best kept)"
+    )
+    parser.add_argument(
+        "--layers", type=int, default=8, help="conv layers of the network (8, as in ZSSR)"
+    )
+    parser.add_argument(
+        "--channels", type=int, default=64, help="channels per layer (64; 16-32 train faster)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of patches and init (0)")
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--out", type=Path, required=True, help="new model file (.safetensors)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_srgan_sqe.cli.finetune import drive
+    from napari_srgan_sqe.io.slides import open_slide
+    from napari_srgan_sqe.models.modelfile import save_model
+    from napari_srgan_sqe.training.finetune import cut_regions
+    from napari_srgan_sqe.training.zero_shot import (
+        ZERO_SHOT_MODEL,
+        iter_zero_shot,
+        new_zssr,
+        zero_shot_config,
+    )
+
+    if args.out.suffix != ".safetensors":
+        raise UserError(f"--out must end in .safetensors, got {args.out}")
+    if args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    slide = open_slide(args.slide)
+    degradation = args.degradation or ("scanner" if slide.coding.lossy else "clean")
+    cfg = zero_shot_config(
+        args.steps, degradation=degradation, seed=args.seed, max_minutes=args.minutes
+    )
+    from napari_srgan_sqe.config import ZSSRConfig, validate
+
+    network = validate(
+        ZSSRConfig, {"n_layers": args.layers, "channels": args.channels}, source="options"
+    )
+    start = new_zssr(name=ZERO_SHOT_MODEL, network=network)
+    regions = cut_regions(slide, args.region, scale=start.scale, config=cfg)
+    meta = {
+        "training_data": f"zero-shot on {len(regions)} region(s) of {Path(args.slide).name}",
+        "finetune_regions": json.dumps([dict(zip("xywh", r, strict=True)) for r in args.region]),
+        "finetune_source": Path(args.slide).name,
+    }
+    print(
+        f"input stored as {slide.coding}: zero-shot ZSSR on {len(regions)} region(s), "
+        f"{cfg.steps} steps, pseudo-LR {degradation}"
+    )
+    stop = threading.Event()
+    events = iter_zero_shot(
+        regions,
+        model=start,
+        config=cfg,
+        stop_event=stop,
+        device=args.device,
+        name=args.out.name.removesuffix(".safetensors"),
+        metadata=meta,
+    )
+    result = drive(events, cfg.steps, stop)
+    if not result.improved:
+        print("ZSSR did not beat bicubic on the held-out part: no model written")
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(result.model, args.out)
+    print(f"wrote {args.out} (use it with: srgan-sqe enhance {args.slide} OUT --model {args.out})")
+    return 0

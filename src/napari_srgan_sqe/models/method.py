@@ -1,0 +1,144 @@
+"""The method interface: what the rest of the package may know about a model.
+
+Inference, caches, export and fine-tuning talk to a model only through the
+`SRMethod` protocol and its `MethodDescriptor`; the networks behind it are built by
+the architecture registry (`models.architectures`). A network implements `SRNetwork`:
+`scale`, `halo`, a differentiable `forward` for training, an `infer_batch` that owns
+inference (one pass, a self-ensemble, or several sampling steps), and its trainable
+parameter groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "KINDS",
+    "TILINGS",
+    "MethodDescriptor",
+    "SRMethod",
+    "SRNetwork",
+    "StochasticModelError",
+    "parameter_groups_by_children",
+]
+
+Tiling = Literal["halo", "blend", "whole"]
+Kind = Literal["deterministic", "stochastic", "zero-shot"]
+Speed = Literal["fast", "medium", "slow"]
+TILINGS: tuple[str, ...] = ("halo", "blend", "whole")
+KINDS: tuple[str, ...] = ("deterministic", "stochastic", "zero-shot")
+
+
+class StochasticModelError(ValueError):
+    """A stochastic model was given to a path that needs a deterministic one."""
+
+
+@dataclass(frozen=True)
+class MethodDescriptor:
+    """What inference needs to know about a method.
+
+    - `tiling`: 'halo' = read each tile with a `halo` LR px margin and crop it from
+      the output (exact: tiled equals whole); 'blend' = overlapping tiles (`overlap`
+      LR px) blended with a smooth window (for networks without a finite receptive
+      field, e.g. diffusion U-Nets); 'whole' = the region in one piece.
+    - `stochastic`: the output depends on a seed (then `steps` is the number of
+      sampling steps); a seed is part of every cache key.
+    - `kind`: 'deterministic', 'stochastic', or 'zero-shot' (trained on the image
+      it is applied to).
+    - `precisions`: the arithmetic it may run in ('fp32', 'bf16', 'fp16').
+    - `flops_per_pixel`: multiply-adds per output pixel (x2 for FLOPs), for speed classes.
+    """
+
+    arch: str
+    scale: int
+    halo: int
+    tiling: Tiling = "halo"
+    overlap: int = 0
+    stochastic: bool = False
+    steps: int = 1
+    kind: Kind = "deterministic"
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
+    macs_per_pixel: int = 0
+
+    @property
+    def speed_class(self) -> Speed:
+        """'fast' under 50 k multiply-adds per output pixel, 'slow' over 250 k."""
+        work = self.macs_per_pixel * self.steps
+        if work < 50_000:
+            return "fast"
+        return "medium" if work < 250_000 else "slow"
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["precisions"] = list(self.precisions)
+        d["speed_class"] = self.speed_class
+        return d
+
+
+@runtime_checkable
+class SRNetwork(Protocol):
+    """A super-resolution network as the architecture registry builds it."""
+
+    scale: int
+    halo: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """Inference on float NCHW [0, 1] -> NCHW at `scale` x, unclamped (no grad)."""
+        ...
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups of trainable parameters: 'all' and 'last' at least."""
+        ...
+
+    def macs_per_pixel(self) -> int:
+        """Multiply-adds per output pixel of one inference pass."""
+        ...
+
+
+class SRMethod(Protocol):
+    """A loaded model as inference, caches, export and fine-tuning see it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def scale(self) -> int: ...
+
+    @property
+    def halo(self) -> int: ...
+
+    @property
+    def descriptor(self) -> MethodDescriptor: ...
+
+    @property
+    def identity(self) -> str: ...
+
+    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor: ...
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]: ...
+
+    def to(self, *args: object, **kwargs: object) -> SRMethod: ...
+
+    def eval(self) -> SRMethod: ...
+
+
+def parameter_groups_by_children(
+    net: nn.Module, last: tuple[str, ...]
+) -> dict[str, list[nn.Parameter]]:
+    """'all' parameters, and 'last': those of the children named in `last`."""
+
+    def params(names: Iterator[tuple[str, nn.Module]]) -> list[nn.Parameter]:
+        return [p for _, child in names for p in child.parameters()]
+
+    children = list(net.named_children())
+    return {
+        "all": list(net.parameters()),
+        "last": params(iter([(n, c) for n, c in children if n in last])),
+    }
