@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ network's activations; beyond, memory runs out before the halo saving matters.""
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "input", type=Path, help="slide or image (.svs .ndpi .tif .ome.zarr .png ...)"
+        "input",
+        type=Path,
+        help="slide or image (.svs .ndpi .dcm .tif .ome.zarr .png ...; a folder of DICOM files)",
     )
     parser.add_argument(
         "output",
@@ -58,6 +61,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or --tissue-only is always restarted)",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--compression",
+        choices=("lossless", "jpeg"),
+        default="lossless",
+        help="lossless (default: zlib in OME-TIFF, Blosc-zstd in OME-Zarr; every reader "
+        "opens it) or jpeg (OME-TIFF only: YCbCr 4:2:0 JPEG tiles at --quality, read by "
+        "OpenSlide, QuPath, Bio-Formats and tifffile; about a seventh of the lossless size "
+        "at quality 90)",
+    )
+    parser.add_argument(
+        "--quality",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="JPEG quality, 1 to 100 (default 90), with --compression jpeg",
+    )
+    parser.add_argument(
+        "--tiff-layout",
+        choices=("both", "subifd"),
+        default="both",
+        help="where an OME-TIFF keeps its reduced levels: both (default) as SubIFDs of "
+        "level 0 and chained after it, so Bio-Formats / QuPath and OpenSlide alike see the "
+        "pyramid; subifd: SubIFDs only, strictly as the OME-TIFF specification says "
+        "(OpenSlide then sees one level)",
+    )
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="pixel size of the input in micrometres per pixel, for inputs that record "
+        "none (PNG, JPEG, some TIFFs) or record a wrong one; the output's is UM / scale",
+    )
 
 
 def coding_text(coding: Any) -> str:
@@ -89,11 +125,36 @@ def model_scale(model: str) -> tuple[str, int | None]:
         return str(model), None
 
 
+def size_text(n_bytes: int) -> str:
+    """Bytes in words: '812 KB', '3.4 MB', '1.20 GB' (powers of 1000)."""
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n_bytes >= factor:
+            return f"{n_bytes / factor:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def compression_text(output: Path, compression: str, quality: int | None) -> str:
+    """'JPEG Q=90' or 'lossless, zlib' / 'lossless, Blosc-zstd' for an output path."""
+    from napari_srgan_sqe.io.pyramid import DEFAULT_QUALITY
+
+    if compression == "jpeg":
+        return f"JPEG Q={quality or DEFAULT_QUALITY}"
+    tiff = output.name.lower().rstrip("/").endswith((".tif", ".tiff"))
+    return "lossless, zlib" if tiff else "lossless, Blosc-zstd"
+
+
 def run(args: argparse.Namespace) -> int:
+    import math
+    import warnings
+
     from tqdm import tqdm
 
     from napari_srgan_sqe.inference.bench import peak_rss_mb
-    from napari_srgan_sqe.inference.export import default_model_for, enhance_slide
+    from napari_srgan_sqe.inference.export import (
+        PixelSizeWarning,
+        default_model_for,
+        enhance_slide,
+    )
     from napari_srgan_sqe.inference.tiling import DataError
     from napari_srgan_sqe.io.slides import open_slide
 
@@ -102,8 +163,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--tile must be {lo} to {hi} pixels, got {args.tile}")
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
+    if args.mpp is not None and not (math.isfinite(args.mpp) and 0 < args.mpp <= 1000):
+        raise UserError(f"--mpp must be a pixel size in micrometres (> 0), got {args.mpp}")
+    if args.quality is not None and args.compression != "jpeg":
+        raise UserError("--quality goes with --compression jpeg (lossless has no quality)")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise UserError(f"--quality must be 1 to 100, got {args.quality}")
     slide = open_slide(args.input)  # metadata only; a bad file is one clear line
     print(f"input: {coding_text(slide.coding)}")
+    if args.mpp is not None:
+        was = f" (the file says {slide.mpp:.4g})" if slide.mpp else ""
+        print(f"pixel size: {args.mpp:g} um/px from --mpp{was}")
+    warning = None
+    if args.mpp is None and slide.mpp is None:  # said once the export starts
+        warning = (
+            "warning: the input records no pixel size, so the output will have none "
+            "(scale 1, no unit); give it with --mpp UM (micrometres per input pixel)"
+        )
     model = args.model
     if model is None:
         model, why = default_model_for(slide.coding)
@@ -118,28 +194,36 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(done: int, total: int) -> None:
         if not bars:
+            if warning:
+                print(warning, file=sys.stderr)
             bars.append(tqdm(total=total, unit="chunk", dynamic_ncols=True, desc="enhance"))
         bars[0].total = total
         bars[0].update(done - bars[0].n)
 
     stats: dict = {}
     try:
-        path = enhance_slide(
-            slide,
-            args.output,
-            model=model,
-            device=args.device,
-            region=args.region,
-            tissue_only=args.tissue_only,
-            tile=args.tile,
-            batch=args.batch,
-            scale=args.scale,
-            scheduler=args.scheduler,
-            progress=progress,
-            resume=not args.no_resume,
-            overwrite=args.overwrite,
-            stats=stats,
-        )
+        with warnings.catch_warnings():  # said above, in one line
+            warnings.simplefilter("ignore", PixelSizeWarning)
+            path = enhance_slide(
+                slide,
+                args.output,
+                model=model,
+                device=args.device,
+                region=args.region,
+                tissue_only=args.tissue_only,
+                tile=args.tile,
+                batch=args.batch,
+                scale=args.scale,
+                scheduler=args.scheduler,
+                progress=progress,
+                resume=not args.no_resume,
+                overwrite=args.overwrite,
+                stats=stats,
+                compression=args.compression,
+                quality=args.quality,
+                tiff_layout=args.tiff_layout,
+                mpp=args.mpp,
+            )
     except DataError as exc:
         raise UserError(str(exc)) from exc
     except RuntimeError as exc:  # models.predictor.DeviceError: e.g. no CUDA here
@@ -155,6 +239,11 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     h, w = stats.get("output_shape", (0, 0))
     print(f"wrote {path}")
+    n_bytes = stats.get("bytes_written", 0)
+    print(
+        f"size: {size_text(n_bytes)} ({compression_text(path, args.compression, args.quality)}"
+        f"), {stats.get('bytes_per_pixel', 0):.2f} bytes per pixel of level 0 (all levels)"
+    )
     print(
         f"{w} x {h} px ({stats.get('output_mpx', 0):.1f} Mpx) in {stats.get('seconds', 0):.1f} s: "
         f"{stats.get('mpx_per_s', 0):.2f} Mpx/s on {stats.get('device', '?')}; "

@@ -31,6 +31,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from napari_srgan_sqe.io.errors import DataError, RegionError
 
 __all__ = [
     "DataError",
+    "PixelSizeWarning",
     "RegionError",
     "default_model_for",
     "enhance_slide",
@@ -60,6 +62,10 @@ EXPORT_TILE = 512  # halo overhead 1.15 for the light model (1.32 at the viewer'
 SATURATION_MIN = 0.07
 VALUE_MAX = 0.9
 Progress = Callable[[int, int], None]
+
+
+class PixelSizeWarning(UserWarning):
+    """The input records no pixel size and none was given: the export has none either."""
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
@@ -209,6 +215,10 @@ def enhance_slide(
     resume: bool = True,
     overwrite: bool = False,
     stats: dict[str, Any] | None = None,
+    compression: str = "lossless",
+    quality: int | None = None,
+    tiff_layout: str = "both",
+    mpp: float | None = None,
 ) -> Path:
     """Super-resolve the slide `input` and write the pyramid to `output`.
 
@@ -219,21 +229,46 @@ def enhance_slide(
     input, the scanner model for JPEG / JPEG 2000 or unknown coding). `region`: (x, y, w, h) in LR level-0 px. `scale`: refuse a model of another
     scale. `scheduler`: a dask.distributed address or Client to compute on.
     `progress(done, total)` after each written unit. `resume`: continue an
-    interrupted export. `stats`: a dict filled with timings and counters.
+    interrupted export. `stats`: a dict filled with timings, counters and the bytes
+    written (`bytes_written`, `bytes_per_pixel` of SR level 0, pyramid included).
+    `compression`: "lossless" (zlib for OME-TIFF, Blosc-zstd for OME-Zarr) or "jpeg"
+    (OME-TIFF only) at `quality` (1 - 100, default 90): `io.pyramid.codec_options`.
+    `tiff_layout`: where an OME-TIFF's reduced levels go (`io.pyramid.TIFF_LAYOUTS`;
+    "both": OpenSlide and Bio-Formats see the pyramid). `mpp`: the input's pixel size
+    in um (overrides the file's); when neither is known a `PixelSizeWarning` is issued
+    and the export records no pixel size. An OME-TIFF carries the input's ICC profile.
 
     The output is locked for the whole call (`io.pyramid.export_lock`, a lock file
     `.NAME.lock` next to it): a second export to the same output, in this or another
     process, fails at once with `ExportError` instead of mixing its pixels in.
     """
-    from napari_srgan_sqe.io.pyramid import export_lock
+    from napari_srgan_sqe.io.pyramid import TIFF_LAYOUTS, codec_options, export_lock, output_bytes
     from napari_srgan_sqe.io.slides import Slide, open_slide
     from napari_srgan_sqe.models.predictor import Predictor
 
     out = Path(output).expanduser()
     fmt = output_format(out)
+    try:
+        codec = codec_options(fmt, compression, quality)
+    except ValueError as exc:
+        raise DataError(f"cannot write {out}: {exc}") from None
+    if tiff_layout not in TIFF_LAYOUTS:
+        raise DataError(
+            f"tiff_layout must be one of {', '.join(TIFF_LAYOUTS)}, not {tiff_layout!r}"
+        )
+    if mpp is not None and not (math.isfinite(float(mpp)) and float(mpp) > 0):
+        raise DataError(f"the pixel size must be a positive number of um, got {mpp}")
     check_writable(out, overwrite=overwrite)
     with export_lock(out):  # another export to `out` is refused at once
         slide = input if isinstance(input, Slide) else open_slide(input)
+        mpp = float(mpp) if mpp is not None else slide.mpp
+        if mpp is None:
+            warnings.warn(
+                f"{slide.path} records no pixel size: the export will have none (scale 1, "
+                "no unit); give the input's pixel size (mpp=..., --mpp) to record it",
+                PixelSizeWarning,
+                stacklevel=2,
+            )
         model = resolve_model(model if model is not None else default_model_for(slide.coding)[0])
         check_scale(model, scale)
         lr0 = slide.levels[0]
@@ -265,7 +300,8 @@ def enhance_slide(
                 )
             chunk = writer_chunk(sr.tile * sr.scale, tiff=fmt == "tiff")
             kwargs = {
-                "mpp": _scaled_mpp(slide.mpp, sr.scale),
+                "mpp": _scaled_mpp(mpp, sr.scale),
+                **codec,
                 "progress": progress,
                 "resume": resume,
                 "overwrite": overwrite,
@@ -285,9 +321,14 @@ def enhance_slide(
             else:
                 from napari_srgan_sqe.io.pyramid import write_ome_tiff
 
-                path = write_ome_tiff(level0, out, tile=chunk, **kwargs)
+                icc = slide.metadata.get("icc_profile")
+                path = write_ome_tiff(
+                    level0, out, tile=chunk, layout=tiff_layout, icc_profile=icc, **kwargs
+                )
         if stats is not None:
             _fill_stats(stats, sr, time.perf_counter() - t0, mask)
+            stats["bytes_written"] = output_bytes(path)
+            stats["bytes_per_pixel"] = stats["bytes_written"] / max(1, w * h * sr.scale**2)
             stats["remote_chunks"] = pre.submitted if pre is not None else 0
             stats["coding"] = str(slide.coding)
         return Path(path)

@@ -6,9 +6,13 @@ importing dask or zarr, whether a path is ours.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
-VENDOR_EXTENSIONS = frozenset({".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide"})
+VENDOR_EXTENSIONS = frozenset(
+    {".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide", ".dcm"}
+)
+"""Read through OpenSlide; `.dcm` is DICOM WSI (a folder of DICOM files is one too)."""
 TIFF_EXTENSIONS = frozenset({".tif", ".tiff", ".ome.tif", ".ome.tiff"})
 ZARR_EXTENSIONS = frozenset({".zarr", ".ome.zarr"})
 PLAIN_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
@@ -64,12 +68,71 @@ def looks_like_zarr(path: Path) -> bool:
     return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zattrs", ".zarray"))
 
 
+DICOM_SCAN_LIMIT = 64
+"""Files of a folder looked at (names, then the 132-byte DICOM preamble) to tell whether
+it holds DICOM files: the napari reader asks for every folder dropped on it."""
+
+
+DICOM_WSI_SOP_CLASS = b"1.2.840.10008.5.1.4.1.1.77.1.6"
+"""VL Whole Slide Microscopy Image Storage: the SOP class of every DICOM WSI level."""
+
+
+def _head(path: Path, size: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file: "DICM" after the 128-byte preamble (any extension)."""
+    return _head(path, 132)[128:132] == b"DICM"
+
+
+def is_dicom_wsi_file(path: Path) -> bool:
+    """A DICOM file whose file meta information (at its start) names the WSI SOP class."""
+    head = _head(path, 4096)
+    return head[128:132] == b"DICM" and DICOM_WSI_SOP_CLASS in head
+
+
+def dicom_files(folder: Path, *, limit: int | None = None) -> list[Path]:
+    """The DICOM files directly in `folder` (not in subfolders), sorted by name; at most
+    `limit` entries are looked at."""
+    found = []
+    try:
+        entries = sorted(itertools.islice(folder.iterdir(), limit))
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        if entry.suffix.lower() == ".dcm" or is_dicom_file(entry):
+            found.append(entry)
+    return found
+
+
+def looks_like_dicom_folder(path: Path) -> bool:
+    """A directory with DICOM WSI files directly in it (one file per level)."""
+    if not path.is_dir():
+        return False
+    return any(is_dicom_wsi_file(f) for f in dicom_files(path, limit=DICOM_SCAN_LIMIT))
+
+
 def is_supported_path(path: str | Path) -> bool:
-    """Whether a path has a supported extension (or is a zarr directory)."""
+    """Whether a path has a supported extension (or is a zarr or DICOM WSI directory).
+
+    A `.dcm` file that is DICOM but not a whole-slide image (CT, MR ...) is declined,
+    so that another napari reader can take it; one that is not DICOM at all is taken
+    (and then refused with a message saying so).
+    """
     p = Path(path)
     if p.is_dir():
-        return looks_like_zarr(p)
-    return extension(p) in SUPPORTED_EXTENSIONS
+        return looks_like_zarr(p) or looks_like_dicom_folder(p)
+    ext = extension(p)
+    if ext == ".dcm" and is_dicom_file(p):
+        return is_dicom_wsi_file(p)
+    return ext in SUPPORTED_EXTENSIONS
 
 
 def to_um(value: float, unit: str | None) -> float | None:

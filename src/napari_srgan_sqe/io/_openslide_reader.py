@@ -1,4 +1,9 @@
-"""Vendor whole-slide formats (.svs .ndpi .mrxs .scn .bif .vms .svslide) through OpenSlide.
+"""Vendor whole-slide formats (.svs .ndpi .mrxs .scn .bif .vms .svslide) and DICOM WSI
+(.dcm files, folders of them) through OpenSlide.
+
+DICOM WSI stores one level per file, all in one folder: OpenSlide opens any file of the
+series and finds the others in the same folder by their Series Instance UID. A folder
+is opened through its first DICOM file (by name) that OpenSlide recognises.
 
 One OpenSlide handle per file and process is shared by all chunk reads: the OpenSlide
 library is thread-safe and runs concurrent `read_region` calls in parallel (since
@@ -29,6 +34,21 @@ from napari_srgan_sqe.io.slides import (
 TIFF_BASED = frozenset({".svs", ".ndpi", ".scn", ".bif"})  # .svslide is SQLite
 JPEG_VENDORS = frozenset({"hamamatsu", "mirax", "sakura"})
 """Vendors whose slides hold JPEG tiles (NDPI, VMS; MIRAX by default; Sakura SVSlide)."""
+DICOM_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2": ("none", "implicit VR, uncompressed"),
+    "1.2.840.10008.1.2.1": ("none", "uncompressed"),
+    "1.2.840.10008.1.2.4.50": ("jpeg", "DICOM JPEG baseline"),
+    "1.2.840.10008.1.2.4.51": ("jpeg", "DICOM JPEG extended"),
+    "1.2.840.10008.1.2.4.57": ("none", "DICOM JPEG lossless"),
+    "1.2.840.10008.1.2.4.70": ("none", "DICOM JPEG lossless"),
+    "1.2.840.10008.1.2.4.80": ("none", "DICOM JPEG-LS lossless"),
+    "1.2.840.10008.1.2.4.90": ("none", "DICOM JPEG 2000 lossless"),
+    "1.2.840.10008.1.2.4.91": ("jpeg2000", "DICOM JPEG 2000"),
+    "1.2.840.10008.1.2.4.201": ("none", "DICOM HTJ2K lossless"),
+    "1.2.840.10008.1.2.4.202": ("none", "DICOM HTJ2K lossless"),
+    "1.2.840.10008.1.2.4.203": ("jpeg2000", "DICOM HTJ2K"),
+}
+"""Transfer Syntax UID of level 0 -> (codec, detail) for `SlideCoding`."""
 
 
 class OpenSlideLevel(LevelSource):
@@ -135,6 +155,14 @@ def _mirax_coding(props: Any) -> SlideCoding:
     return SlideCoding("jpeg", quality if quality and 1 <= quality <= 100 else None, "mirax")
 
 
+def dicom_coding(props: Any) -> SlideCoding:
+    """How level 0 of a DICOM WSI is stored, from its Transfer Syntax UID (OpenSlide's
+    `dicom.TransferSyntaxUID`); the quality is not known."""
+    uid = str(props.get("dicom.TransferSyntaxUID", "")).strip()
+    codec, detail = DICOM_TRANSFER_SYNTAXES.get(uid, ("unknown", ""))
+    return SlideCoding(codec, None, detail or (f"transfer syntax {uid}" if uid else ""))
+
+
 def vendor_coding(tiff_coding: SlideCoding, vendor: str, props: Any) -> SlideCoding:
     """How level 0 of an OpenSlide slide is stored: `tiff_coding` (from its TIFF page,
     for TIFF-based formats) when known; JPEG for the vendors that only store JPEG; else
@@ -144,20 +172,52 @@ def vendor_coding(tiff_coding: SlideCoding, vendor: str, props: Any) -> SlideCod
         return coding
     if vendor == "mirax":
         return _mirax_coding(props)
+    if vendor == "dicom":
+        return dicom_coding(props)
     if vendor in JPEG_VENDORS:
         return SlideCoding("jpeg", None, vendor)
     return coding
 
 
-def open_vendor(path: Path, *, chunk: int) -> Slide:
-    """Open a vendor slide with OpenSlide (metadata only)."""
+def _icc_profile(handle: Any) -> bytes | None:
+    """The slide's ICC profile (bytes) as OpenSlide reports it, or None."""
+    try:
+        profile = handle.color_profile
+    except Exception:  # noqa: BLE001 - a profile OpenSlide cannot parse: none
+        return None
+    if profile is None:
+        return None
+    try:
+        return bytes(profile.tobytes())
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def open_dicom_folder(folder: Path, *, chunk: int) -> Slide:
+    """Open the DICOM WSI in `folder` (one file per level) through its first DICOM file
+    that OpenSlide recognises; the Slide's path is the folder."""
+    files = _formats.dicom_files(folder)
+    for file in files:
+        if openslide.OpenSlide.detect_format(file) == "dicom":
+            return open_vendor(file, chunk=chunk, shown_as=folder)
+    raise SlideError(
+        folder,
+        f"none of its {len(files)} DICOM files is a whole-slide image OpenSlide can open "
+        "(VL Whole Slide Microscopy Image Storage)",
+    )
+
+
+def open_vendor(path: Path, *, chunk: int, shown_as: Path | None = None) -> Slide:
+    """Open a vendor slide or DICOM WSI with OpenSlide (metadata only); `shown_as`: the
+    path the Slide reports (a DICOM folder), when it is not `path`."""
     ext = _formats.extension(path)
     tiff_coding = _inspect_tiff(path) if ext in TIFF_BASED else SlideCoding()
     vendor = openslide.OpenSlide.detect_format(path)
     if vendor is None:
+        what = "DICOM whole-slide image" if ext == ".dcm" else f"{ext} slide"
         raise SlideError(
             path,
-            f"OpenSlide does not recognise this file as a {ext} slide (corrupt, "
+            f"OpenSlide does not recognise this file as a {what} (corrupt, "
             "truncated, or another format with this extension)",
         )
     try:
@@ -180,12 +240,15 @@ def open_vendor(path: Path, *, chunk: int) -> Slide:
         "properties": dict(props),
         "associated_images": list(handle.associated_images),
         "background": background,
+        "icc_profile": _icc_profile(handle),
     }
+    if shown_as is not None:
+        metadata["file"] = str(path)
     return Slide(
         levels=levels,
         mpp=_mpp(props),
         downsamples=[float(d) for d in handle.level_downsamples],
-        path=path,
+        path=shown_as or path,
         format=vendor,
         metadata=metadata,
         coding=coding_or_unknown(vendor_coding, tiff_coding, vendor, props),

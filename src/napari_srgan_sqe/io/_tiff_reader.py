@@ -197,6 +197,12 @@ def data_extent_problem(tif: Any, size: int) -> str | None:
     return None
 
 
+def _icc_profile(page: Any) -> bytes | None:
+    """The InterColorProfile tag (34675) of a page as bytes, or None."""
+    value = page.tags.valueof(34675)
+    return bytes(value) if isinstance(value, bytes | bytearray) and value else None
+
+
 def open_tiff(path: Path, *, chunk: int) -> Slide:
     """Open the first image series of a TIFF / OME-TIFF (metadata only)."""
     problem = tiff_header_problem(path)
@@ -245,6 +251,7 @@ def open_tiff(path: Path, *, chunk: int) -> Slide:
         "photometric": photometric,
         "compression": compression,
         "tile": _tile(page),
+        "icc_profile": _icc_profile(page),
     }
     return Slide(
         levels=levels,

@@ -15,11 +15,16 @@ back as (y, x, 3). A progress record (`.incomplete`) lists the units written; a
 rerun after an interruption skips them and redoes the unit that was being written.
 The NGFF metadata are written last, then the record is removed.
 
-OME-TIFF: BigTIFF, tiled, pyramid levels in SubIFDs, lossless zlib with horizontal
-predictor by default, pixel size in the OME-XML and in the resolution tags. The
-pyramid is first written to a hidden, resumable OME-Zarr staging folder next to the
-target (so expensive levels are computed once and in any order), then streamed tile
-by tile into a temporary file that is renamed over the target only when complete.
+OME-TIFF: BigTIFF, tiled, lossless zlib with horizontal predictor by default (or
+JPEG with a quality), pixel size in the OME-XML and in the resolution tags, the
+input's ICC profile where given. Reduced levels are SubIFDs of level 0 (the OME-TIFF
+pyramid that Bio-Formats, QuPath and tifffile read) and, in the default layout
+"both", the same IFDs are also chained after level 0 as top-level pages (the generic
+tiled TIFF pyramid that OpenSlide reads): one copy of the pixels, two ways to find
+it. The pyramid is first written to a hidden, resumable OME-Zarr
+staging folder next to the target (so expensive levels are computed once and in any
+order), then streamed tile by tile into a temporary file that is renamed over the
+target only when complete.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import logging
 import math
 import os
+import struct
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,10 +62,15 @@ from napari_srgan_sqe.io.atomic import (
 )
 
 __all__ = [
+    "COMPRESSIONS",
     "DEFAULT_COMPRESSOR",
+    "DEFAULT_QUALITY",
     "INCOMPLETE_MARKER",
+    "TIFF_LAYOUTS",
     "ExportError",
+    "codec_options",
     "export_lock",
+    "output_bytes",
     "write_ome_tiff",
     "write_ome_zarr",
 ]
@@ -71,6 +82,56 @@ NGFF_VERSION = "0.4"
 DEFAULT_COMPRESSOR: Any = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
 _STAGING_COMPRESSOR: Any = numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.NOSHUFFLE)
 _MAX_UNIT = 4  # a unit spans at most this many output chunks per axis
+
+TIFF_LAYOUTS = ("both", "subifd")
+"""Where an OME-TIFF's reduced levels are found: "both" (SubIFDs of level 0, and the same
+IFDs chained after it as top-level pages: Bio-Formats and OpenSlide both see the
+pyramid) or "subifd" (SubIFDs only, as the OME-TIFF specification has it: OpenSlide
+sees level 0 alone)."""
+
+COMPRESSIONS = {
+    "lossless": "zlib with horizontal predictor (OME-TIFF); Blosc-zstd (OME-Zarr)",
+    "jpeg": "JPEG, YCbCr 4:2:0, at a quality (OME-TIFF only)",
+}
+"""Export compressions by name, with what each writes (docs/formats.md says why there is
+no lossy OME-Zarr)."""
+DEFAULT_QUALITY = 90
+"""JPEG quality (1 - 100) when none is given."""
+
+
+def codec_options(fmt: str, compression: str = "lossless", quality: int | None = None) -> dict:
+    """Writer keyword arguments for `compression` (a `COMPRESSIONS` name) in `fmt`
+    ('tiff' or 'zarr'): `compression` and `quality` for `write_ome_tiff`, `compressor`
+    for `write_ome_zarr`. ValueError, in words, for a codec that the format's readers
+    cannot open, or a quality outside 1 - 100 or given for lossless compression.
+    """
+    if compression not in COMPRESSIONS:
+        raise ValueError(
+            f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}"
+        )
+    if compression == "lossless":
+        if quality is not None:
+            raise ValueError("a quality applies to lossy compression (jpeg) only")
+        return {"compression": "zlib"} if fmt == "tiff" else {"compressor": DEFAULT_COMPRESSOR}
+    if fmt != "tiff":
+        raise ValueError(
+            "lossy compression is offered for OME-TIFF only: OME-Zarr (NGFF 0.4) stores "
+            "channels first, in (3, y, x) chunks, which JPEG cannot code as one colour "
+            "image, and napari-ome-zarr, QuPath and Bio-Formats read no lossy zarr codec; "
+            "write .ome.tif to use jpeg"
+        )
+    q = DEFAULT_QUALITY if quality is None else int(quality)
+    if not 1 <= q <= 100:
+        raise ValueError(f"quality must be 1 to 100, got {quality}")
+    return {"compression": "jpeg", "quality": q}
+
+
+def output_bytes(path: str | Path) -> int:
+    """Bytes an export takes on disk: the file, or every file in the folder."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
 class ExportError(OSError):
@@ -488,26 +549,39 @@ def write_ome_tiff(
     tile: int = 512,
     n_levels: int | None = None,
     compression: str | None = "zlib",
+    quality: int | None = None,
+    layout: str = "both",
+    icc_profile: bytes | None = None,
     progress: Progress | None = None,
     resume: bool = True,
     overwrite: bool = False,
     concurrency: int | None = None,
     fingerprint: str | None = None,
 ) -> Path:
-    """Write a pyramid as a tiled BigTIFF OME-TIFF with SubIFD levels, atomically.
+    """Write a pyramid as a tiled BigTIFF OME-TIFF, atomically.
 
     Arguments as for `write_ome_zarr`; `tile` is the TIFF tile edge (a multiple of 16)
-    and `compression` a tifffile codec name ("zlib", "lzw", "zstd", None ...). Progress
-    counts the staging units, then the TIFF tiles. Nothing appears under `path` until
-    the file is complete; an interrupted call leaves a hidden `.NAME.partial.zarr`
-    next to it, which the same call resumes and removes when done (or removed at once
-    when the call failed before any unit was staged). Another export to `path` at the
-    same time is refused (`export_lock`); hidden temporary files that a killed export
-    left next to `path` are removed.
+    and `compression` a tifffile codec name ("zlib", "lzw", "zstd", "jpeg", None ...),
+    with `quality` (1 - 100) for "jpeg" (YCbCr 4:2:0; default `DEFAULT_QUALITY`).
+    `layout` (`TIFF_LAYOUTS`): "both" makes the reduced levels SubIFDs of level 0 and
+    also chains them after it as top-level pages, so OME readers (Bio-Formats, QuPath,
+    tifffile) and generic tiled-TIFF readers (OpenSlide) all see the pyramid; "subifd" keeps them in SubIFDs only, as the OME-TIFF specification has it
+    (OpenSlide then sees level 0 alone). `icc_profile`: an ICC profile (bytes) written
+    to every level's InterColorProfile tag (34675), which OpenSlide reports as the
+    slide's `color_profile`.
+
+    Progress counts the staging units, then the TIFF tiles. Nothing appears under
+    `path` until the file is complete; an interrupted call leaves a hidden
+    `.NAME.partial.zarr` next to it, which the same call resumes and removes when done
+    (or removed at once when the call failed before any unit was staged). Another
+    export to `path` at the same time is refused (`export_lock`); hidden temporary
+    files that a killed export left next to `path` are removed.
     """
     final = Path(path)
     if tile % 16:
         raise ValueError(f"tile must be a multiple of 16, got {tile}")
+    if layout not in TIFF_LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(TIFF_LAYOUTS)}, got {layout!r}")
     if final.exists() and not overwrite:
         raise FileExistsError(
             errno.EEXIST, "already exists (pass overwrite=True to replace it)", str(final)
@@ -539,8 +613,18 @@ def write_ome_tiff(
         name = final.name.removesuffix(".tiff").removesuffix(".tif").removesuffix(".ome")
         with atomic_path(final) as tmp:
             _stream_tiff(
-                group, pyr, tmp, name=name, tile=tile, mpp=mpp, compression=compression, tick=tick
+                group,
+                pyr,
+                tmp,
+                name=name,
+                tile=tile,
+                mpp=mpp,
+                codec=_tiff_codec(compression, quality),
+                icc_profile=icc_profile,
+                tick=tick,
             )
+            if layout == "both":
+                _chain_subifds(tmp)
     except BaseException as exc:  # also the input failing (SlideError ...), an interrupt
         _discard_if_empty(staging)
         if not isinstance(exc, OSError):
@@ -551,6 +635,24 @@ def write_ome_tiff(
     return final
 
 
+def _tiff_codec(compression: str | None, quality: int | None) -> dict[str, Any]:
+    """tifffile.write arguments for a codec name (and a quality for JPEG)."""
+    options: dict[str, Any] = {
+        "compression": compression,
+        "predictor": compression in ("zlib", "deflate", "adobe_deflate", "lzw", "zstd"),
+    }
+    if compression == "jpeg":
+        # photometric "rgb" with JPEG: tifffile has the encoder store YCbCr 4:2:0 (the
+        # TIFF says YCbCr), as scanners do; readers convert back to RGB
+        q = DEFAULT_QUALITY if quality is None else int(quality)
+        if not 1 <= q <= 100:
+            raise ValueError(f"quality must be 1 to 100, got {quality}")
+        options["compressionargs"] = {"level": q}
+    elif quality is not None:
+        raise ValueError(f"a quality applies to JPEG only, not to {compression}")
+    return options
+
+
 def _stream_tiff(
     group: Any,
     pyr: _Pyramid,
@@ -559,10 +661,10 @@ def _stream_tiff(
     name: str,
     tile: int,
     mpp: float | None,
-    compression: str | None,
+    codec: dict[str, Any],
+    icc_profile: bytes | None,
     tick: Callable[[], None],
 ) -> None:
-    predictor = compression in ("zlib", "deflate", "adobe_deflate", "lzw", "zstd")
     metadata: dict[str, Any] = {"axes": "YXS", "Name": name}
     if mpp:
         metadata.update(
@@ -575,9 +677,10 @@ def _stream_tiff(
                 "dtype": np.uint8,
                 "tile": (tile, tile),
                 "photometric": "rgb",
-                "compression": compression,
-                "predictor": predictor,
+                **codec,
             }
+            if icc_profile:
+                options["iccprofile"] = bytes(icc_profile)
             if mpp:
                 fy, fx = pyr.factors[i]
                 options.update(
@@ -588,3 +691,35 @@ def _stream_tiff(
             else:
                 options.update(subfiletype=1, metadata=None)
             tw.write(_tiles(group[str(i)], tile, tick), **options)
+
+
+def _chain_subifds(path: Path) -> None:
+    """Chain the SubIFDs of the first page after it as top-level pages (layout "both").
+
+    The level IFDs stay where they are, and stay referenced by the SubIFDs tag; only
+    next-IFD pointers are written: the first page's (0 before) to the first SubIFD, each
+    SubIFD's to the next one (as tifffile links them already), the last one's to 0.
+    Generic TIFF readers (OpenSlide) walk this chain and find the reduced-resolution
+    pages (NewSubfileType 1) there, while OME readers take the levels from the SubIFDs
+    tag and the image from the OME-XML, which names only IFD 0.
+    """
+    with tifffile.TiffFile(path) as tif:
+        if len(tif.pages) != 1:
+            raise ValueError(f"{path}: expected one top-level page, found {len(tif.pages)}")
+        page = tif.pages.first
+        subifds = [int(o) for o in (page.subifds or ())]
+        info = tif.tiff
+    if not subifds:
+        return
+    chain = [page.offset, *subifds]
+    with open(path, "r+b") as fh:
+        pointers = []
+        for offset in chain:
+            fh.seek(offset)
+            (n_tags,) = struct.unpack(info.tagnoformat, fh.read(info.tagnosize))
+            pointers.append(offset + info.tagnosize + n_tags * info.tagsize)
+        for pointer, target in zip(pointers, [*subifds, 0]):
+            fh.seek(pointer)
+            fh.write(struct.pack(info.offsetformat, target))
+        fh.flush()
+        os.fsync(fh.fileno())

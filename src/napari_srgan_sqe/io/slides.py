@@ -109,19 +109,28 @@ class Slide:
 def open_slide(path: str | Path, *, chunk: int = DEFAULT_CHUNK) -> Slide:
     """Open a slide or image without reading pixels; raise `SlideError` if it cannot.
 
-    Vendor formats go through OpenSlide, TIFF / OME-TIFF through tifffile's zarr
-    store, OME-Zarr through zarr, PNG / JPEG through Pillow (one chunk).
+    Vendor formats and DICOM WSI (a `.dcm` file or a folder of them) go through
+    OpenSlide, TIFF / OME-TIFF through tifffile's zarr store, OME-Zarr through zarr,
+    PNG / JPEG through Pillow (one chunk).
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise SlideError(p, "no such file or directory")
     try:
         if p.is_dir():
-            if not _formats.looks_like_zarr(p):
-                raise SlideError(p, "a directory that is not an OME-Zarr image")
-            from napari_srgan_sqe.io import _zarr_reader
+            if _formats.looks_like_zarr(p):
+                from napari_srgan_sqe.io import _zarr_reader
 
-            return _zarr_reader.open_ome_zarr(p, chunk=chunk)
+                return _zarr_reader.open_ome_zarr(p, chunk=chunk)
+            if _formats.dicom_files(p):
+                from napari_srgan_sqe.io import _openslide_reader
+
+                return _openslide_reader.open_dicom_folder(p, chunk=chunk)
+            raise SlideError(
+                p,
+                "a directory that is not an OME-Zarr image or a DICOM slide (no zarr "
+                "metadata, no DICOM files in it)",
+            )
         ext = extension(p)
         if ext not in SUPPORTED_EXTENSIONS:
             supported = " ".join(sorted(SUPPORTED_EXTENSIONS))
@@ -542,6 +551,7 @@ def _open_plain(path: Path) -> Slide:
         with Image.open(path) as im:
             width, height = im.size
             fmt = (im.format or extension(path).lstrip(".")).lower()
+            icc = im.info.get("icc_profile") or None
     except Image.DecompressionBombError as exc:
         raise SlideError(
             path, f"{exc}; convert it to a tiled TIFF or OME-Zarr to read it in chunks"
@@ -553,7 +563,8 @@ def _open_plain(path: Path) -> Slide:
     src = _ImageFile(path, 0, (height, width, 3), np.uint8)
     level = src.to_dask(((height,), (width,), (3,)))
     coding = coding_or_unknown(plain_coding, path, fmt)
-    return Slide([level], None, [1.0], path, fmt, {"reader": "pillow"}, coding)
+    metadata = {"reader": "pillow", "icc_profile": bytes(icc) if icc else None}
+    return Slide([level], None, [1.0], path, fmt, metadata, coding)
 
 
 def tiff_header_problem(path: Path) -> str | None:
