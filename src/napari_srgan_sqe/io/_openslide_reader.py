@@ -19,8 +19,7 @@ import numpy as np
 import openslide
 
 from napari_srgan_sqe.io import _formats
-from napari_srgan_sqe.io.codecs import SlideCoding
-from napari_srgan_sqe.io.slides import (
+from napari_srgan_sqe.io._slide import (
     LevelSource,
     Slide,
     SlideError,
@@ -30,6 +29,7 @@ from napari_srgan_sqe.io.slides import (
     shared_handle,
     tiff_header_problem,
 )
+from napari_srgan_sqe.io.codecs import SlideCoding
 
 TIFF_BASED = frozenset({".svs", ".ndpi", ".scn", ".bif"})  # .svslide is SQLite
 JPEG_VENDORS = frozenset({"hamamatsu", "mirax", "sakura"})

@@ -22,13 +22,7 @@ import tifffile
 import zarr
 
 from napari_srgan_sqe.io import _formats
-from napari_srgan_sqe.io.codecs import (
-    TIFF_JPEG_CODES,
-    SlideCoding,
-    coding_from_tiff_page,
-    jpeg_quality,
-)
-from napari_srgan_sqe.io.slides import (
+from napari_srgan_sqe.io._slide import (
     HEAD_BYTES,
     LevelSource,
     Slide,
@@ -42,6 +36,12 @@ from napari_srgan_sqe.io.slides import (
     shared_handle,
     tiff_header_problem,
     to_yxc,
+)
+from napari_srgan_sqe.io.codecs import (
+    TIFF_JPEG_CODES,
+    SlideCoding,
+    coding_from_tiff_page,
+    jpeg_quality,
 )
 
 _REFUSED_PHOTOMETRIC = {

@@ -21,8 +21,7 @@ import numpy as np
 import zarr
 
 from napari_srgan_sqe.io import _formats
-from napari_srgan_sqe.io.codecs import SlideCoding
-from napari_srgan_sqe.io.slides import (
+from napari_srgan_sqe.io._slide import (
     LevelSource,
     Slide,
     SlideError,
@@ -34,6 +33,7 @@ from napari_srgan_sqe.io.slides import (
     shared_handle,
     to_yxc,
 )
+from napari_srgan_sqe.io.codecs import SlideCoding
 
 # Codecs (zarr 2 compressor / filter ids, zarr 3 codec names, without the "numcodecs." or
 # "imagecodecs_" prefix) that give back exactly the bytes they were given.
