@@ -258,3 +258,30 @@ def test_zero_shot_cli_writes_a_zero_shot_model(he_crop: np.ndarray, tmp_path: P
     argv = ["finetune", str(lr_path), "--region", "0,0,144,144", "--model", "zssr-x4"]
     assert main([*argv, "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "is a zero-shot model" in capsys.readouterr().err
+
+
+def test_srgan_without_vgg_weights_says_so_plainly(crops: Path, tmp_path: Path, capsys):
+    """The paper's SRGAN recipe (PReLU SRResNet, VGG content loss) runs without the VGG
+    term when no weights file is given, and says so on the console and in the model."""
+    cfg = _tiny_train_config(
+        crops,
+        tmp_path / "run",
+        SMALL["srresnet"].model_dump(),
+        model={
+            "name": "srgan-tiny",
+            "variant": "srgan",
+            "generator": SMALL["srresnet"].model_dump(),
+        },
+        loss={"q": 2.0, "q_manifold": 2.0, "lam_e": 0.0, "lam_s": 0.0, "lam_vgg": 6e-3},
+        discriminator={"channels": [8, 16]},
+        ae_steps=0,
+        warmup_steps=1,
+        gan_steps=1,
+    )
+    path = tmp_path / "srgan.json"
+    path.write_text(cfg.model_dump_json())
+    assert main(["train", "--config", str(path)]) == 0
+    assert "VGG19 content loss: off: no VGG19 weights file" in capsys.readouterr().out
+    model = load_model(tmp_path / "run" / "model.safetensors")
+    assert model.metadata["vgg_content"].startswith("off")
+    assert isinstance(model.generator.head[1], torch.nn.PReLU)

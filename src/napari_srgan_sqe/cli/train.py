@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         for path in existing:
             path.unlink()
+    if trainer.vgg_content is not None:
+        print(f"VGG19 content loss: {trainer.vgg_content}")
     stop = threading.Event()
     _stop_on_signals(stop)
     bar = tqdm(total=trainer.total, unit="step", dynamic_ncols=True)

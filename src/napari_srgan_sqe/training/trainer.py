@@ -278,6 +278,20 @@ class Trainer:
         m = np.mean(rows, axis=0)
         return {"val_psnr": float(m[0]), "val_ssim": float(m[1]), "val_qilv": float(m[2])}
 
+    @property
+    def vgg_content(self) -> str | None:
+        """Whether SRGAN's VGG content term is in the objective: None when the loss has
+        no VGG weight, else 'on (FILE)' or a plain 'off' with the reason."""
+        loss = self.cfg.loss
+        if loss.lam_vgg <= 0:
+            return None
+        if loss.vgg_weights:
+            return f"on ({Path(loss.vgg_weights).name})"
+        return (
+            "off: no VGG19 weights file was given (loss.vgg_weights), so this srgan run "
+            "trains without the VGG content loss of the paper"
+        )
+
     def as_model(self, *, with_encoder: bool = True, **metadata: str) -> SRModel:
         """The generator (and, at the end, the frozen encoder) as a model, in eval mode."""
         encoder = self.AE.encoder if self.AE is not None and with_encoder else None
@@ -392,6 +406,8 @@ class Trainer:
             logf.close()
         self.save_checkpoint()
         provenance = {"initialised_from": self.init_source} if self.init_source else {}
+        if self.vgg_content is not None:
+            provenance["vgg_content"] = self.vgg_content
         model = self.as_model(
             training_data=", ".join(p.name for p in self.train_paths)[:4000],
             steps=str(self.step),
