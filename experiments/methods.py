@@ -141,7 +141,7 @@ def main() -> None:
         print(f"\n| method ({cond} LR) | PSNR | dB vs bicubic | SSIM | MS-SSIM | QILV |")
         print("| --- | --- | --- | --- | --- | --- |")
         first = True
-        for name, res in scores.items():
+        for res in scores.values():
             summ = res["by_lr"][cond]
             base = summ["bicubic"]["psnr"]
             rows = [("bicubic", summ["bicubic"])] if first else []

@@ -34,6 +34,70 @@ def test_models_lists_bundled_models(capsys):
     assert "srgan-sqe-he-x4" in out and "bicubic-x4" in out and "CC BY-NC-SA" in out
 
 
+def test_models_listing_reads_the_files_without_torch():
+    """The listing describes each bundled model from its own file (network, size,
+    training degradation) and reads only headers: torch is never imported."""
+    code = (
+        "import sys\n"
+        "from napari_srgan_sqe.cli import main\n"
+        "main(['models', '--json'])\n"
+        "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert "torch imported: False" in res.stderr
+    listed = {m["name"]: m for m in json.loads(res.stdout)}
+    assert {"srgan-sqe-he-x4", "srgan-sqe-he-x4-clean", "bicubic-x4"} <= set(listed)
+    assert [n for n, m in listed.items() if m["default"]] == ["srgan-sqe-he-x4"]
+    with_weights = [n for n, m in listed.items() if m["file"] is not None]
+    assert {"srgan-sqe-he-x4", "srgan-sqe-he-x4-clean"} <= set(with_weights)
+    for name in with_weights:
+        entry, model = listed[name], load_model(name)
+        gen = model.config.generator
+        assert entry["available"] and entry["scale"] == model.scale
+        assert (entry["arch"], entry["blocks"], entry["channels"]) == (
+            gen.arch,
+            gen.n_blocks,
+            gen.channels,
+        )
+        assert entry["halo"] == model.halo
+        assert entry["parameters"] == sum(p.numel() for p in model.generator.parameters())
+        assert entry["degradation"] == (model.metadata.get("degradation") or None)
+        assert f"{gen.n_blocks} residual blocks x {gen.channels} channels" in entry["summary"]
+    for name in ("srgan-sqe-he-x4", "srgan-sqe-he-x4-clean"):
+        assert listed[name]["licence"].startswith("CC BY-NC-SA 4.0")
+    assert listed["srgan-sqe-he-x4"]["degradation"] == "scanner"
+    assert listed["srgan-sqe-he-x4-clean"]["degradation"] == "clean"
+    assert listed["bicubic-x4"]["arch"] == "bicubic" and listed["bicubic-x4"]["parameters"] == 0
+
+
+def test_models_text_listing_names_network_and_training(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "preset" not in out
+    assert out.count("network: lrnet, 12 residual blocks x 48 channels") == 2
+    assert "trained on: the scanner degradation" in out
+    assert "trained on: the clean reference degradation" in out
+
+
+def test_bench_shows_progress_then_a_summary_or_json(capsys):
+    argv = ["bench", "--model", "preset:tiny", "--device", "cpu", "--tile", "64"]
+    assert main([*argv, "--seconds", "0.2"]) == 0
+    cap = capsys.readouterr()
+    for stage in ("loading preset:tiny", "warm-up", "raw forward 1 of 3", "pipeline 2 of 2"):
+        assert stage in cap.err
+    assert not cap.out.lstrip().startswith("{")
+    assert "preset:tiny on cpu" in cap.out and "efficiency:" in cap.out
+    assert "Mpx/s end to end" in cap.out
+
+    assert main([*argv, "--seconds", "0.2", "--json"]) == 0
+    cap = capsys.readouterr()
+    result = json.loads(cap.out)
+    assert result["model"] == "preset:tiny" and result["tile"] == 64
+    assert result["pipeline_mpx_per_s"] > 0 and "pipeline 1 of 2" in cap.err
+
+
 def test_unknown_model_is_a_clear_error(capsys):
     assert main(["models", "no-such-model"]) == 2
     err = capsys.readouterr().err

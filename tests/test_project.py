@@ -38,6 +38,34 @@ def test_npe2_manifest_validates():
     )
 
 
+def test_manifest_declares_menus_for_the_three_widgets():
+    """Layers > Filters > "Super-resolution (SRGAN-SQE)" holds Enhance, Compare and
+    Fine-tune; Compare is also under Layers > Measure. Every menu item is a widget
+    command, and the napari menus used are ones plugins may contribute to."""
+    from npe2 import PluginManifest
+
+    mf = PluginManifest.from_file(ROOT / "napari.yaml")
+    PluginManifest.model_validate(mf.model_dump())  # the schema accepts it as a whole
+    contrib = mf.contributions
+    widgets = {w.command: w.display_name for w in contrib.widgets}
+    submenus = {s.id: s.label for s in contrib.submenus}
+    menus = contrib.menus
+    top = menus["napari/layers/filter"]
+    assert [m.submenu for m in top] == ["napari-srgan-sqe.super_resolution"]
+    assert submenus["napari-srgan-sqe.super_resolution"] == "Super-resolution (SRGAN-SQE)"
+    inner = [widgets[m.command] for m in menus["napari-srgan-sqe.super_resolution"]]
+    assert inner == ["Enhance", "Compare", "Fine-tune"]
+    assert [widgets[m.command] for m in menus["napari/layers/measure"]] == ["Compare"]
+    contributable = {"napari/layers/filter", "napari/layers/measure"}
+    assert {k for k in menus if k.startswith("napari/")} <= contributable
+
+
+def test_license_file_names_the_code_and_the_weights_licences():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("BSD 3-Clause License")
+    assert "CC BY-NC-SA 4.0" in text and "srgan-sqe-he-x4" in text
+
+
 def test_manifest_ships_inside_the_package():
     """The napari.manifest entry point resolves to the same file as the top-level manifest."""
     eps = [

@@ -11,6 +11,7 @@ both), so the ratio is the engine's own overhead; the halo's cost,
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,10 @@ def pick_region(shape: tuple[int, int], *, tile: int, n_tiles: int) -> tuple[int
     return x, y, w, h
 
 
+def _n_tiles(n: int) -> str:
+    return f"{n} tile" if n == 1 else f"{n} tiles"
+
+
 def measure_pipeline(
     levels: Any,
     model: Any,
@@ -121,20 +126,28 @@ def measure_pipeline(
     region: tuple[int, int, int, int] | None = None,
     seconds: float | None = None,
     repeats: int = 2,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Pipeline vs raw forward on one region of LR level 0, measured in one run.
 
     `region` (x, y, w, h) in LR px, or chosen near the centre so that the pipeline
     takes about `seconds` (default 4 tiles). After a warm-up of both paths it runs
     raw, then (pipeline on a fresh pyramid, raw) `repeats` times and compares the
-    medians, so drift of the clock speed affects both sides alike.
+    medians, so drift of the clock speed affects both sides alike. `progress` is
+    called with a short line as each stage starts.
     """
+
+    def say(text: str) -> None:
+        if progress is not None:
+            progress(text)
+
     sr = super_resolve(levels, model, device=device, tile=tile, batch=batch, cache_mb=64)
     pred, lr0 = sr.predictor, sr.lr_levels[0]
     tile, halo, s = sr.tile, sr.halo, sr.scale
     if region is None:
         n_tiles = 4
         if seconds is not None:  # estimate from one tile
+            say(f"timing one {tile}-px tile to size the region")
             probe = read_region(
                 lr0, 0, min(tile, lr0.shape[0]), 0, min(tile, lr0.shape[1]), halo=halo
             )
@@ -149,6 +162,7 @@ def measure_pipeline(
     shapes |= {grid.bounds(*t)[3] - grid.bounds(*t)[2] for t in idx}
     if shapes != {tile}:
         raise ValueError(f"region {region} is not aligned to whole {tile}-px tiles")
+    say(f"reading {_n_tiles(len(idx))} of {tile} LR px (+ {halo} px halo) at x={x} y={y}")
     tiles = np.stack([read_region(lr0, *grid.bounds(*t), halo=halo) for t in idx])
 
     sizes = sorted({1, batch})  # on a CPU one tile at a time can be the fastest
@@ -156,12 +170,16 @@ def measure_pipeline(
     def raw_round() -> dict[int, dict[str, float]]:
         return {b: raw_forward(pred, tiles, batch=b, crop=halo) for b in sizes}
 
+    batches = " and ".join(str(b) for b in sizes)
+    say("warm-up")
     raw_forward(pred, tiles[:batch], batch=batch, crop=halo)  # warm-up, both paths
     pred.run(tiles[:batch], crop=halo)
+    say(f"raw forward 1 of {repeats + 1}: {_n_tiles(len(idx))} at batch {batches}")
     raws = [raw_round()]
     pipes, pipe_cpu = [], []
     comb = sr._level0.combiner
-    for _ in range(repeats):
+    for r in range(repeats):
+        say(f"pipeline {r + 1} of {repeats}: lazy SR of the region, {_n_tiles(len(idx))}")
         fresh = super_resolve(levels, sr.model, predictor=pred, tile=tile, batch=batch, cache_mb=64)
         b0, n0 = comb.batches, comb.tiles
         t0, c0 = time.perf_counter(), time.process_time()
@@ -169,6 +187,7 @@ def measure_pipeline(
         pipes.append(time.perf_counter() - t0)
         pipe_cpu.append(time.process_time() - c0)
         mean_batch = (comb.tiles - n0) / max(comb.batches - b0, 1)
+        say(f"raw forward {r + 2} of {repeats + 1}: {_n_tiles(len(idx))} at batch {batches}")
         raws.append(raw_round())
     mpx = out.shape[0] * out.shape[1] / 1e6
     by_batch = {b: float(np.median([r[b]["mpx_per_s"] for r in raws])) for b in sizes}
