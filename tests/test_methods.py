@@ -285,3 +285,15 @@ def test_srgan_without_vgg_weights_says_so_plainly(crops: Path, tmp_path: Path, 
     model = load_model(tmp_path / "run" / "model.safetensors")
     assert model.metadata["vgg_content"].startswith("off")
     assert isinstance(model.generator.head[1], torch.nn.PReLU)
+
+
+def test_models_listing_shows_kind_and_speed_class(tmp_path: Path, capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(ln.startswith("zssr-x4") and "[zero-shot, slow]" in ln for ln in lines)
+    assert any(ln.startswith("srgan-sqe-he-x4 ") and "[deterministic, fast]" in ln for ln in lines)
+    model = new_model(ModelConfig(name="zssr-small", generator=SMALL["zssr"]))
+    path = save_model(model, tmp_path / "zssr-small.safetensors")
+    assert main(["models", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "zero-shot" and info["arch"] == "zssr"

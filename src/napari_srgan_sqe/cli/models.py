@@ -74,6 +74,7 @@ def network_info(path: Path) -> dict[str, Any]:
     arch = gen.get("arch", "?")
     blocks, channels = gen.get("n_blocks"), gen.get("channels")
     halo = int(meta["halo"]) if meta.get("halo", "").isdigit() else None
+    method = json.loads(meta["method"]) if meta.get("method") else {}
     parts = [arch]
     if blocks is not None and channels is not None:
         parts.append(f"{blocks} residual blocks x {channels} channels")
@@ -84,7 +85,7 @@ def network_info(path: Path) -> dict[str, Any]:
     summary = ", ".join(parts) + f"; {params:,} parameters".replace(",", " ")
     if halo is not None:
         summary += f"; halo {halo} LR px"
-    return {
+    info = {
         "arch": arch,
         "blocks": blocks,
         "channels": channels,
@@ -95,6 +96,10 @@ def network_info(path: Path) -> dict[str, Any]:
         "training_images": len(images),
         "summary": summary,
     }
+    if method:  # files written since the method interface say what they are
+        info["kind"] = method.get("kind", "deterministic")
+        info["speed"] = method.get("speed_class", "fast")
+    return info
 
 
 def list_bundled() -> list[dict[str, Any]]:
@@ -126,7 +131,8 @@ def _print_listing(models: list[dict[str, Any]]) -> None:
         if not m["available"]:
             state = "  [weights unreadable]" if m.get("error") else "  [weights missing]"
         default = " (default)" if m.get("default") else ""
-        print(f"{m['name']:<{width}} x{m['scale']}  {m['description']}{default}{state}")
+        how = f"{m.get('kind', 'deterministic')}, {m.get('speed', 'fast')}"
+        print(f"{m['name']:<{width}} x{m['scale']}  [{how}]  {m['description']}{default}{state}")
         if "summary" in m:
             print(f"{pad}network: {m['summary']}")
         if m.get("degradation"):
@@ -156,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
         "name": model.name,
         "variant": model.variant,
         "scale": model.scale,
+        "arch": model.descriptor.arch,
+        "kind": model.descriptor.kind,
+        "speed_class": model.descriptor.speed_class,
+        "macs_per_pixel": model.descriptor.macs_per_pixel,
         "halo_lr_px": model.halo,
         "parameters": n_params,
         "identity": model.identity,

@@ -37,6 +37,9 @@ class BundledModel:
     """The network: an architecture name (`models.architectures`) or 'bicubic'."""
     kind: str = "deterministic"
     """'deterministic', 'stochastic' or 'zero-shot' (trained on the image it enhances)."""
+    speed: str = "fast"
+    """CPU speed class from the work per output pixel ('fast' < 50 k multiply-adds,
+    'medium' < 250 k, 'slow' above; `MethodDescriptor.speed_class`)."""
 
     @property
     def path(self) -> Path | None:
@@ -73,6 +76,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         licence="BSD-3-Clause",
         arch="zssr",
         kind="zero-shot",
+        speed="slow",
     ),
 }
 
@@ -91,8 +95,8 @@ def model_for_coding(codec: str | None) -> str:
 
 
 def list_models() -> list[dict]:
-    """The bundled models as plain dicts (name, scale, arch, kind, description, licence,
-    available)."""
+    """The bundled models as plain dicts (name, scale, arch, kind, speed, description,
+    licence, available)."""
     out = []
     for m in BUNDLED_MODELS.values():
         path = m.path
@@ -102,6 +106,7 @@ def list_models() -> list[dict]:
                 "scale": m.scale,
                 "arch": m.arch,
                 "kind": m.kind,
+                "speed": m.speed,
                 "description": m.description,
                 "licence": m.licence,
                 "file": None if path is None else str(path),
