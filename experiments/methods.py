@@ -51,24 +51,31 @@ def held_out_crops(out: Path) -> Path:
     return out
 
 
-def score(models: list[str], data: Path, out: Path, steps: int) -> dict[str, dict]:
-    """by_lr summaries per model label (cached per model in out/per-model)."""
+def score(
+    models: list[str], data: Path, out: Path, steps: int, conditions: list[LRCondition]
+) -> dict[str, dict]:
+    """by_lr summaries per model (cached per model and LR condition in out/per-model)."""
     cache = out / "per-model"
     cache.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     for name in models:
         model = load_model(name)
-        path = cache / f"{Path(name).stem}.json"
-        if not path.is_file():
-            t0 = time.perf_counter()
-            res = evaluate(
-                [model], [data], device="cpu", lr_conditions=CONDITIONS, zero_shot_steps=steps
-            )
-            payload = {"by_lr": res.summaries(), "rows": res.rows}
-            payload["seconds"] = time.perf_counter() - t0
-            path.write_text(json.dumps(payload, indent=2))
-            print(f"scored {model.name} in {payload['seconds']:.0f} s", flush=True)
-        results[name] = json.loads(path.read_text())
+        results[name] = {"by_lr": {}, "rows": [], "seconds": {}}
+        for cond in conditions:
+            path = cache / f"{Path(name).stem}.{cond.label}.json"
+            if not path.is_file():
+                t0 = time.perf_counter()
+                res = evaluate(
+                    [model], [data], device="cpu", lr_conditions=[cond], zero_shot_steps=steps
+                )
+                payload = {"by_lr": res.summaries(), "rows": res.rows}
+                payload["seconds"] = time.perf_counter() - t0
+                path.write_text(json.dumps(payload, indent=2))
+                print(f"scored {model.name} ({cond.label}) in {payload['seconds']:.0f} s")
+            got = json.loads(path.read_text())
+            results[name]["by_lr"].update(got["by_lr"])
+            results[name]["rows"] += got["rows"]
+            results[name]["seconds"][cond.label] = got["seconds"]
     return results
 
 
@@ -131,9 +138,15 @@ def main() -> None:
     ap.add_argument("--images", type=Path, default=None, help="folder for the crop figure")
     ap.add_argument("--zero-shot-steps", type=int, default=300)
     ap.add_argument("--skip-score", action="store_true")
+    ap.add_argument("--only", choices=[c.label for c in CONDITIONS], default=None)
+    ap.add_argument("--score-only", action="store_true", help="no cost, tables or figure")
     args = ap.parse_args()
     data = held_out_crops(ROOT / "runs" / "methods-val512")
-    scores = {} if args.skip_score else score(args.model, data, args.out, args.zero_shot_steps)
+    conds = [c for c in CONDITIONS if args.only in (None, c.label)]
+    steps = args.zero_shot_steps
+    scores = {} if args.skip_score else score(args.model, data, args.out, steps, conds)
+    if args.score_only:
+        return
     costs = cost(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "methods.json").write_text(json.dumps({"scores": scores, "cost": costs}, indent=2))

@@ -14,6 +14,7 @@ from napari_srgan_sqe.config import (
     FinetuneConfig,
     ModelConfig,
     generator_preset,
+    loss_preset,
 )
 from napari_srgan_sqe.models.modelfile import load_model, new_model, save_model
 from napari_srgan_sqe.training.finetune import (
@@ -311,3 +312,10 @@ def test_self_supervised_never_keeps_a_model_worse_at_the_real_scale(image: Path
     kept = Predictor(result.model, device="cpu").predict_image(lr)
     orig = Predictor(base, device="cpu").predict_image(lr)
     assert psnr(kept, hr) >= psnr(orig, hr) - 0.5
+
+
+def test_srgan_loss_without_vgg_weights_is_named_in_the_notes(hr):
+    cfg = FAST.model_copy(update={"loss": loss_preset("srgan").model_copy(update={"lam_a": 0.0})})
+    result, events = _run(tiny(), [(None, hr)], "paired", steps=2, config=cfg)
+    assert any("VGG content loss skipped" in n for n in events[0].notes)
+    assert any("VGG content loss skipped" in n for n in result.notes)

@@ -287,7 +287,13 @@ class CorruptionConfig(_Strict):
         return self
 
 
-DEGRADATION_PRESETS: tuple[str, ...] = ("clean", "scanner")
+DegradationPreset = Literal["clean", "scanner"]
+DEGRADATION_PRESETS: tuple[DegradationPreset, ...] = ("clean", "scanner")
+JpegColour = Literal["ycbcr420", "rgb"]
+
+
+def _all_jpeg_colours() -> list[JpegColour]:
+    return ["ycbcr420", "rgb"]
 
 
 class DegradationConfig(_Strict):
@@ -298,7 +304,7 @@ class DegradationConfig(_Strict):
     The fields below the preset describe the scanner chain; `clean` ignores them.
     Every stage can be switched off (blur, noise, or both codec fractions at 0)."""
 
-    preset: Literal["clean", "scanner"] = "clean"
+    preset: DegradationPreset = "clean"
     blur: bool = True
     """Draw the anti-aliasing blur per patch instead of D_s's fixed sigma (s - 1) / 2."""
     blur_factor: tuple[float, float] = (0.8, 1.25)
@@ -316,9 +322,7 @@ class DegradationConfig(_Strict):
     """Fraction of patches whose LR is JPEG-coded."""
     jpeg_quality: tuple[int, int] = (30, 95)
     """Range of the IJG JPEG quality (drawn uniformly)."""
-    jpeg_colours: list[Literal["ycbcr420", "rgb"]] = Field(
-        default_factory=lambda: ["ycbcr420", "rgb"], min_length=1
-    )
+    jpeg_colours: list[JpegColour] = Field(default_factory=_all_jpeg_colours, min_length=1)
     """JPEG colour modes drawn from: YCbCr 4:2:0 (most scanners) and RGB without
     subsampling (Aperio "JPEG/RGB")."""
     jpeg2000_fraction: float = Field(0.2, ge=0.0, le=1.0)

@@ -353,6 +353,7 @@ def _lr_noise_round_code(lr: np.ndarray, draw: ScannerDraw, rng: np.random.Gener
     if draw.codec == "none":
         return lr8
     if draw.codec == "jpeg2000":
+        assert draw.quality is not None, "a JPEG 2000 draw always has a target PSNR"
         return decode(encode_jpeg2000_psnr(lr8, float(draw.quality)))
     return code_image(lr8, draw.codec, draw.quality, colour=draw.colour)
 

@@ -136,7 +136,7 @@ def generator_adversarial_loss(
 
 
 # ----------------------------------------------------------------------------- VGG19
-_VGG19 = [
+_VGG19: list[int | str] = [
     64,
     64,
     "M",
@@ -165,6 +165,9 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class VGG19Features(nn.Module):
     """VGG19 convolutions up to relu5_4, laid out like torchvision's `features.N`,
     so a torchvision-style state dict (saved as safetensors) loads directly."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()

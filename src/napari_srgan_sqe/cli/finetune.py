@@ -13,7 +13,7 @@ import json
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from napari_srgan_sqe.cli import UserError, parse_region
 
@@ -97,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    mode = "paired" if args.hr is not None else "self-supervised"
+    mode: Literal["paired", "self-supervised"] = (
+        "paired" if args.hr is not None else "self-supervised"
+    )
     slide = open_slide(args.slide)
     degradation = args.degradation or ("scanner" if slide.coding.lossy else "clean")
     cfg = _config(args, mode, degradation)

@@ -54,7 +54,8 @@ class Combiner:
         with self._qlock:
             first = self._queue.popleft()
             key = (first[0].shape, first[1])
-            batch, rest = [first], deque()
+            batch = [first]
+            rest: deque[tuple[np.ndarray, int, Future]] = deque()
             while self._queue:
                 item = self._queue.popleft()
                 if len(batch) < self.max_batch and (item[0].shape, item[1]) == key:
@@ -95,7 +96,9 @@ def combiner_for(predictor: Any, max_batch: int) -> Combiner:
             ref = weakref.ref(predictor)  # a strong reference would keep it alive forever
 
             def run(x: np.ndarray, crop: int) -> np.ndarray:
-                return ref().run(x, crop=crop)
+                pred = ref()
+                assert pred is not None, "the combiner outlived its predictor"
+                return pred.run(x, crop=crop)
 
             comb = Combiner(run, max_batch)
             _COMBINERS[predictor] = comb

@@ -146,7 +146,8 @@ def _build_engine(spec: ChunkSpec, model: Any) -> Any:
     from napari_srgan_sqe.io.slides import open_slide
 
     lr0 = open_slide(spec.path).levels[0]
-    whole = tuple(spec.region) == (0, 0, int(lr0.shape[1]), int(lr0.shape[0]))
+    x, y, w, h = spec.region
+    whole = (x, y, w, h) == (0, 0, int(lr0.shape[1]), int(lr0.shape[0]))
     return super_resolve(
         lr0,
         model,
@@ -156,7 +157,7 @@ def _build_engine(spec: ChunkSpec, model: Any) -> Any:
         chunk_tiles=spec.chunk_tiles,
         cache_mb=64,
         use_model=TileMask(spec.tissue) if spec.tissue is not None else None,
-        region=None if whole else tuple(spec.region),
+        region=None if whole else (x, y, w, h),
     )
 
 

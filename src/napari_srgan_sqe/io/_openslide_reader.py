@@ -127,7 +127,7 @@ def _inspect_tiff(path: Path) -> SlideCoding:
     try:
         with tifffile.TiffFile(path) as tif:
             problem = data_extent_problem(tif, path.stat().st_size)
-            pages = [pg for pg in tif.pages if hasattr(pg, "compression")]
+            pages = [pg for pg in tif.pages if isinstance(pg, tifffile.TiffPage)]
             level0 = max(pages, key=lambda pg: (pg.is_tiled, pg.imagewidth * pg.imagelength))
             coding = coding_or_unknown(page_coding, level0, path)
     except Exception:  # not parseable by tifffile: let OpenSlide judge

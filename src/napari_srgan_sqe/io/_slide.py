@@ -65,7 +65,7 @@ class Slide:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Shape (y, x, 3) of level 0."""
-        return tuple(self.levels[0].shape)  # type: ignore[return-value]
+        return tuple(self.levels[0].shape)
 
     @property
     def codec(self) -> str:

@@ -73,7 +73,8 @@ def array_coding(arr: Any) -> SlideCoding:
     for spec in specs:
         name = str(spec.get("id") or spec.get("name")).lower()
         name = name.removeprefix("numcodecs.").removeprefix("imagecodecs_")
-        config = spec.get("configuration") if isinstance(spec.get("configuration"), dict) else spec
+        nested = spec.get("configuration")
+        config: dict[str, Any] = nested if isinstance(nested, dict) else spec
         if name in ("jpeg2k", "jpeg2000", "j2k", "htj2k"):
             return SlideCoding("jpeg2000", None, f"zarr codec {name}")
         if name in ("jpeg", "jpeg8", "jpeg12"):

@@ -104,7 +104,8 @@ def encode_jpeg2000(img: np.ndarray, ratio: float) -> bytes:
     j2k = imagecodecs.JPEG2K.CODEC.J2K  # a raw codestream, as TIFF tiles hold it
 
     def enc(level: float) -> bytes:
-        return bytes(imagecodecs.jpeg2k_encode(img, level=level, codecformat=j2k))
+        # OpenJPEG takes a fractional target PSNR; imagecodecs' stub types `level` as int.
+        return bytes(imagecodecs.jpeg2k_encode(img, level=level, codecformat=j2k))  # type: ignore[arg-type]
 
     lo, hi = 15.0, 70.0  # OpenJPEG's target PSNR (dB): the larger, the more bytes
     best = enc(lo)
@@ -130,8 +131,13 @@ def encode_jpeg2000_psnr(img: np.ndarray, db: float) -> bytes:
     if not 10.0 <= float(db) <= 80.0:
         raise ValueError(f"JPEG 2000 target PSNR must lie in 10..80 dB, got {db}")
     img = _check_rgb8(img)
+    # OpenJPEG takes a fractional target PSNR; imagecodecs' stub types `level` as int.
     return bytes(
-        imagecodecs.jpeg2k_encode(img, level=float(db), codecformat=imagecodecs.JPEG2K.CODEC.J2K)
+        imagecodecs.jpeg2k_encode(
+            img,
+            level=float(db),  # type: ignore[arg-type]
+            codecformat=imagecodecs.JPEG2K.CODEC.J2K,
+        )
     )
 
 

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask
 import dask.array as da
@@ -364,7 +364,8 @@ def _write_levels(
                 )
             (tmp / INCOMPLETE_MARKER).write_text(json.dumps(record_header) + "\n")
     group = zarr.open_group(root, mode="r+", zarr_format=2)
-    arrays = [group[str(i)] for i in range(len(pyr.shapes))]
+    # Every key "0".."n-1" of the group is one of the arrays created above.
+    arrays = [cast(zarr.Array, group[str(i)]) for i in range(len(pyr.shapes))]
     n_done = sum(u.key in done for units in plan for u in units)
     workers = concurrency or os.cpu_count() or 1
     if progress:

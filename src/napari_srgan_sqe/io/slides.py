@@ -19,6 +19,7 @@ Conversion rules, applied lazily per chunk (docs/formats.md):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ __all__ = [
 ]
 
 
-def open_slide(path: str | Path, *, chunk: int = DEFAULT_CHUNK) -> Slide:
+def open_slide(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK) -> Slide:
     """Open a slide or image without reading pixels; raise `SlideError` if it cannot.
 
     Vendor formats and DICOM WSI (a `.dcm` file or a folder of them) go through
@@ -175,7 +176,7 @@ def read_plain_image(path: Path) -> np.ndarray:
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             return composite(np.asarray(im.convert("RGBA")))
         if im.mode != "RGB":
-            im = im.convert("RGB")  # L, P, 1, CMYK, YCbCr
+            return np.asarray(im.convert("RGB"))  # L, P, 1, CMYK, YCbCr
         return np.asarray(im)
 
 

@@ -63,8 +63,10 @@ class ResidualBlock(nn.Module):
             layers.append(nn.BatchNorm2d(channels))
         self.body = nn.Sequential(*layers)
         if res_scale != 1.0:  # small residuals at init keep deep BN-free trunks stable
+            weight = self.body[-1].weight
+            assert isinstance(weight, torch.Tensor)
             with torch.no_grad():
-                self.body[-1].weight.mul_(res_scale)
+                weight.mul_(res_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)

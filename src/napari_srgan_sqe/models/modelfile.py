@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ from napari_srgan_sqe.io.checkpoints import (
 from napari_srgan_sqe.models.architectures import build_network, describe
 from napari_srgan_sqe.models.autoencoder import build_autoencoder
 from napari_srgan_sqe.models.blocks import Bicubic
-from napari_srgan_sqe.models.method import MethodDescriptor
+from napari_srgan_sqe.models.method import MethodDescriptor, SRNetwork
 from napari_srgan_sqe.models.registry import BUNDLED_MODELS
 
 __all__ = [
@@ -86,6 +86,11 @@ class SRModel(nn.Module):
         self._descriptor: MethodDescriptor | None = None
 
     @property
+    def _net(self) -> SRNetwork:
+        """The generator as the SRNetwork it is (`build_network` types it as nn.Module)."""
+        return cast(SRNetwork, self.generator)
+
+    @property
     def descriptor(self) -> MethodDescriptor:
         """What inference needs to know (computed once; the architecture is fixed)."""
         if self._descriptor is None:
@@ -98,11 +103,11 @@ class SRModel(nn.Module):
 
     def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         """Inference on float NCHW [0, 1] -> NCHW at `scale` x the size, unclamped."""
-        return self.generator.infer_batch(x, seed=seed)
+        return self._net.infer_batch(x, seed=seed)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The network's trainable groups ('all', 'last'); the encoder is never trained."""
-        groups: dict[str, list[nn.Parameter]] = self.generator.parameter_groups()
+        groups: dict[str, list[nn.Parameter]] = self._net.parameter_groups()
         return groups
 
     @property
@@ -111,11 +116,11 @@ class SRModel(nn.Module):
 
     @property
     def scale(self) -> int:
-        return int(self.generator.scale)
+        return int(self._net.scale)
 
     @property
     def halo(self) -> int:
-        return int(self.generator.halo)
+        return int(self._net.halo)
 
     @property
     def variant(self) -> str:

@@ -137,7 +137,8 @@ class Predictor:
         self.seed = seed
         self.model: SRMethod = model.to(self.device).eval()
         if isinstance(self.model, torch.nn.Module):
-            self.model.to(memory_format=torch.channels_last)
+            # torch's Module.to overloads omit memory_format, which it accepts.
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @property
     def descriptor(self) -> MethodDescriptor:

@@ -51,6 +51,7 @@ class ZSSRNet(nn.Module):
             layers += [conv(channels, channels), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
         self.tail = conv(channels, 3)
+        assert self.tail.bias is not None  # conv() layers have a bias
         with torch.no_grad():  # starts as bicubic interpolation
             self.tail.weight.zero_()
             self.tail.bias.zero_()

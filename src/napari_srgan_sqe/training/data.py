@@ -192,6 +192,7 @@ class PatchSampler:
             target = bad
             source = bad if c.target == "pair" else clean
             if scanner:
+                assert lr is not None  # allocated above for the scanner preset
                 draw = draw_scanner(self.degradation, s, rng)
                 lr_full = apply_scanner(source.astype(np.float64), s, draw, rng)
                 oy, ox = (int(v) for v in rng.integers(self.margin // s, size=2))

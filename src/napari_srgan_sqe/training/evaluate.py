@@ -59,6 +59,7 @@ class LRCondition:
         if self.codec == "none":
             return "lossless"
         if self.codec == "jpeg":
+            assert self.quality is not None  # checked in __post_init__
             return f"jpeg-q{int(self.quality)}"
         ratio = APERIO_J2K_RATIO if self.quality is None else self.quality
         return f"jpeg2000-r{ratio:g}"

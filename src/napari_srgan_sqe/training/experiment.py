@@ -147,9 +147,9 @@ def run_robustness(
     """Train and evaluate every (corruption, method, f) run plus the q sweep; return the rows."""
     out = Path(out_dir)
     p = PRESETS[preset]
-    data = [str(Path(d).resolve()) for d in data]
+    files = [str(Path(d).resolve()) for d in data]
     split = str(Path(split_file).resolve()) if split_file else None
-    _, val_paths = resolve_split(data, split)
+    _, val_paths = resolve_split(files, split)
     if not val_paths:
         raise ValueError(
             "the robustness experiment needs held-out images: give a split file with 'val'"
@@ -183,7 +183,7 @@ def run_robustness(
             method,
             corruption,
             q=qq,
-            data=data,
+            data=files,
             split_file=split,
             out_dir=run_dir,
             seed=seed,

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from napari_srgan_sqe.degradation import degrade, degrade_torch, degrade_with
 from napari_srgan_sqe.io.errors import RegionError
 from napari_srgan_sqe.losses import GeneratorObjective
 from napari_srgan_sqe.metrics import psnr, ssim
+from napari_srgan_sqe.models.method import SRNetwork
 from napari_srgan_sqe.models.modelfile import SRModel
 from napari_srgan_sqe.training.regions import (
     Mode,
@@ -146,13 +147,13 @@ class FinetuneResult:
 def last_layers(network: nn.Module) -> list[str]:
     """Names of the network's children in its 'last' parameter group (the layers after
     its trunk, as the architecture defines them: `parameter_groups()`)."""
-    last = {id(p) for p in network.parameter_groups()["last"]}
+    last = {id(p) for p in cast(SRNetwork, network).parameter_groups()["last"]}
     return [n for n, m in network.named_children() if any(id(p) in last for p in m.parameters())]
 
 
 def _trainable(network: nn.Module, which: str) -> list[nn.Parameter]:
     """The parameters of group `which` ('all' or 'last') with gradients on; the rest off."""
-    groups = network.parameter_groups()
+    groups = cast(SRNetwork, network).parameter_groups()
     if which not in groups:
         raise ConfigError(f"this model has no parameter group {which!r}: {', '.join(groups)}")
     on = {id(p) for p in groups[which]}
@@ -178,7 +179,7 @@ def _freeze_batchnorm(module: nn.Module) -> None:
 @torch.no_grad()
 def _sr_uint8(gen: nn.Module, inp: np.ndarray, halo: int, device: torch.device) -> np.ndarray:
     """SR (uint8) of a whole float [0, 1] image (symmetric padding by the halo, cropped back)."""
-    s = int(gen.scale)
+    s = int(cast(SRNetwork, gen).scale)
     pad = np.pad(inp, ((halo, halo), (halo, halo), (0, 0)), mode="symmetric")
     x = torch.from_numpy(np.ascontiguousarray(pad.transpose(2, 0, 1)))[None].to(device)
     h, w = inp.shape[:2]
@@ -211,7 +212,7 @@ def _consistency(gen: nn.Module, data: RegionData, halo: int, device: torch.devi
     at the real scale, and then its SR stops agreeing with the LR it came from."""
     was_training = gen.training
     gen.eval()
-    s = int(gen.scale)
+    s = int(cast(SRNetwork, gen).scale)
     vals = []
     for _, lr_stripe in data.val:
         inp = lr_stripe.astype(np.float32) / 255.0
@@ -224,7 +225,7 @@ def _consistency(gen: nn.Module, data: RegionData, halo: int, device: torch.devi
 
 # ----------------------------------------------------------------------------- the loop
 def _resolve_config(
-    config: FinetuneConfig | None, mode: str | None, steps: int | None
+    config: FinetuneConfig | None, mode: Mode | None, steps: int | None
 ) -> FinetuneConfig:
     cfg = (config or FinetuneConfig()).model_copy(deep=True)
     if mode is not None:
@@ -275,6 +276,12 @@ def _setup(
     if loss_cfg.lam_e > 0 and encoder is None:
         notes.append("manifold loss L_E skipped: the model file carries no encoder")
         loss_cfg.lam_e = 0.0
+    if loss_cfg.lam_vgg > 0 and not loss_cfg.vgg_weights:
+        notes.append(
+            "VGG content loss skipped: no VGG19 weights file was given, so the srgan "
+            "loss runs without the term the paper uses"
+        )
+        loss_cfg.lam_vgg = 0.0
     objective = GeneratorObjective(loss_cfg, encoder=encoder if loss_cfg.lam_e > 0 else None)
     params = _trainable(gen, cfg.train_layers)
     if cfg.train_layers == "last":
@@ -388,7 +395,7 @@ def _run(
             torch.cuda.empty_cache()
 
     improved = best_state is not None
-    if improved and consistency_before is not None:
+    if improved and best_state is not None and consistency_before is not None:
         gen.load_state_dict(best_state)
         consistency_after = _consistency(gen, data, parent.halo, device)
         before["consistency_psnr"] = consistency_before
@@ -400,7 +407,7 @@ def _run(
                 f"the LR ({consistency_before:.2f} -> {consistency_after:.2f} dB), a sign the "
                 "model got worse at the real scale; kept the original model"
             )
-    if improved:
+    if improved and best_state is not None:
         gen.load_state_dict(best_state)
         new = _child_model(parent, gen.eval(), name, cfg, data, best_step, before, best, metadata)
     else:

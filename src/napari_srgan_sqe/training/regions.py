@@ -200,6 +200,7 @@ def prepare(
         tw = train_width(w, mode, cfg, s)
         data.inputs.append(lr_img[:, :tw].astype(np.float32) / 255.0)
         if mode == "paired":
+            assert hr_img is not None, "a paired region always has its HR"
             data.targets.append(hr_img[:, : s * tw].astype(np.float32) / 255.0)
             data.val.append((lr_img[:, tw:].astype(np.float32) / 255.0, hr_img[:, s * tw :]))
         else:

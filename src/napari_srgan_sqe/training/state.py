@@ -6,11 +6,13 @@ Module weights are stored under `<name>.<param>`; Adam moments under
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 
-def pack_modules(modules: dict[str, nn.Module | None]) -> dict[str, torch.Tensor]:
+def pack_modules(modules: Mapping[str, nn.Module | None]) -> dict[str, torch.Tensor]:
     """All parameters and buffers of the named modules, flattened with a name prefix."""
     out: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
@@ -21,7 +23,9 @@ def pack_modules(modules: dict[str, nn.Module | None]) -> dict[str, torch.Tensor
     return out
 
 
-def unpack_modules(tensors: dict[str, torch.Tensor], modules: dict[str, nn.Module | None]) -> None:
+def unpack_modules(
+    tensors: dict[str, torch.Tensor], modules: Mapping[str, nn.Module | None]
+) -> None:
     """Load the tensors written by `pack_modules` back into the modules (strict)."""
     for name, module in modules.items():
         if module is None:

@@ -105,7 +105,7 @@ class Trainer:
         self.G_ema = _frozen_copy(self.G) if cfg.ema_decay else None
         self.AE = build_autoencoder(cfg.autoencoder).to(self.device) if loss.lam_e > 0 else None
         self.D = build_discriminator(cfg.discriminator).to(self.device) if loss.lam_a > 0 else None
-        betas = tuple(cfg.betas)
+        betas = cfg.betas
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.warmup_lr, betas=betas)
         self.opt_ae = (
             torch.optim.Adam(self.AE.parameters(), lr=1e-3, betas=betas) if self.AE else None
@@ -202,6 +202,7 @@ class Trainer:
         hr = torch.from_numpy(batch.hr).to(self.device)
         phase = self.phase(step)
         if phase == "ae":
+            assert self.AE is not None and self.opt_ae is not None  # ae_steps > 0 needs AE
             self.AE.train()
             recon = self.AE(hr)
             loss = l1_loss(recon, hr)
@@ -235,6 +236,7 @@ class Trainer:
         sr = self.G(lr_img)
         fake_logits = None
         if self.D is not None:
+            assert self.opt_d is not None  # made with D
             self.D.train()
             d_loss = discriminator_loss(self.D(hr), self.D(sr.detach()))
             self.opt_d.zero_grad(set_to_none=True)
@@ -255,11 +257,12 @@ class Trainer:
     def _update_ema(self) -> None:
         if self.G_ema is None:
             return
+        assert self.cfg.ema_decay is not None  # G_ema exists only with a decay
         w = 1.0 - float(self.cfg.ema_decay)
         for avg, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
             avg.lerp_(p.detach(), w)
-        for avg, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-            avg.copy_(b)
+        for avg_b, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            avg_b.copy_(b)
 
     # -- validation ----------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -377,9 +380,10 @@ class Trainer:
                 at_val = self.step % self.cfg.val_every == 0 or self.step == self.total
                 if at_val and self.phase(self.step - 1) != "ae":
                     val = self.validate()
+                phase = self.phase(self.step - 1)
                 record = {
                     "step": self.step,
-                    "phase": self.phase(self.step - 1),
+                    "phase": phase,
                     **losses,
                     **(val or {}),
                 }
@@ -393,7 +397,7 @@ class Trainer:
                         StepEvent(
                             self.step,
                             self.total,
-                            record["phase"],
+                            phase,
                             losses,
                             val,
                             time.perf_counter() - t0,
@@ -409,6 +413,7 @@ class Trainer:
         if self.vgg_content is not None:
             provenance["vgg_content"] = self.vgg_content
         model = self.as_model(
+            with_encoder=True,  # explicit: keeps **provenance (str values) off this flag
             training_data=", ".join(p.name for p in self.train_paths)[:4000],
             steps=str(self.step),
             degradation=self.cfg.degradation.preset,

@@ -62,7 +62,7 @@ def zero_shot_config(
         seed=seed,
         val_every=max(10, steps // 6),
         max_minutes=max_minutes,
-        degradation=degradation,  # type: ignore[arg-type]  # a preset name is accepted
+        degradation=degradation,  # a preset name is accepted
     )
 
 
