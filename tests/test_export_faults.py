@@ -188,3 +188,171 @@ def test_ome_zarr_with_missing_level(png, tmp_path) -> None:
         open_slide(out)
     message = str(info.value)
     assert str(out) in message and "level 1 is missing" in message and "'1'" in message
+
+
+# --- one-line errors: an unreachable scheduler, memory, a full disk --------------------
+
+
+def _free_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_scheduler_fails_fast_in_one_line(png, tmp_path, capsys) -> None:
+    import time
+
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    out = tmp_path / "out.ome.zarr"
+    t0 = time.perf_counter()
+    code = main(["enhance", str(png), str(out), "--model", MODEL, "--scheduler", address])
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and seconds < 10, (code, seconds)
+    assert err.splitlines()[-1].startswith(
+        f"srgan-sqe enhance: error: cannot reach the dask scheduler at {address}: "
+    )
+    assert "Traceback" not in err and not out.exists()
+
+
+_CHILD_OOM = """
+import resource, sys
+from napari_srgan_sqe.cli import main
+from napari_srgan_sqe.models.registry import BUNDLED_MODELS  # imports torch
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+limit = vm + 1536 * 2**20  # 1.5 GiB more than the process has mapped after imports
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_tiles_too_large_for_memory_give_one_line(tmp_path) -> None:
+    """A valid but huge tile (2048 px: the model's activations need several GiB) in a
+    process with 1.5 GiB to spare: one line naming the tile and what to change."""
+    img = np.random.default_rng(2).integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
+    src = tmp_path / "big.png"
+    Image.fromarray(img).save(src, compress_level=1)
+    out = tmp_path / "out.ome.zarr"
+    args = ["enhance", str(src), str(out), "--tile", "2048", "--device", "cpu", "--mpp", "0.5"]
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD_OOM, *args], capture_output=True, text=True, timeout=300
+    )
+    err = done.stderr
+    assert done.returncode == 2, err[-3000:]
+    assert "srgan-sqe enhance: error: out of memory computing 2048 x 2048 px tiles" in err
+    assert "--tile" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+_CHILD_DISK_FULL = """
+import errno, sys, threading
+import zarr.storage._local as local
+real_put, count, lock = local._put, [0], threading.Lock()
+
+def put(path, value, exclusive=False):  # the disk fills up after 3 chunk files
+    with lock:
+        count[0] += 1
+        full = count[0] > 3 and path.name not in (".zattrs", ".zgroup", ".zarray", "zarr.json")
+    if full:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    return real_put(path, value, exclusive=exclusive)
+
+local._put = put
+from napari_srgan_sqe.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("name", ["out.ome.zarr", "out.ome.tif"])
+def test_disk_full_is_one_line_without_asyncio_noise(tmp_path, name) -> None:
+    """zarr writes a unit's chunks concurrently: the first ENOSPC is raised while the
+    other writes still run; they must settle, not be torn down at exit ("Task was
+    destroyed but it is pending!", "cannot schedule new futures after shutdown")."""
+    img = np.random.default_rng(3).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    src = tmp_path / "in.png"
+    Image.fromarray(img).save(src)
+    out = tmp_path / name  # 2048 px SR in units of 4 x 4 chunks, written concurrently
+    args = ["enhance", str(src), str(out), "--model", MODEL, "--mpp", "0.5"]
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD_DISK_FULL, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    err = done.stderr
+    assert done.returncode == 2, err[-3000:]
+    assert f"srgan-sqe enhance: error: cannot write {out}: No space left on device" in err
+    for noise in ("Task was destroyed", "never retrieved", "Traceback", "after shutdown"):
+        assert noise not in err, err[-3000:]
+
+
+# --- a truncated OME-TIFF, a missing OME-Zarr chunk ----------------------------------------
+
+
+@pytest.fixture
+def ome_tiff_levels(tmp_path) -> dict:
+    """Exports of a 1024 px image (3 levels, 256 px tiles) in both layouts, and where
+    each level's data end."""
+    import tifffile
+
+    img = np.random.default_rng(4).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    found = {}
+    for layout in ("subifd", "both"):
+        path = write_ome_tiff(img, tmp_path / f"{layout}.ome.tif", tile=256, layout=layout)
+        with tifffile.TiffFile(path) as tif:
+            levels = tif.series[0].levels
+            ends = [
+                max(o + n for o, n in zip(lv.keyframe.dataoffsets, lv.keyframe.databytecounts))
+                for lv in levels
+            ]
+            starts = [lv.keyframe.offset for lv in levels]
+        found[layout] = (path, starts, ends)
+    return found
+
+
+@pytest.mark.parametrize("layout", ["subifd", "both"])
+@pytest.mark.parametrize("cut", ["in level 2's directory", "in level 2's tiles", "at the end"])
+def test_truncated_ome_tiff_names_the_level(ome_tiff_levels, tmp_path, layout, cut) -> None:
+    """A file cut short used to open with its last level silently dropped."""
+    path, starts, ends = ome_tiff_levels[layout]
+    size = path.stat().st_size
+    keep = {
+        "in level 2's directory": starts[2] + 8,  # the IFD of level 2 is cut
+        "in level 2's tiles": (starts[2] + ends[2]) // 2,
+        "at the end": size - 100,  # the OME-XML (written last) is cut
+    }[cut]
+    cut_path = tmp_path / f"cut-{layout}.ome.tif"
+    cut_path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(SlideError) as info:
+        open_slide(cut_path)
+    message = str(info.value)
+    assert str(cut_path) in message and "truncated" in message
+    if cut != "at the end":
+        assert "level 2" in message
+    assert len(open_slide(path).levels) == 3  # the whole file opens
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_missing_ome_zarr_chunk_is_refused_not_black(tmp_path, ngff) -> None:
+    img = np.random.default_rng(5).integers(1, 255, (512, 768, 3), dtype=np.uint8)
+    img[:128, :128] = 0  # a black chunk is stored too: it is not a missing one
+    out = write_ome_zarr(img, tmp_path / "out.ome.zarr", chunk=128, ngff=ngff)
+    assert np.array_equal(np.asarray(open_slide(out).levels[0]), img)
+    black = out / ("0/0/0/0" if ngff == "0.4" else "0/c/0/0/0")
+    assert black.is_file()  # the black chunk (the black shard for 0.5)
+
+    victim = out / ("1/0/1/0" if ngff == "0.4" else "1/c/0/0/0")
+    victim.unlink()  # a file lost in a copy
+    slide = open_slide(out)  # metadata are whole
+    np.asarray(slide.levels[0][:128, :128])  # other levels still read
+    with pytest.raises(SlideError) as info:
+        np.asarray(slide.levels[1])
+    message = str(info.value)
+    key = "1/0/1/0" if ngff == "0.4" else "1/c/0/0/0"
+    assert str(out) in message and "level 1" in message and f"chunk '{key}'" in message
+    assert "missing" in message

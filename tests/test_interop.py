@@ -386,3 +386,45 @@ def test_ome_zarr_export_is_unchanged_by_tiff_options(he_crop, tmp_path: Path) -
     """The lossless OME-Zarr default stays Blosc-zstd, read back exactly."""
     out = write_ome_zarr(he_crop, tmp_path / "a.ome.zarr", **codec_options("zarr"))
     assert np.array_equal(np.asarray(open_slide(out).levels[0]), he_crop)
+
+
+# --- NGFF 0.4 (zarr v2) and 0.5 (zarr v3, sharded): validated, read back ---------------
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_ome_zarr_validates_with_ome_zarr_models(he_crop, tmp_path: Path, ngff: str) -> None:
+    import zarr
+    from ome_zarr_models.v04 import Image as Image04
+    from ome_zarr_models.v05 import Image as Image05
+
+    out = write_ome_zarr(he_crop, tmp_path / "a.ome.zarr", mpp=0.25, chunk=128, ngff=ngff)
+    group = zarr.open_group(out, mode="r")
+    model = (Image04 if ngff == "0.4" else Image05).from_zarr(group)
+    attrs = model.attributes if ngff == "0.4" else model.attributes.ome
+    multiscale = attrs.multiscales[0]
+    assert [ax.name for ax in multiscale.axes] == ["c", "y", "x"]
+    assert len(multiscale.datasets) == len(open_slide(out).levels) > 1
+    arr = group["0"]
+    assert arr.metadata.zarr_format == (2 if ngff == "0.4" else 3)
+    if ngff == "0.5":  # sharded: 4 x 4 chunks of 128 px to a 512 px shard file
+        assert arr.shards == (3, 512, 512) and arr.chunks == (3, 128, 128)
+        assert (out / "zarr.json").is_file() and not (out / ".zattrs").exists()
+    slide = open_slide(out)
+    assert slide.metadata["ngff_version"] == ngff and slide.mpp == pytest.approx(0.25)
+    assert np.array_equal(np.asarray(slide.levels[0]), he_crop)
+    assert np.array_equal(np.asarray(slide.levels[1]), halve(he_crop))
+
+
+def test_cli_enhance_writes_ngff_05(he_png: Path, tmp_path: Path, capsys) -> None:
+    from napari_srgan_sqe.cli import main
+
+    out = tmp_path / "sr.ome.zarr"
+    args = ["enhance", str(he_png), str(out), "--model", "bicubic-x4", "--region", "0,0,128,96"]
+    assert main([*args, "--ngff", "0.5", "--mpp", "0.5"]) == 0
+    slide = open_slide(out)
+    assert slide.metadata["ngff_version"] == "0.5" and slide.mpp == pytest.approx(0.125)
+    assert slide.levels[0].shape == (384, 512, 3)
+    capsys.readouterr()
+    tif = tmp_path / "sr.ome.tif"
+    assert main(["enhance", str(he_png), str(tif), "--model", "bicubic-x4", "--ngff", "0.5"]) == 2
+    assert "applies to OME-Zarr" in capsys.readouterr().err and not tif.exists()

@@ -48,12 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"tile side in input pixels, {TILE_RANGE[0]} to {TILE_RANGE[1]} (default 512)",
     )
     parser.add_argument(
-        "--batch", type=int, default=None, help="tiles per forward pass (default 16)"
-    )
+        "--batch", type=int, default=None,
+        help="tiles per forward pass (default 16); running out of memory stops the export "
+        "with a message: lower --tile or --batch",
+    )  # fmt: skip
     parser.add_argument("--scale", type=int, default=None, help="refuse a model of another scale")
     parser.add_argument(
         "--scheduler", default=None, metavar="ADDRESS",
-        help="dask.distributed scheduler address (e.g. tcp://host:8786) to compute on",
+        help="dask.distributed scheduler address (e.g. tcp://host:8786) to compute on; "
+        "an address where no scheduler answers fails at once (refused) or after 10 s",
     )  # fmt: skip
     parser.add_argument(
         "--no-resume", action="store_true",
@@ -85,6 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "level 0 and chained after it, so Bio-Formats / QuPath and OpenSlide alike see the "
         "pyramid; subifd: SubIFDs only, strictly as the OME-TIFF specification says "
         "(OpenSlide then sees one level)",
+    )
+    parser.add_argument(
+        "--ngff",
+        choices=("0.4", "0.5"),
+        default="0.4",
+        help="OME-Zarr version: 0.4 (default: zarr format 2, read by QuPath, Bio-Formats, "
+        "napari-ome-zarr, Fiji and vizarr) or 0.5 (zarr format 3 with sharding, 4 x 4 "
+        "chunks per file: far fewer files, for readers of zarr v3)",
     )
     parser.add_argument(
         "--mpp",
@@ -223,11 +234,17 @@ def run(args: argparse.Namespace) -> int:
                 quality=args.quality,
                 tiff_layout=args.tiff_layout,
                 mpp=args.mpp,
+                ngff=args.ngff,
             )
-    except DataError as exc:
+    except DataError as exc:  # also export.OutOfMemoryError
         raise UserError(str(exc)) from exc
+    except MemoryError as exc:  # out of memory outside the tile computation
+        raise UserError(
+            f"out of memory ({exc or 'MemoryError'}); use a smaller --tile or --batch"
+        ) from None
     except RuntimeError as exc:  # models.predictor.DeviceError: e.g. no CUDA here
-        if type(exc).__name__ in ("DeviceError", "NonFiniteOutputError"):
+        names = ("DeviceError", "NonFiniteOutputError", "SchedulerError")
+        if type(exc).__name__ in names:  # SchedulerError: inference.distributed
             raise UserError(str(exc)) from exc
         raise
     except OSError as exc:  # io.pyramid.ExportError (disk full ...) and friends

@@ -40,7 +40,25 @@ try:  # distributed is a dependency, but keep this module importable without it
 except ImportError:  # pragma: no cover
     WorkerPlugin = object  # type: ignore[misc,assignment]
 
-__all__ = ["ChunkSpec", "ModelPlugin", "Prefetcher", "connect", "remote_level0"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "ChunkSpec",
+    "ModelPlugin",
+    "Prefetcher",
+    "SchedulerError",
+    "check_scheduler",
+    "connect",
+    "remote_level0",
+]
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a scheduler to answer (`connect`); a refused or unresolvable
+address fails at once."""
+
+
+class SchedulerError(RuntimeError):
+    """The dask.distributed scheduler cannot be reached; the message names its address."""
+
 
 _MODELS: OrderedDict[str, Any] = OrderedDict()  # a small LRU, like _ENGINES
 _ENGINES: OrderedDict[ChunkSpec, Any] = OrderedDict()
@@ -170,13 +188,58 @@ def compute_chunk(spec: ChunkSpec, cy: int, cx: int) -> np.ndarray:
     return out
 
 
-def connect(scheduler: Any) -> tuple[Any, bool]:
-    """(Client, whether we own it) for an address or an existing Client."""
+def check_scheduler(scheduler: Any, *, timeout: float = CONNECT_TIMEOUT) -> None:
+    """`SchedulerError` now, before any work, when no scheduler listens at the address
+    `scheduler` (a Client, or an address other than tcp://, is not checked here)."""
+    if isinstance(scheduler, str | os.PathLike):
+        _probe(str(scheduler), timeout)
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast, naming `address`, when nothing listens at a tcp:// address (a plain
+    TCP connect: refused at once instead of after the client's retries)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "") or parts.hostname is None:
+        return  # tls://, ucx://, inproc:// ...: the client says what is wrong
+    try:
+        port = parts.port or 8786
+    except ValueError:
+        raise SchedulerError(f"not a scheduler address: {address!r}") from None
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except TimeoutError:
+        raise SchedulerError(
+            f"cannot reach the dask scheduler at {address}: no answer within {timeout:g} s"
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise SchedulerError(
+            f"cannot reach the dask scheduler at {address}: {reason} (is `dask scheduler` "
+            "running there, and is the address right?)"
+        ) from None
+
+
+def connect(scheduler: Any, *, timeout: float = CONNECT_TIMEOUT) -> tuple[Any, bool]:
+    """(Client, whether we own it) for an address or an existing Client.
+
+    An address where no scheduler answers raises `SchedulerError` naming it: at once
+    when the connection is refused (nothing listens on the port) or the host is
+    unknown, else after `timeout` seconds.
+    """
     from distributed import Client
 
     if isinstance(scheduler, Client):
         return scheduler, False
-    return Client(str(scheduler), set_as_default=False, timeout="30s"), True
+    address = str(scheduler)
+    _probe(address, timeout)
+    try:
+        return Client(address, set_as_default=False, timeout=f"{timeout}s"), True
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerError(f"cannot connect to the dask scheduler at {address}: {exc}") from None
 
 
 class Prefetcher:

@@ -49,6 +49,7 @@ from napari_srgan_sqe.io.errors import DataError, RegionError
 
 __all__ = [
     "DataError",
+    "OutOfMemoryError",
     "PixelSizeWarning",
     "RegionError",
     "default_model_for",
@@ -66,6 +67,33 @@ Progress = Callable[[int, int], None]
 
 class PixelSizeWarning(UserWarning):
     """The input records no pixel size and none was given: the export has none either."""
+
+
+class OutOfMemoryError(DataError):
+    """The export ran out of main memory for its tiles (too large a tile or batch);
+    the message says what was asked and what to change."""
+
+
+def _is_host_oom(exc: BaseException) -> bool:
+    """Python's MemoryError, or torch's CPU allocator failing ("can't allocate memory")."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "not enough memory" in text
+    )
+
+
+def _oom_message(exc: BaseException, *, tile: int, batch: int | None, device: str) -> str:
+    import re
+
+    found = re.search(r"allocate (\d+) bytes", str(exc))
+    asked = f" (an allocation of {int(found.group(1)) / 2**20:,.0f} MiB failed)" if found else ""
+    return (
+        f"out of memory computing {tile} x {tile} px tiles in batches of up to "
+        f"{batch or 16} on {device}{asked}; use a smaller tile (--tile, default {EXPORT_TILE}) "
+        "or batch (--batch)"
+    )
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
@@ -219,6 +247,7 @@ def enhance_slide(
     quality: int | None = None,
     tiff_layout: str = "both",
     mpp: float | None = None,
+    ngff: str = "0.4",
 ) -> Path:
     """Super-resolve the slide `input` and write the pyramid to `output`.
 
@@ -237,12 +266,24 @@ def enhance_slide(
     "both": OpenSlide and Bio-Formats see the pyramid). `mpp`: the input's pixel size
     in um (overrides the file's); when neither is known a `PixelSizeWarning` is issued
     and the export records no pixel size. An OME-TIFF carries the input's ICC profile.
+    `ngff`: the OME-Zarr version, "0.4" (zarr format 2; read by QuPath, Bio-Formats and
+    most viewers) or "0.5" (zarr format 3, sharded: `io.pyramid.NGFF_VERSIONS`).
+
+    Running out of main memory for the tiles (a huge `tile` or `batch`) raises
+    `OutOfMemoryError` (a `DataError`) saying so; a `scheduler` address where no
+    scheduler listens raises `inference.distributed.SchedulerError` before any work.
 
     The output is locked for the whole call (`io.pyramid.export_lock`, a lock file
     `.NAME.lock` next to it): a second export to the same output, in this or another
     process, fails at once with `ExportError` instead of mixing its pixels in.
     """
-    from napari_srgan_sqe.io.pyramid import TIFF_LAYOUTS, codec_options, export_lock, output_bytes
+    from napari_srgan_sqe.io.pyramid import (
+        NGFF_VERSIONS,
+        TIFF_LAYOUTS,
+        codec_options,
+        export_lock,
+        output_bytes,
+    )
     from napari_srgan_sqe.io.slides import Slide, open_slide
     from napari_srgan_sqe.models.predictor import Predictor
 
@@ -258,7 +299,15 @@ def enhance_slide(
         )
     if mpp is not None and not (math.isfinite(float(mpp)) and float(mpp) > 0):
         raise DataError(f"the pixel size must be a positive number of um, got {mpp}")
+    if ngff not in NGFF_VERSIONS:
+        raise DataError(f"ngff must be one of {', '.join(NGFF_VERSIONS)}, not {ngff!r}")
+    if fmt == "tiff" and ngff != "0.4":
+        raise DataError(f"cannot write {out}: an NGFF version applies to OME-Zarr (.ome.zarr) only")
     check_writable(out, overwrite=overwrite)
+    if scheduler is not None:  # before the model is loaded: an address nobody answers
+        from napari_srgan_sqe.inference.distributed import check_scheduler
+
+        check_scheduler(scheduler)
     with export_lock(out):  # another export to `out` is refused at once
         slide = input if isinstance(input, Slide) else open_slide(input)
         mpp = float(mpp) if mpp is not None else slide.mpp
@@ -314,17 +363,25 @@ def enhance_slide(
 
                 stack.enter_context(dask.config.set(scheduler="threads"))
                 kwargs["concurrency"] = _cluster_threads(client)
-            if fmt == "zarr":
-                from napari_srgan_sqe.io.pyramid import write_ome_zarr
+            try:
+                if fmt == "zarr":
+                    from napari_srgan_sqe.io.pyramid import write_ome_zarr
 
-                path = write_ome_zarr(level0, out, chunk=chunk, **kwargs)
-            else:
-                from napari_srgan_sqe.io.pyramid import write_ome_tiff
+                    path = write_ome_zarr(level0, out, chunk=chunk, ngff=ngff, **kwargs)
+                else:
+                    from napari_srgan_sqe.io.pyramid import write_ome_tiff
 
-                icc = slide.metadata.get("icc_profile")
-                path = write_ome_tiff(
-                    level0, out, tile=chunk, layout=tiff_layout, icc_profile=icc, **kwargs
-                )
+                    icc = slide.metadata.get("icc_profile")
+                    path = write_ome_tiff(
+                        level0, out, tile=chunk, layout=tiff_layout, icc_profile=icc, **kwargs
+                    )
+            except (MemoryError, RuntimeError) as exc:
+                if not _is_host_oom(exc):
+                    raise
+                where = "the cluster's workers" if client is not None else predictor.device_name
+                raise OutOfMemoryError(
+                    _oom_message(exc, tile=tile, batch=batch, device=str(where))
+                ) from None
         if stats is not None:
             _fill_stats(stats, sr, time.perf_counter() - t0, mask)
             stats["bytes_written"] = output_bytes(path)

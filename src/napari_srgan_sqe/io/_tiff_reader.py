@@ -8,12 +8,22 @@ Untiled pages are read strip by strip, and reading any pixel of a strip decodes 
 it: a page whose one strip needs more than `MAX_STRIP_BYTES` to decode (a 30000 x
 30000 image stored as a single strip) is refused at open, as Pillow refuses
 decompression bombs for PNG / JPEG, with advice to convert it to a tiled pyramid.
+
+A file cut short (an interrupted copy or download) is refused at open, naming the
+level it cuts into: a reduced level whose directory (IFD) lies past the end of the
+file, that tifffile could not parse, or whose tiles run past the end, even when
+level 0 is whole. tifffile would drop such a level with a log message and the
+pyramid would open one level short.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import struct
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +53,8 @@ from napari_srgan_sqe.io.codecs import (
     coding_from_tiff_page,
     jpeg_quality,
 )
+
+log = logging.getLogger(__name__)
 
 _REFUSED_PHOTOMETRIC = {
     "MINISWHITE": "inverted grayscale (MinIsWhite)",
@@ -197,6 +209,126 @@ def data_extent_problem(tif: Any, size: int) -> str | None:
     return None
 
 
+def level_problem(tif: Any, series: Any, size: int) -> str | None:
+    """Why a level of the pyramid `series` is cut off by the end of the file (a file of
+    `size` bytes) or unreadable, naming the level; None when every level is whole.
+
+    Every page of every level that tifffile found must hold its tiles (or strips)
+    within the file. Then every directory (IFD) that the SubIFDs tag of the first page
+    points to (OME-TIFF levels) must lie whole in the file: tifffile drops a level
+    whose IFD is cut off. Last, the tag values of the first page (the OME-XML,
+    written at the end) must lie in the file.
+    """
+    first = series.pages[0] if len(series.pages) else None
+    for i, lev in enumerate(series.levels):
+        for page in lev.pages:
+            if page is None:
+                continue
+            end = max(
+                (o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n), default=0
+            )
+            if end > size:
+                return (
+                    f"the file is truncated: the image data of level {i} "
+                    f"({lev.keyframe.imagewidth} x {lev.keyframe.imagelength} px) extend to "
+                    f"byte {end}, but the file has only {size} bytes"
+                )
+    problem = subifd_problem(tif, first, size)
+    if problem:
+        return problem
+    if first is not None and getattr(first, "offset", None) is not None:
+        return _tag_values_problem(tif, int(first.offset), size)
+    return None
+
+
+def subifd_problem(tif: Any, first: Any, size: int) -> str | None:
+    """Why a directory (IFD) that the SubIFDs tag of the page `first` points to (the
+    reduced levels of an OME-TIFF) is not whole in a file of `size` bytes, naming the
+    level; None when all are whole."""
+    subifds = [int(o) for o in (getattr(first, "subifds", None) or ())]
+    for i, offset in enumerate(subifds, start=1):
+        end = _ifd_end(tif, offset)
+        if end is None or end > size:
+            whole = "level 0 is" if i == 1 else f"levels 0 to {i - 1} are"
+            where = f"starts at byte {offset}" if offset >= size else f"at byte {offset} is cut"
+            return (
+                f"the file is truncated: the directory of level {i} (SubIFD {i - 1} of the "
+                f"first page) {where}, but the file has only {size} bytes; {whole} whole "
+                "(an interrupted copy? copy the file again)"
+            )
+    return None
+
+
+def _ifd_end(tif: Any, offset: int) -> int | None:
+    """The byte just past the IFD at `offset` (its tags and next-IFD pointer), or None
+    when not even its tag count can be read."""
+    info = tif.tiff
+    fh = tif.filehandle
+    with fh.lock:
+        fh.seek(offset)
+        raw = fh.read(info.tagnosize)
+    if len(raw) < info.tagnosize:
+        return None
+    (n,) = struct.unpack(info.tagnoformat, raw)
+    return offset + info.tagnosize + int(n) * info.tagsize + info.offsetsize
+
+
+_TAG_ITEM_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+                   13: 4, 16: 8, 17: 8, 18: 8}  # fmt: skip
+
+
+def _tag_values_problem(tif: Any, offset: int, size: int) -> str | None:
+    """Why a tag value of the IFD at `offset` lies past the end of the file (cut off:
+    tifffile skips such a tag, e.g. the OME-XML ImageDescription written last), or None."""
+    info = tif.tiff
+    fh = tif.filehandle
+    with tif.filehandle.lock:
+        fh.seek(offset)
+        raw = fh.read(info.tagnosize)
+        if len(raw) < info.tagnosize:
+            return None
+        (n,) = struct.unpack(info.tagnoformat, raw)
+        entries = fh.read(min(int(n), 4096) * info.tagsize)
+    byteorder = info.tagnoformat[0]
+    count_fmt = byteorder + ("Q" if info.offsetsize == 8 else "I")
+    for k in range(len(entries) // info.tagsize):
+        entry = entries[k * info.tagsize : (k + 1) * info.tagsize]
+        code, dtype = struct.unpack(byteorder + "HH", entry[:4])
+        (count,) = struct.unpack(count_fmt, entry[4 : 4 + info.offsetsize])
+        nbytes = count * _TAG_ITEM_BYTES.get(dtype, 1)
+        if nbytes <= info.offsetsize:
+            continue  # the value is in the entry itself
+        (value_at,) = struct.unpack(info.offsetformat, entry[4 + info.offsetsize :])
+        if value_at + nbytes > size:
+            name = tifffile.TIFF.TAGS.get(code, str(code))
+            return (
+                f"the file is truncated: the value of tag {name} ({nbytes} bytes at byte "
+                f"{value_at}) of level 0 runs past the end of the file ({size} bytes)"
+            )
+    return None
+
+
+@contextlib.contextmanager
+def _tifffile_messages(path: Path, into: list[str]) -> Iterator[None]:
+    """Collect what tifffile logs while parsing `path` (a truncated file makes it log
+    the pages it drops) instead of printing it; the caller decides what to say."""
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            into.append(record.getMessage())
+
+    logger = logging.getLogger("tifffile")
+    handler = _Collect(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def _icc_profile(page: Any) -> bytes | None:
     """The InterColorProfile tag (34675) of a page as bytes, or None."""
     value = page.tags.valueof(34675)
@@ -208,16 +340,26 @@ def open_tiff(path: Path, *, chunk: int) -> Slide:
     problem = tiff_header_problem(path)
     if problem:
         raise SlideError(path, problem)
-    try:
-        handle = shared_handle(TiffLevel.kind, path, _TiffHandle)
-    except tifffile.TiffFileError as exc:
-        raise SlideError(path, f"not a valid TIFF file ({exc})") from exc
-    tif = handle.tif
-    if not tif.series:
-        raise SlideError(path, "the TIFF file contains no image (truncated or corrupt)")
-    problem = data_extent_problem(tif, path.stat().st_size)
+    messages: list[str] = []
+    with _tifffile_messages(path, messages):
+        try:
+            handle = shared_handle(TiffLevel.kind, path, _TiffHandle)
+        except tifffile.TiffFileError as exc:
+            raise SlideError(path, f"not a valid TIFF file ({exc})") from exc
+        tif = handle.tif
+        size = path.stat().st_size
+        try:
+            found = tif.series
+        except tifffile.TiffFileError as exc:  # a directory in the chain cut off ...
+            problem = subifd_problem(tif, tif.pages.first, size)
+            raise SlideError(path, problem or f"the file is truncated or corrupt ({exc})") from exc
+        if not found:
+            raise SlideError(path, "the TIFF file contains no image (truncated or corrupt)")
+        problem = level_problem(tif, tif.series[0], size) or data_extent_problem(tif, size)
     if problem:
         raise SlideError(path, problem)
+    for message in dict.fromkeys(messages):  # the file opens: tifffile's notes are details
+        log.warning("%s: tifffile: %s", path, message)
     series = tif.series[0]
     page = series.keyframe
     photometric = tifffile.PHOTOMETRIC(page.photometric).name

@@ -5,14 +5,19 @@ have size 1. The pixel size is the x scale of level 0 (dataset and multiscale
 `coordinateTransformations` multiplied) when the x axis has a length unit.
 
 A level named in the metadata but absent from the store is refused at open
-(`SlideError` naming it). A missing chunk cannot be told from one left out on
-purpose: zarr stores no chunk that equals the fill value (`write_empty_chunks` is
-off by default) and reads an absent chunk as the fill value, with no hook to tell
-the two apart, so a lost chunk reads as the fill value (black for 0) without error.
+(`SlideError` naming it). A missing chunk is refused when it is read, for images
+whose metadata say that every chunk was stored (`multiscales[0].metadata.
+every_chunk_stored`, as this plugin's exports write): zarr reads an absent chunk as
+the fill value (black for 0), and in general a chunk may be left out on purpose
+(zarr does not store one that equals the fill value unless `write_empty_chunks` is
+on), so for other images an absent chunk reads as the fill value, as in every zarr
+reader. The check costs one `stat` per chunk (or shard) the first time it is read.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -98,6 +103,7 @@ class _ZarrHandle:
     def __init__(self, path: Path) -> None:
         self.root = zarr.open_group(path, mode="r")
         self._arrays: dict[str, Any] = {}
+        self._present: dict[str, set[tuple[int, ...]]] = {}  # chunks seen in the store
         self._lock = threading.Lock()
 
     def array(self, name: str) -> Any:
@@ -106,24 +112,80 @@ class _ZarrHandle:
                 self._arrays[name] = self.root[name]
             return self._arrays[name]
 
+    def missing_chunk(self, name: str, key: tuple[slice, ...]) -> tuple[str, str] | None:
+        """(store key, the array region it covers) of the first stored object (a chunk, or a shard of a
+        sharded array) under `key` that is absent from the store, or None. Each object
+        is looked up once (a `stat` on a local store) and remembered when present."""
+        arr = self.array(name)
+        grid = getattr(arr, "shards", None) or arr.chunks
+        ranges = [range(s.start // g, max(s.start, s.stop - 1) // g + 1) for s, g in zip(key, grid)]
+        with self._lock:
+            present = self._present.setdefault(name, set())
+        store = arr.store_path.store
+        root = getattr(store, "root", None)
+        for index in itertools.product(*ranges):
+            if index in present:
+                continue
+            chunk_key = arr.metadata.encode_chunk_key(index)
+            full = f"{arr.path}/{chunk_key}" if arr.path else chunk_key
+            if root is not None and isinstance(root, str | os.PathLike):
+                exists = os.path.exists(os.path.join(root, full))
+            else:  # another store (fsspec, zip ...): ask it
+                from zarr.core.sync import sync
+
+                exists = bool(sync(store.exists(full)))
+            if not exists:
+                spans = (
+                    f"{i * g}:{min((i + 1) * g, n)}" for i, g, n in zip(index, grid, arr.shape)
+                )
+                return full, ", ".join(spans)
+            with self._lock:
+                present.add(index)
+        return None
+
 
 class ZarrLevel(LevelSource):
-    """One dataset (level) of an OME-Zarr, in the file's own axes and dtype."""
+    """One dataset (level) of an OME-Zarr, in the file's own axes and dtype.
+
+    `check_chunks`: refuse to read a chunk that is absent from the store (for images
+    that store every chunk) instead of reading it as the fill value.
+    """
 
     kind = "zarr"
 
-    def __init__(self, path: Path, level: int, shape: Any, dtype: Any, *, dataset: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        level: int,
+        shape: Any,
+        dtype: Any,
+        *,
+        dataset: str,
+        check_chunks: bool = False,
+    ) -> None:
         super().__init__(path, level, shape, dtype)
         self.dataset = dataset
+        self.check_chunks = check_chunks
 
     def _open(self, path: Path) -> _ZarrHandle:
         return _ZarrHandle(path)
 
     def _read(self, handle: _ZarrHandle, key: tuple[slice, ...]) -> np.ndarray:
+        if self.check_chunks:
+            missing = handle.missing_chunk(self.dataset, key)
+            if missing is not None:
+                full, covers = missing
+                raise SlideError(
+                    self.path,
+                    f"level {self.level}: chunk '{full}' (region [{covers}] of the level's "
+                    "array) is missing from the store, although this image stores every "
+                    "chunk: the OME-Zarr is incomplete (a file deleted, or not copied?); "
+                    "copy it again or export it again",
+                )
         return np.asarray(handle.array(self.dataset)[key])
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
-        return (*super().__dask_tokenize__(), self.dataset)
+        return (*super().__dask_tokenize__(), self.dataset, self.check_chunks)
 
 
 def _scale(transforms: Any, ndim: int) -> list[float]:
@@ -199,6 +261,8 @@ def open_ome_zarr(path: Path, *, chunk: int) -> Slide:
     channel_sizes = [n for ax, n in zip(letters, arrays[0].shape) if ax == "C" and n > 1]
     check_convertible(path, arrays[0].dtype, channel_sizes[0] if channel_sizes else 1)
 
+    extra = ms.get("metadata")
+    every_chunk = isinstance(extra, dict) and extra.get("every_chunk_stored") is True
     levels = []
     for i, (name, arr) in enumerate(zip(datasets, arrays)):
         grid = getattr(arr, "shards", None) or arr.chunks
@@ -206,7 +270,9 @@ def open_ome_zarr(path: Path, *, chunk: int) -> Slide:
             aligned_chunk(c, chunk) if ax in "YX" else n
             for ax, c, n in zip(letters, grid, arr.shape)
         )
-        src = ZarrLevel(path, i, arr.shape, arr.dtype, dataset=prefix + name)
+        src = ZarrLevel(
+            path, i, arr.shape, arr.dtype, dataset=prefix + name, check_chunks=every_chunk
+        )
         src._handle = handle
         levels.append(as_rgb8(to_yxc(src.to_dask(chunks), letters, path=path), path=path))
 
@@ -220,6 +286,7 @@ def open_ome_zarr(path: Path, *, chunk: int) -> Slide:
         "axes": letters,
         "datasets": datasets,
         "name": ms.get("name"),
+        "every_chunk_stored": every_chunk,
     }
     return Slide(
         levels=levels,

@@ -7,13 +7,16 @@ and written one unit at a time, where a unit is a block of whole output chunks t
 also covers whole input chunks, so an expensive lazy input (the SR engine's) is
 computed exactly once per chunk.
 
-OME-Zarr: zarr format 2 with NGFF 0.4 metadata, the version napari-ome-zarr,
-ome-zarr-py, QuPath, Fiji/MoBIE, vizarr and Bio-Formats all read (NGFF 0.5 needs zarr
-format 3, which fewer readers support yet). NGFF 0.4 orders axes channel before
-space, so arrays are (c, y, x) with chunks (3, chunk, chunk); `open_slide` gives them
-back as (y, x, 3). A progress record (`.incomplete`) lists the units written; a
-rerun after an interruption skips them and redoes the unit that was being written.
-The NGFF metadata are written last, then the record is removed.
+OME-Zarr: by default zarr format 2 with NGFF 0.4 metadata, the version napari-ome-zarr,
+ome-zarr-py, QuPath, Fiji/MoBIE, vizarr and Bio-Formats all read; `ngff="0.5"` writes
+zarr format 3 with NGFF 0.5 metadata and sharding (`SHARD_CHUNKS` x `SHARD_CHUNKS`
+chunks per shard file), which fewer readers support yet. NGFF orders axes channel
+before space, so arrays are (c, y, x) with chunks (3, chunk, chunk); `open_slide`
+gives them back as (y, x, 3). Every chunk is stored, even one equal to the fill value
+(zarr's `write_empty_chunks`), and the metadata say so, so that `open_slide` can tell
+a chunk lost from the store from a blank one. A progress record (`.incomplete`) lists
+the units written; a rerun after an interruption skips them and redoes the unit that
+was being written. The NGFF metadata are written last, then the record is removed.
 
 OME-TIFF: BigTIFF, tiled, lossless zlib with horizontal predictor by default (or
 JPEG with a quality), pixel size in the OME-XML and in the resolution tags, the
@@ -29,6 +32,7 @@ target only when complete.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import functools
@@ -42,7 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import dask
 import dask.array as da
@@ -66,6 +70,8 @@ __all__ = [
     "DEFAULT_COMPRESSOR",
     "DEFAULT_QUALITY",
     "INCOMPLETE_MARKER",
+    "NGFF_VERSIONS",
+    "SHARD_CHUNKS",
     "TIFF_LAYOUTS",
     "ExportError",
     "codec_options",
@@ -79,6 +85,16 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 NGFF_VERSION = "0.4"
+NGFF_VERSIONS = ("0.4", "0.5")
+"""OME-Zarr versions written: "0.4" (zarr format 2; the default: QuPath, Bio-Formats and
+most viewers read it) and "0.5" (zarr format 3, sharded)."""
+SHARD_CHUNKS = 4
+"""NGFF 0.5 exports: chunks per shard along y and x (a shard file holds 4 x 4 chunks)."""
+EVERY_CHUNK_STORED = "every_chunk_stored"
+"""Key in the NGFF `multiscales[0].metadata` of this plugin's exports: True when every
+chunk of every level was written (none left out as equal to the fill value), so a
+missing chunk is a lost one (`open_slide` refuses to read it as black)."""
+_SETTLE_SECONDS = 10.0  # after a failed write, wait this long for zarr's pending I/O
 DEFAULT_COMPRESSOR: Any = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
 _STAGING_COMPRESSOR: Any = numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.NOSHUFFLE)
 _MAX_UNIT = 4  # a unit spans at most this many output chunks per axis
@@ -318,13 +334,106 @@ def _write_levels(
     concurrency: int | None,
     extra_total: int = 0,
     fingerprint: str | None = None,
+    zarr_format: Literal[2, 3] = 2,
+    shard: int | None = None,
 ) -> tuple[Any, int]:
     """Write every level into the zarr group `root`, resumably; return (group, units).
 
     `fingerprint` identifies what is written (model, source, region ...): a record
-    left by an interrupted export with another fingerprint is not resumed.
+    left by an interrupted export with another fingerprint is not resumed. `shard`
+    (zarr format 3): the shard edge, a multiple of `chunk`; units then cover whole
+    shards, so a shard file is only ever written whole (a unit redone after a kill
+    rewrites all of it). A failure lets zarr's pending writes settle before it is
+    raised (`_settle_zarr`).
     """
-    plan = _plan(pyr, chunk)
+    try:
+        return _write_levels_unsettled(
+            pyr,
+            root,
+            chunk=chunk,
+            compressor=compressor,
+            progress=progress,
+            resume=resume,
+            concurrency=concurrency,
+            extra_total=extra_total,
+            fingerprint=fingerprint,
+            zarr_format=zarr_format,
+            shard=shard,
+        )
+    except BaseException:
+        _settle_zarr()
+        raise
+
+
+def _settle_zarr(timeout: float = _SETTLE_SECONDS) -> None:
+    """Wait until the I/O tasks that a failed zarr write left running have finished.
+
+    zarr writes the chunks of one assignment concurrently on its event loop (a thread)
+    and raises the first failure (ENOSPC ...) while the other chunks' tasks still run;
+    left alone, they are torn down at interpreter exit with "Task was destroyed but it
+    is pending!" and "cannot schedule new futures after shutdown" tracebacks. Waiting
+    for them (they fail or finish quickly) and collecting their errors, which the
+    first one already reported, keeps the failure to one clear message.
+    """
+    try:
+        from zarr.core.sync import loop as zarr_loop
+        from zarr.core.sync import sync
+    except ImportError:  # pragma: no cover - another zarr layout
+        return
+    if zarr_loop[0] is None or not zarr_loop[0].is_running():
+        return
+
+    async def settle() -> None:
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: reported by the failure already raised
+
+    with contextlib.suppress(Exception):
+        sync(settle(), timeout=timeout + 1)
+
+
+def _v3_compressor(compressor: Any) -> Any:
+    """A zarr format 3 codec for a numcodecs compressor (Blosc -> BloscCodec ...)."""
+    if isinstance(compressor, numcodecs.Blosc):
+        from zarr.codecs import BloscCodec
+
+        shuffles: dict[int, Literal["noshuffle", "shuffle", "bitshuffle"]] = {
+            0: "noshuffle",
+            1: "shuffle",
+            2: "bitshuffle",
+        }
+        shuffle = shuffles[int(compressor.shuffle)]
+        return BloscCodec(cname=compressor.cname, clevel=compressor.clevel, shuffle=shuffle)
+    if isinstance(compressor, numcodecs.Zstd):
+        from zarr.codecs import ZstdCodec
+
+        return ZstdCodec(level=compressor.level)
+    if isinstance(compressor, numcodecs.Zlib | numcodecs.GZip):
+        from zarr.codecs import GzipCodec
+
+        return GzipCodec(level=compressor.level)
+    return compressor  # a zarr 3 codec already, or None
+
+
+def _write_levels_unsettled(
+    pyr: _Pyramid,
+    root: Path,
+    *,
+    chunk: int,
+    compressor: Any,
+    progress: Progress | None,
+    resume: bool,
+    concurrency: int | None,
+    extra_total: int,
+    fingerprint: str | None,
+    zarr_format: Literal[2, 3],
+    shard: int | None,
+) -> tuple[Any, int]:
+    plan = _plan(pyr, shard or chunk)
     total = sum(len(units) for units in plan)
     record_header = {
         "writer": "napari-srgan-sqe pyramid",
@@ -334,6 +443,8 @@ def _write_levels(
         "compressor": repr(compressor),
         "source": fingerprint,
     }
+    if zarr_format != 2:  # keeps the records of format 2 exports as they were
+        record_header.update(zarr_format=zarr_format, shard=shard)
     marker = root / INCOMPLETE_MARKER
     done: set[str] = set()
     if marker.exists() and resume:
@@ -351,21 +462,36 @@ def _write_levels(
     if not root.exists():
         remove_stale_temporaries(root)  # the callers hold the export's lock
         with atomic_path(root) as tmp:  # the marker exists from the first moment
-            group = zarr.open_group(tmp, mode="w", zarr_format=2)
+            group = zarr.open_group(tmp, mode="w", zarr_format=zarr_format)
             for i, (h, w) in enumerate(pyr.shapes):
+                layout: dict[str, Any]
+                if zarr_format == 2:
+                    layout = {
+                        "compressors": compressor,
+                        "chunk_key_encoding": {"name": "v2", "separator": "/"},
+                    }
+                else:
+                    layout = {
+                        "compressors": _v3_compressor(compressor),
+                        "dimension_names": ["c", "y", "x"],
+                        **({"shards": (3, shard, shard)} if shard else {}),
+                    }
                 group.create_array(
                     name=str(i),
                     shape=(3, h, w),
                     chunks=(3, chunk, chunk),
                     dtype="uint8",
-                    compressors=compressor,
                     fill_value=0,
-                    chunk_key_encoding={"name": "v2", "separator": "/"},
+                    **layout,
                 )
             (tmp / INCOMPLETE_MARKER).write_text(json.dumps(record_header) + "\n")
-    group = zarr.open_group(root, mode="r+", zarr_format=2)
-    # Every key "0".."n-1" of the group is one of the arrays created above.
-    arrays = [cast(zarr.Array, group[str(i)]) for i in range(len(pyr.shapes))]
+    group = zarr.open_group(root, mode="r+", zarr_format=zarr_format)
+    # Every key "0".."n-1" of the group is one of the arrays created above. Every chunk
+    # is stored, even a blank one, so that a reader can tell a lost chunk from it.
+    arrays = [
+        cast(zarr.Array, group[str(i)]).with_config({"write_empty_chunks": True})
+        for i in range(len(pyr.shapes))
+    ]
     n_done = sum(u.key in done for units in plan for u in units)
     workers = concurrency or os.cpu_count() or 1
     if progress:
@@ -391,7 +517,15 @@ def _write_levels(
     return group, total
 
 
-def _ngff_attrs(pyr: _Pyramid, mpp: float | None, name: str) -> dict[str, Any]:
+def _ngff_attrs(
+    pyr: _Pyramid, mpp: float | None, name: str, version: str = NGFF_VERSION
+) -> dict[str, Any]:
+    """The group attributes of an NGFF `version` ("0.4" or "0.5") multiscale image.
+
+    The channel axis comes before y and x, as NGFF requires, with `omero` rendering
+    metadata naming the channels red, green and blue (see docs/formats.md for what
+    napari-ome-zarr makes of it).
+    """
     unit = {"unit": "micrometer"} if mpp else {}
     base = mpp or 1.0
     datasets = []
@@ -418,28 +552,33 @@ def _ngff_attrs(pyr: _Pyramid, mpp: float | None, name: str) -> dict[str, Any]:
         }
         for label, color in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
     ]
-    return {
-        "multiscales": [
-            {
-                "version": NGFF_VERSION,
-                "name": name,
-                "axes": [
-                    {"name": "c", "type": "channel"},
-                    {"name": "y", "type": "space", **unit},
-                    {"name": "x", "type": "space", **unit},
-                ],
-                "datasets": datasets,
-                **({"type": "mean"} if len(pyr.given) == 1 and len(pyr.shapes) > 1 else {}),
-                "metadata": {"writer": "napari-srgan-sqe", "downscaling": "2x2 mean, rounded"},
-            }
+    multiscale = {
+        "version": version,
+        "name": name,
+        "axes": [
+            {"name": "c", "type": "channel"},
+            {"name": "y", "type": "space", **unit},
+            {"name": "x", "type": "space", **unit},
         ],
-        "omero": {
-            "version": NGFF_VERSION,
-            "name": name,
-            "channels": channels,
-            "rdefs": {"model": "color", "defaultT": 0, "defaultZ": 0},
+        "datasets": datasets,
+        **({"type": "mean"} if len(pyr.given) == 1 and len(pyr.shapes) > 1 else {}),
+        "metadata": {
+            "writer": "napari-srgan-sqe",
+            "downscaling": "2x2 mean, rounded",
+            EVERY_CHUNK_STORED: True,
         },
     }
+    omero = {
+        "version": version,
+        "name": name,
+        "channels": channels,
+        "rdefs": {"model": "color", "defaultT": 0, "defaultZ": 0},
+    }
+    if version == "0.4":
+        return {"multiscales": [multiscale], "omero": omero}
+    # NGFF 0.5: everything under "ome", whose "version" replaces the per-object ones
+    del multiscale["version"], omero["version"]
+    return {"ome": {"version": version, "multiscales": [multiscale], "omero": omero}}
 
 
 def _check_target(path: Path, *, overwrite: bool) -> None:
@@ -474,8 +613,11 @@ def write_ome_zarr(
     compressor: Any = DEFAULT_COMPRESSOR,
     concurrency: int | None = None,
     fingerprint: str | None = None,
+    ngff: str = NGFF_VERSION,
 ) -> Path:
-    """Write a pyramid as an NGFF 0.4 OME-Zarr (zarr format 2), chunk by chunk.
+    """Write a pyramid as an OME-Zarr, chunk by chunk: NGFF 0.4 in zarr format 2 (the
+    default), or with `ngff="0.5"` NGFF 0.5 in zarr format 3, `SHARD_CHUNKS` x
+    `SHARD_CHUNKS` chunks to a shard file.
 
     `levels`: list of (y, x, 3) uint8 arrays, finest first, or one level 0 (coarser
     levels by 2 x 2 mean: `n_levels` in all, default until one chunk holds a level).
@@ -492,6 +634,8 @@ def write_ome_zarr(
     any unit was written removes the (empty) partial output.
     """
     root = Path(path)
+    if ngff not in NGFF_VERSIONS:
+        raise ValueError(f"ngff must be one of {', '.join(NGFF_VERSIONS)}, got {ngff!r}")
     _check_target(root, overwrite=overwrite)
     pyr = _pyramid(levels, chunk=chunk, n_levels=n_levels)
     replace = root.exists() and not (root / INCOMPLETE_MARKER).exists()
@@ -508,9 +652,11 @@ def write_ome_zarr(
             resume=resume,
             concurrency=concurrency,
             fingerprint=fingerprint,
+            zarr_format=2 if ngff == "0.4" else 3,
+            shard=None if ngff == "0.4" else chunk * SHARD_CHUNKS,
         )
         name = root.name.removesuffix(".zarr").removesuffix(".ome")
-        group.attrs.update(_ngff_attrs(pyr, mpp, name))
+        group.attrs.update(_ngff_attrs(pyr, mpp, name, ngff))
         (target / INCOMPLETE_MARKER).unlink()
         if replace:
             _replace_dir(target, root, uuid.uuid4().hex[:8])
