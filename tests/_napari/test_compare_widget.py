@@ -65,7 +65,8 @@ def test_readouts_follow_camera_and_match_metrics(
     compare, pair = compared(viewer, qtbot, sample_hr, tiny_model)
     grid = viewer.canvas.grid
     assert grid.enabled and grid.shape == (1, 3)
-    assert [x.name for x in viewer.layers][-3:] == [pair.lr.name, pair.sr.name, pair.hr.name]
+    # napari's layer list shows the last layer on top: it reads LR, SR, HR like the grid
+    assert [x.name for x in viewer.layers][-3:] == [pair.hr.name, pair.sr.name, pair.lr.name]
 
     first = compare.last_readout
     camera = viewer.scene.camera
@@ -90,10 +91,8 @@ def test_readouts_follow_camera_and_match_metrics(
     bicubic = bicubic_upscale(degrade(sample_hr, 4), 4)  # of the whole image
     expected = all_metrics(crop(bicubic, box), hr)
     assert readout.columns[BICUBIC_VS_HR] == pytest.approx(expected)
-    table = {
-        compare.table.horizontalHeaderItem(c).text(): compare.table.item(0, c).text()
-        for c in range(compare.table.columnCount())
-    }
+    assert compare.columns == [SR_VS_HR, BICUBIC_VS_HR, "gain"]
+    table = {name: compare.table.item(0, c).text() for c, name in enumerate(compare.columns)}
     assert table[SR_VS_HR] == f"{readout.columns[SR_VS_HR]['psnr']:.2f}"
     assert table["gain"].startswith(("+", "-"))
     assert errors() == []
@@ -128,6 +127,14 @@ def test_consistency_without_hr(viewer, qtbot, sample_hr, tiny_model, errors):
     assert values["ssim"] == pytest.approx(ssim(down[y0:y1, x0:x1], lr), rel=1e-6)
     assert values["qilv"] is None
     assert compare.table.columnCount() == 1
+    # in plain words, with what it means in the tooltip; rows it does not have are hidden
+    header = compare.table.horizontalHeaderItem(0)
+    assert header.text() == "consistency with LR"
+    assert "shrunk back 4x" in header.toolTip() and "LR" in header.toolTip()
+    assert "sharp" in header.toolTip()  # it does not measure sharpness
+    hidden = [compare.table.isRowHidden(r) for r in range(compare.table.rowCount())]
+    assert hidden == [False, False, True, True, True]  # PSNR, SSIM shown
+    assert "No HR" in compare.caption.text()
     assert errors() == []
 
 
@@ -166,3 +173,111 @@ def test_closing_while_computing_is_quiet(make_napari_viewer, qtbot, sample_hr):
     viewer.close()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=30000)
     qtbot.wait(100)  # its queued signals must not raise
+
+
+def test_names_captions_and_list_order_match_the_grid(make_napari_viewer, qtbot, sample_hr):
+    viewer = make_napari_viewer(show=True)  # rendered
+    compare, pair = compared(viewer, qtbot, sample_hr[:256, :256], "bicubic-x4")
+    layers, grid = viewer.layers, viewer.canvas.grid
+    members = (pair.lr, pair.sr, pair.hr)
+    assert [x.name.split(" ")[0] for x in members] == ["LR", "SR", "HR"]
+    assert pair.sr.name.startswith("SR bicubic-x4")
+    # the grid reads LR | SR | HR from the left, the layer list LR, SR, HR from the top
+    assert [grid.position(layers.index(x), layers) for x in members] == [(0, 0), (0, 1), (0, 2)]
+    assert [x.name for x in layers][::-1][:3] == [x.name for x in members]
+    assert all(x.name_overlay.visible for x in members)  # a caption in each cell
+
+    # rendered: the caption box is drawn at the top left of each cell, and only there
+    def shot():
+        viewer.screenshot(canvas_only=True, flash=False)  # the first draw picks the levels
+        return viewer.screenshot(canvas_only=True, flash=False).astype(int)
+
+    with_captions = shot()
+    for layer in members:
+        layer.name_overlay.visible = False
+    without = shot()
+    diff = np.abs(with_captions - without)[..., :3].mean(axis=-1)
+    h, w = diff.shape
+    cell = w // 3
+    for i in range(3):
+        corner = diff[2:30, i * cell + 5 : i * cell + 60]
+        assert corner.mean() > 20, f"no caption in cell {i}"
+        assert diff[h // 2 :, i * cell : (i + 1) * cell].max() == 0  # the image is untouched
+    compare.arrange("overlay")  # captions back on; in overlay the visible ones stack
+    assert pair.sr.name_overlay.visible and pair.hr.name_overlay.visible
+
+
+def test_switching_layouts_keeps_the_camera(viewer, qtbot, sample_hr):
+    compare, pair = compared(viewer, qtbot, sample_hr, "bicubic-x4")
+    camera = viewer.scene.camera
+    camera.center = (0, 50.0, 70.0)
+    camera.zoom = 6.0
+    compare.arrange("overlay")
+    assert not viewer.canvas.grid.enabled
+    assert tuple(camera.center[-2:]) == pytest.approx((50.0, 70.0))
+    assert camera.zoom == pytest.approx(6.0)
+    compare.arrange("side by side")
+    assert viewer.canvas.grid.enabled
+    assert tuple(camera.center[-2:]) == pytest.approx((50.0, 70.0))
+    assert camera.zoom == pytest.approx(6.0)
+
+
+def test_napari_grid_button_and_new_layers_follow_the_layout(viewer, qtbot, sample_hr):
+    compare, pair = compared(viewer, qtbot, sample_hr[:128, :128], "bicubic-x4")
+    assert compare.mode_box.currentText() == "side by side"
+    marks = viewer.add_points([[5, 5]], name="marks")  # added while side by side
+    qtbot.waitUntil(lambda: not marks.visible, timeout=2000)  # would take a grid cell
+    viewer.canvas.grid.enabled = False  # napari's grid button
+    assert compare.mode_box.currentText() == "overlay"
+    assert marks.visible and pair.sr.visible and pair.hr.visible and not pair.lr.visible
+    viewer.canvas.grid.enabled = True
+    assert compare.mode_box.currentText() == "side by side" and not marks.visible
+    assert viewer.canvas.grid.stride == -1 and viewer.canvas.grid.shape == (1, 3)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1089, 630), (1600, 980)])
+def test_every_readout_row_can_be_seen(make_napari_viewer, qtbot, sample_hr, width, height):
+    """At usual window sizes, with Enhance docked above Compare, each readout row can be
+    scrolled into view (at 1600 x 980 all are in view at once), and no header is cut."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(width, height)
+    compare, pair = compared(viewer, qtbot, sample_hr[:256, :256], "bicubic-x4")
+    qtbot.waitUntil(lambda: compare.room, timeout=10_000)  # docked, it asked for room
+    qtbot.wait(50)
+    assert viewer.window._qt_window.height() <= height
+    table, area = compare.table, compare.scroll_area
+    view, bar = area.viewport(), area.verticalScrollBar()
+    assert table.verticalScrollBar().maximum() == 0  # the table never scrolls by itself
+    assert table.width() <= view.width()  # nor is it cut at the right
+    fm = table.horizontalHeader().fontMetrics()
+    for c in range(table.columnCount()):
+        text = table.horizontalHeaderItem(c).text()
+        assert table.horizontalHeader().sectionSize(c) >= fm.horizontalAdvance(text), text
+    labels = [table.verticalHeaderItem(r).text() for r in range(table.rowCount())]
+    assert labels == ["PSNR (dB)", "SSIM", "MS-SSIM", "QILV", "RRMSE"]
+    assert all(table.verticalHeaderItem(r).toolTip() for r in range(table.rowCount()))
+    for row in range(table.rowCount()):
+        rect = table.visualRect(table.model().index(row, 0))
+        bottom = table.viewport().mapTo(area.widget(), rect.bottomLeft()).y()
+        bar.setValue(max(0, bottom - view.height() + 1))
+        top = table.viewport().mapTo(view, rect.topLeft()).y()
+        assert 0 <= top and top + rect.height() <= view.height(), f"row {labels[row]} unseen"
+    if height >= 980:
+        assert bar.maximum() == 0  # all rows in view without scrolling
+
+
+def test_a_second_pair_waits_hidden_until_chosen(viewer, qtbot, sample_hr):
+    compare, first = compared(viewer, qtbot, sample_hr[:128, :128], "bicubic-x4")
+    other = viewer.add_image(sample_hr[128:256, :128], name="second", scale=(0.5, 0.5))
+    enhance = dock(viewer, "Enhance")
+    sr2 = enhance.enhance(simulate_from=other, model="bicubic-x4", wait=True)
+    second = _layers.find_pair(viewer.layers, sr2)
+    qtbot.waitUntil(lambda: not any(x.visible for x in second.layers), timeout=2000)
+    assert compare.pair.pair_id == first.pair_id and all(x.visible for x in first.layers)
+    index = compare.pair_box.findData(second.pair_id)
+    compare.pair_box.setCurrentIndex(index)
+    compare.pair_box.activated.emit(index)  # the user picks it
+    assert all(x.visible for x in second.layers) and not any(x.visible for x in first.layers)
+    layers = viewer.layers
+    cells = [viewer.canvas.grid.position(layers.index(x), layers) for x in second.layers]
+    assert cells == [(0, 0), (0, 1), (0, 2)]

@@ -110,8 +110,9 @@ def test_model_change_refreshes_sr(viewer, qtbot, monkeypatch, tiny_model, sampl
     with qtbot.waitSignal(widget.sr_ready, timeout=30000):
         choose_model_file(qtbot, widget, monkeypatch, tiny_model)
     assert sr.data[0].name != old_name  # new arrays: napari cannot show stale tiles
-    assert "tiny-test" in sr.name
+    assert sr.name == "SR tiny-test · HE"
     assert sr.metadata["srgan_sqe"]["model"] == "tiny-test"
+    assert sr.metadata["srgan_sqe"]["model_path"] == str(tiny_model)
     assert not np.array_equal(np.asarray(sr.data[0]), before)
 
 
@@ -209,7 +210,7 @@ def test_simulate_scanner_then_clean_renews_the_lr(viewer, sample_hr, errors):
     assert sr is not None, errors()
     assert widget.simulate_preset == "scanner"
     lr = _layers.find_pair(viewer.layers, sr).lr
-    assert lr.name == "HE LR (simulated 4x, scanner)"
+    assert lr.name == "LR simulated 4x, scanner · HE"
     hr_dask = da.from_array(sample_hr, chunks=(1024, 1024, -1))
     scanned = np.asarray(degrade_with(hr_dask, "scanner", 4, seed=0))
     np.testing.assert_array_equal(np.asarray(lr.data[0]), scanned)
@@ -223,8 +224,49 @@ def test_simulate_scanner_then_clean_renews_the_lr(viewer, sample_hr, errors):
     sr2 = widget.enhance(simulate_from=hr, degradation="clean", model="bicubic-x4", wait=True)
     assert sr2 == sr and len(viewer.layers) == n  # (the widget sees layers through proxies)
     pair = _layers.find_pair(viewer.layers, sr)
-    assert pair.lr == lr and pair.hr == hr and lr.name == "HE LR (simulated 4x)"
+    assert pair.lr == lr and pair.hr == hr and lr.name == "LR simulated 4x · HE"
     np.testing.assert_array_equal(np.asarray(lr.data[0]), degrade(sample_hr, 4))
     widget.layer_box.setCurrentText(lr.name)
     assert widget.coding_label.text() == "Stored as: simulated LR (clean D_s)"
     assert errors() == []
+
+
+def test_layer_names_lead_with_their_role(viewer, sample_hr, errors):
+    """Names start with LR / SR / HR (napari elides long names in the middle and a grid
+    cell's caption is cut at its edge), then the model or how LR was made, then the image."""
+    hr = viewer.add_image(sample_hr[:128, :128], name="CMU-1-Small-Region")
+    widget = dock(viewer, "Enhance")
+    sr = widget.enhance(simulate_from=hr, model="bicubic-x4", wait=True)
+    pair = _layers.find_pair(viewer.layers, sr)
+    assert pair.hr.name == "HR CMU-1-Small-Region"
+    assert pair.lr.name == "LR simulated 4x · CMU-1-Small-Region"
+    assert sr.name == "SR bicubic-x4 · CMU-1-Small-Region"
+    assert widget.layer_box.currentText() == "HR CMU-1-Small-Region"  # still chosen
+    # enhancing again keeps the names (no "HR HR ...")
+    assert widget.enhance(simulate_from=hr, model="bicubic-x4", wait=True) == sr
+    assert pair.hr.name == "HR CMU-1-Small-Region"
+
+    # a real LR image (no HR): the image itself is the LR
+    own = viewer.add_image(sample_hr[:64, :64], name="biopsy 7")
+    sr2 = widget.enhance(own, model="bicubic-x4", wait=True)
+    assert own.name == "LR biopsy 7" and sr2.name == "SR bicubic-x4 · biopsy 7"
+    assert errors() == []
+
+
+def test_model_box_follows_the_sr_layers_model(viewer, qtbot, sample_hr, tiny_model):
+    """When something else switches the SR layer's model (Fine-tune does), the Model box
+    shows the model the layer really uses, and Enhance keeps using it."""
+    hr = viewer.add_image(sample_hr[:128, :128], name="HE")
+    widget = dock(viewer, "Enhance")
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    sr = widget.enhance(simulate_from=hr, model="bicubic-x4", wait=True)
+    assert widget.model_box.currentData() == "bicubic-x4"
+    from napari_srgan_sqe.models.modelfile import load_model
+
+    pyramid = _layers.pyramid_of(sr)
+    pyramid.set_model(load_model(tiny_model))  # as the fine-tune worker does
+    _layers.show_pyramid(sr, model_path=tiny_model)
+    assert widget.model_box.currentData() == str(tiny_model)
+    assert widget.model_box.currentText() == tiny_model.name
+    viewer.add_points([[1, 1]])  # other layer events do not bring the default back
+    assert widget.model_box.currentData() == str(tiny_model)

@@ -35,6 +35,16 @@ def pair(viewer, tiny_model, sample_hr):
     return hr, sr
 
 
+@pytest.fixture
+def pair_layers(make_napari_viewer, tiny_model, sample_hr):
+    """A shown viewer with HR, simulated LR and SR layers (tiny random model)."""
+    viewer = make_napari_viewer(show=True)
+    _, enhance = viewer.window.add_plugin_dock_widget(PLUGIN, "Enhance")
+    hr = viewer.add_image(sample_hr[:256, :320], name="HR")
+    assert enhance.enhance(simulate_from=hr, model=str(tiny_model), device="cpu", wait=True)
+    return viewer
+
+
 def _widget(viewer, tmp_path, *, steps: int = 2000, lr: float = 1e-3):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     widget.folder = tmp_path
@@ -58,7 +68,7 @@ def test_draw_start_stop_switches_the_sr_layer(viewer, pair, qtbot, tmp_path, er
     (x, y, w, h) = widget.regions()[0]
     assert (x, y) == (4, 8) and 70 <= w <= 72 and 47 <= h <= 48
     assert "1 rectangle" in widget.regions_label.text()
-    assert str(tmp_path) in widget.folder_label.text()
+    assert str(tmp_path) in widget.folder_label.text().replace("\u200b", "")
 
     pyramid = _layers.pyramid_of(sr)
     old_id, old_level0 = pyramid.model.identity, sr.data[0]
@@ -95,6 +105,18 @@ def test_draw_start_stop_switches_the_sr_layer(viewer, pair, qtbot, tmp_path, er
     assert '"x": 4' in loaded.metadata["finetune_regions"]
     log = widget.log.toPlainText()
     assert "before: PSNR" in log and "->" in log and f"saved {saved[0].name}" in log
+    # the result stays in view (not only in the log), and Enhance names the new model
+    result = widget.result_label.text()
+    assert "PSNR" in result and "->" in result and new.name in result
+    _, enhance = viewer.window.add_plugin_dock_widget(PLUGIN, "Enhance")
+    assert enhance.model_box.currentData() == str(saved[0])
+    assert enhance.model_box.currentText() == saved[0].name
+    assert sr.name.startswith(f"SR {new.name}")
+    # the plot: axes with their ranges, the legend in its own row above the curves
+    plot = widget.plot
+    assert plot.legend_rect().bottom() <= plot.plot_rect().top()
+    loss_ticks, psnr_ticks = plot._ticks()
+    assert all(loss_ticks) and all(psnr_ticks) and "dB" in plot.toolTip()
     assert not errors()
 
 
@@ -189,3 +211,65 @@ def test_enhance_refuses_to_switch_a_busy_sr_layer(viewer, pair, tiny_model):
     _set_busy(sr, False)
     assert enhance.set_model("bicubic-x4", sr_layer=sr, wait=True) is sr
     assert _layers.pyramid_of(sr).model.name == "bicubic-x4"
+
+
+def test_eta_is_measured_from_the_steps_done(viewer, tmp_path, monkeypatch):
+    """The first step (warm-up) takes long; the ETA follows the pace after it."""
+    from napari_srgan_sqe._napari import finetune_widget as module
+
+    widget = _widget(viewer, tmp_path)
+    clock = iter([0.0, 10.0, 11.0, 12.0, 13.0])  # step 1 ends at 10 s, then 1 s/step
+    monkeypatch.setattr(module.time, "perf_counter", lambda: next(clock))
+    widget._eta_marks, widget._t_start, widget._max_s = [], 0.0, None
+    assert widget._eta(0, 100) is None  # the parent's validation, before step 1
+    assert widget._eta(1, 100) is None
+    assert widget._eta(2, 100) is None  # one step since the warm-up: not yet
+    assert widget._eta(3, 100) == pytest.approx(97.0)  # (12 - 10) / 2 s per step x 97 steps
+    widget._max_s = 60.0  # a time limit caps it
+    assert widget._eta(4, 100) == pytest.approx(60.0 - 13.0)
+
+
+def test_regions_layer_has_the_images_units(make_napari_viewer, qtbot, sample_hr, tmp_path):
+    """No "Inconsistent units across layers" warning when Fine-tune adds its Shapes layer,
+    or when images come after it."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    viewer = make_napari_viewer(show=True)
+    start = len(notification_manager.records)
+    widget = _widget(viewer, tmp_path)  # before any image: no regions layer yet
+    assert not [x for x in viewer.layers if x.name == "Fine-tune regions"]
+    viewer.add_image(sample_hr[:64, :64], name="HE", scale=(0.5, 0.5), units="um")
+    qtbot.waitUntil(lambda: "Fine-tune regions" in viewer.layers, timeout=2000)
+    shapes = widget.shapes_layer()
+    assert [str(u) for u in shapes.units] == ["micrometer", "micrometer"]
+    assert viewer.layers[-1].name == shapes.name  # above the image, to draw on
+    viewer.add_image(sample_hr[:64, :64], name="HE 2", scale=(0.5, 0.5), units="um")
+    assert viewer.layers.extent.units is not None  # napari's condition for the warning
+    viewer.screenshot(canvas_only=True, flash=False)  # a draw checks the units
+    qtbot.wait(50)
+    warnings = [
+        str(n.message)
+        for n in notification_manager.records[start:]
+        if n.severity == NotificationSeverity.WARNING
+    ]
+    assert not [w for w in warnings if "units" in w.lower()], warnings
+
+
+def test_three_docks_fit_a_1000_px_screen(make_napari_viewer, qtbot, pair_layers, tmp_path):
+    """Enhance, Compare and Fine-tune docked in a 1600 x 980 window: it does not grow,
+    and every control of Fine-tune can be scrolled into view."""
+    viewer = pair_layers
+    window = viewer.window._qt_window
+    window.resize(1600, 980)
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Compare")
+    widget = _widget(viewer, tmp_path)
+    area = widget.scroll_area
+    # docked, it takes room from the docks above (up to 45% of the window's height)
+    qtbot.waitUntil(lambda: widget.room, timeout=10_000)
+    assert area.viewport().height() > 300
+    assert window.height() <= 1000 and window.minimumSizeHint().height() <= 1000
+    for control in (widget.draw_button, widget.start_button, widget.plot, widget.result_label):
+        area.ensureWidgetVisible(control, 0, 0)
+        top = control.mapTo(area.viewport(), control.rect().topLeft()).y()
+        assert 0 <= top < area.viewport().height(), control
+    assert widget.width() >= widget.scroll_area.widget().minimumSizeHint().width()

@@ -66,7 +66,7 @@ def test_view_starts_with_lr_simulated_as_a_scanner_stores_it(viewer, qtbot, err
     assert widget.simulate_preset == "scanner"
     sr = next(x for x in viewer.layers if _layers.pyramid_of(x))
     assert _layers.pyramid_of(sr).model.name == "srgan-sqe-he-x4"
-    assert _layers.find_pair(viewer.layers, sr).lr.name.endswith("(simulated 4x, scanner)")
+    assert _layers.find_pair(viewer.layers, sr).lr.name.startswith("LR simulated 4x, scanner")
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
     _start_enhance(widget, layer, simulate_lr=True, degradation="clean")
     qtbot.waitUntil(lambda: _layers.pyramid_of(sr).model.name == "srgan-sqe-he-x4-clean",

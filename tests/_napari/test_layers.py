@@ -67,3 +67,21 @@ def test_read_crop_margins_stop_at_the_border():
     crop, margins = _layers.read_crop(img, 0, 8, 24, 30, margin=4)
     assert margins == (0, 4, 4, 0)
     np.testing.assert_array_equal(_layers.crop_margins(crop, margins), img[0:8, 24:30])
+
+
+def test_role_names_lead_with_the_role(hr):
+    assert _layers.role_name("hr", "CMU-1") == "HR CMU-1"
+    assert _layers.role_name("lr", "CMU-1", "simulated 4x, scanner") == (
+        "LR simulated 4x, scanner · CMU-1"
+    )
+    assert _layers.role_name("sr", "CMU-1", "srgan-sqe-he-x4") == "SR srgan-sqe-he-x4 · CMU-1"
+    assert _layers.role_name("sr", "", "m") == "SR m" and _layers.role_name("hr") == "HR"
+    # the image's own name: from the tag, else the name less its role
+    hr.name = "HR CMU-1"
+    assert _layers.slide_name(hr) == "CMU-1"
+    hr.name = "SR m · CMU-1"
+    assert _layers.slide_name(hr) == "CMU-1"
+    hr.name = "HRM scan"  # not a role word
+    assert _layers.slide_name(hr) == "HRM scan"
+    _layers.mark(hr, "hr", "p1", scale=4, slide="biopsy")
+    assert _layers.slide_name(hr) == "biopsy"

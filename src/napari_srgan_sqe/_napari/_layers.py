@@ -4,8 +4,13 @@ Shared by the Enhance, Compare and Fine-tune widgets. A *pair* is the set of lay
 that show one image at low resolution (LR), super-resolved (SR) and, when the LR was
 simulated, at the original resolution (HR). Each member carries
 `layer.metadata["srgan_sqe"] = {"role": "lr" | "sr" | "hr", "pair_id": str, "scale": int}`
-(SR layers also `"model"`), which survives saving the layer list and needs no
-registry: `find_pair(viewer.layers)` reads it back.
+(SR layers also `"model"`, and `"model_path"` when the model came from a file;
+every member `"slide"`, the image's own name), which survives saving the layer list
+and needs no registry: `find_pair(viewer.layers)` reads it back.
+
+Names lead with the role: "LR simulated 4x · <slide>", "SR <model> · <slide>",
+"HR <slide>" (`role_name`), so napari's layer list, which elides long names in the
+middle, and the captions of the grid cells, cut at the cell's edge, say which is which.
 
 Geometry (docs/architecture.md, pixel-centre convention): with HR of pixel size `p`
 at translate `t`, LR has scale `s p` and translate `t + (s - 1) / 2 p`; SR has HR's
@@ -47,8 +52,11 @@ __all__ = [
     "pyramid_of",
     "read_crop",
     "rgb_image_layers",
+    "role_name",
     "role_of",
+    "show_caption",
     "show_pyramid",
+    "slide_name",
     "sr_transform",
     "view_rect_world",
 ]
@@ -72,6 +80,49 @@ def mark(layer: Any, role: str, pair_id: str, *, scale: int, **extra: Any) -> No
     meta = dict(layer.metadata)
     meta[META_KEY] = {"role": role, "pair_id": pair_id, "scale": int(scale), **extra}
     layer.metadata = meta
+
+
+ROLE_LABELS = {"lr": "LR", "sr": "SR", "hr": "HR"}
+
+
+def role_name(role: str, slide: str = "", detail: str = "") -> str:
+    """A layer name that leads with its role, then what tells it apart, then the image:
+    'SR srgan-sqe-he-x4 · CMU-1', 'LR simulated 4x, scanner · CMU-1', 'HR CMU-1'.
+
+    The role and detail come first because a grid cell's caption is cut at its right
+    edge and napari's layer list elides long names in the middle.
+    """
+    head = " ".join(x for x in (ROLE_LABELS[role], detail) if x)
+    return f"{head} · {slide}" if slide and detail else " ".join(x for x in (head, slide) if x)
+
+
+def slide_name(layer: Any) -> str:
+    """The image's own name: the pair tag's "slide", else the layer name less a role word."""
+    tag = _tag(layer)
+    if isinstance(tag.get("slide"), str):
+        return tag["slide"]
+    name = str(getattr(layer, "name", ""))
+    word, _, rest = name.partition(" ")
+    if word not in ROLE_LABELS.values():
+        return name
+    return rest.rpartition(" · ")[2]  # 'HR x' -> 'x', 'SR m · x' -> 'x', 'HR' -> ''
+
+
+def show_caption(layer: Any, visible: bool = True) -> bool:
+    """Show the layer's name in its own view (its grid cell; top left), as a caption.
+
+    Uses napari's per-layer name overlay (napari >= 0.6); returns False without it.
+    """
+    overlay = getattr(layer, "name_overlay", None)
+    if overlay is None:
+        return False
+    if visible:
+        overlay.font_size = 11
+        overlay.color = "white"
+        overlay.box = True
+        overlay.box_color = (0.0, 0.0, 0.0, 0.6)
+    overlay.visible = visible
+    return True
 
 
 def _tag(layer: Any) -> dict:
@@ -152,11 +203,13 @@ def pyramid_of(sr_layer: Any) -> Any:
     return _PYRAMIDS.get(_unwrap(sr_layer))
 
 
-def show_pyramid(sr_layer: Any, pyramid: Any = None) -> None:
+def show_pyramid(sr_layer: Any, pyramid: Any = None, *, model_path: Any = None) -> None:
     """Point `sr_layer` at its pyramid's current arrays, e.g. after `set_model` (GUI thread).
 
     `set_model` builds new dask arrays, so the layer must be given them again; this
-    also records the model name in the layer's pair tag (emits `events.metadata`).
+    also records the model's name, and `model_path` (the file it was read from or
+    saved to; None for a bundled model), in the layer's pair tag (emits
+    `events.metadata`), which the Enhance widget's Model box follows.
     """
     pyramid = pyramid if pyramid is not None else pyramid_of(sr_layer)
     if pyramid is None:
@@ -165,7 +218,12 @@ def show_pyramid(sr_layer: Any, pyramid: Any = None) -> None:
     sr_layer.data = list(pyramid)
     tag = _tag(sr_layer)
     if tag:
-        mark(sr_layer, tag["role"], tag["pair_id"], scale=tag["scale"], model=pyramid.model.name)
+        extra = {k: v for k, v in tag.items() if k not in ("role", "pair_id", "scale")}
+        extra["model"] = pyramid.model.name
+        extra.pop("model_path", None)
+        if model_path is not None:
+            extra["model_path"] = str(model_path)
+        mark(sr_layer, tag["role"], tag["pair_id"], scale=tag["scale"], **extra)
 
 
 # ------------------------------------------------------------------ layers and geometry

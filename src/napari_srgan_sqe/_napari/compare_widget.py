@@ -16,13 +16,13 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QAbstractScrollArea,
     QComboBox,
     QFormLayout,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_srgan_sqe._napari import _layers
+from napari_srgan_sqe._napari import _dock, _layers, _workers
 
 __all__ = ["CompareWidget", "Readout", "ReadoutColumn", "compute_readouts"]
 
@@ -48,6 +48,41 @@ METRICS = (
 )
 LOWER_IS_BETTER = frozenset({"rrmse"})
 SR_VS_HR, BICUBIC_VS_HR, CONSISTENCY = "SR vs HR", "bicubic vs HR", "D_s(SR) vs LR"
+"""Readout column names (`Readout.columns` keys); the table shows `COLUMN_LABELS`."""
+CONSISTENCY_METRICS = ("psnr", "ssim")
+METRIC_TIPS = {
+    "psnr": "Peak signal-to-noise ratio, in decibels: higher is closer to the reference "
+    "(+1 dB is about 11% less error)",
+    "ssim": "Structural similarity, 0 to 1: do local brightness, contrast and structure "
+    "match? 1 is identical",
+    "ms_ssim": "Multi-scale SSIM, 0 to 1: SSIM over five scales, from cells to tissue; "
+    "needs a view of at least 161 px a side ('-' below that)",
+    "qilv": "Quality index based on local variance, 0 to 1: does the texture (local "
+    "contrast) match? 1 is identical",
+    "rrmse": "Relative root-mean-square error: the size of the error divided by the "
+    "reference's; lower is closer, 0 is identical",
+}
+COLUMN_LABELS = {
+    SR_VS_HR: ("SR", "The super-resolved image compared with HR (the original scan)"),
+    BICUBIC_VS_HR: (
+        "bicubic",
+        "Plain bicubic enlargement of the LR compared with HR: the baseline SR should beat",
+    ),
+    "gain": (
+        "gain",
+        "How much closer SR is to HR than bicubic is: positive (green) means SR is better "
+        "(for RRMSE, bicubic minus SR, so positive is better there too)",
+    ),
+    CONSISTENCY: (
+        "consistency with LR",
+        "No HR to compare with, so SR is checked against its own input: SR is shrunk "
+        "back 4x with the reference degradation D_4 and compared with the LR (D_s(SR) "
+        "vs LR). High values mean SR keeps what the scan shows and contradicts none of "
+        "it; they say nothing about how sharp or how true the added detail is.",
+    ),
+}
+HR_CAPTION = "SR and bicubic (the baseline) against HR: higher is closer, RRMSE lower."
+CONSISTENCY_CAPTION = "No HR: SR shrunk back to LR size against the LR (higher agrees more)."
 MODES = ("side by side", "overlay")
 DEBOUNCE_MS = 300
 
@@ -104,7 +139,11 @@ def compute_readouts(
 
 
 class CompareWidget(QWidget):
-    """Arrange a pair's layers and show quality readouts for the field of view."""
+    """Arrange a pair's layers and show quality readouts for the field of view.
+
+    The controls sit in a scroll area (`scroll_area`), so every readout row can be
+    reached in a short dock; the table itself never scrolls.
+    """
 
     readout_ready = Signal(object)
     """Emitted with the `Readout` when all its columns are in."""
@@ -121,36 +160,55 @@ class CompareWidget(QWidget):
         self._partial: Readout | None = None
         self._hidden: list[Any] = []
         self._arranged_once = False
+        self._arranged_pair: str | None = None
+        self._arranging = False
+        self._closed = False
+        self.room: bool | None = None
+        """None until shown; False while asking the dock area for room; True after."""
+        self._columns: list[str] = []
 
         self.pair_box = QComboBox()
+        self.pair_box.setToolTip("The SR layer (and its LR and HR) to compare")
+        self.pair_box.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.pair_box.setMinimumContentsLength(12)  # long layer names must not widen the dock
         self.mode_box = QComboBox()
         self.mode_box.addItems(MODES)
+        self.mode_box.setToolTip(
+            "side by side: LR | SR | HR in a grid, one camera for all; "
+            "overlay: SR drawn over HR (fade with the SR opacity)"
+        )
         self.arrange_button = QPushButton("Arrange")
+        self.arrange_button.setToolTip("Lay the layers out again, e.g. after reordering them")
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
         self.opacity.setValue(100)
         self.opacity.setToolTip("Opacity of the SR layer over HR (overlay mode)")
         self.fov_label = QLabel("no SR layer yet: use Enhance")
         self.fov_label.setWordWrap(True)
+        self.caption = QLabel()
+        self.caption.setWordWrap(True)
         self.table = QTableWidget(len(METRICS), 3)
-        self.table.setVerticalHeaderLabels([label for _, label in METRICS])
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.table.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
+        self._setup_table()
         self._set_columns([SR_VS_HR, BICUBIC_VS_HR, "gain"])
 
+        content = QWidget()
         form = QFormLayout()
         form.addRow("Pair", self.pair_box)
-        form.addRow("Layout", self.mode_box)
+        layout_row = QHBoxLayout()
+        layout_row.addWidget(self.mode_box, 1)
+        layout_row.addWidget(self.arrange_button)
+        form.addRow("Layout", layout_row)
         form.addRow("SR opacity", self.opacity)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
-        layout.addWidget(self.arrange_button)
-        layout.addWidget(self.fov_label)
         layout.addWidget(self.table)
+        layout.addWidget(self.fov_label)
+        layout.addWidget(self.caption)
         layout.addStretch(1)
+        self.scroll_area = _dock.scroll_contents(self, content)
+        self._fit_table()
 
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -159,7 +217,7 @@ class CompareWidget(QWidget):
 
         self.mode_box.currentTextChanged.connect(lambda _: self.arrange())
         self.arrange_button.clicked.connect(lambda: self.arrange())
-        self.pair_box.activated.connect(lambda _: self._on_pair_changed())
+        self.pair_box.activated.connect(lambda _: self._on_pair_chosen())
         self.opacity.valueChanged.connect(self._on_opacity)
         camera = _layers._camera(self.viewer)
         camera.events.center.connect(self.schedule_update)
@@ -167,7 +225,7 @@ class CompareWidget(QWidget):
         canvas = getattr(self.viewer, "canvas", None)
         if canvas is not None:
             canvas.events.size.connect(self.schedule_update)
-            canvas.grid.events.enabled.connect(self.schedule_update)
+        self._grid().events.enabled.connect(self._on_grid_enabled)
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self._refresh_pairs)
         for layer in self.viewer.layers:
@@ -181,45 +239,72 @@ class CompareWidget(QWidget):
         pid = self.pair_box.currentData()
         return _layers.find_pair(self.viewer.layers, pid) if pid else None
 
+    @property
+    def columns(self) -> list[str]:
+        """The comparisons the table shows, left to right (`Readout.columns` keys)."""
+        return list(self._columns)
+
     def arrange(self, mode: str | None = None) -> None:
-        """Lay out the pair: 'side by side' (grid, LR | SR | HR) or 'overlay' (SR over HR)."""
+        """Lay out the pair: 'side by side' (grid, LR | SR | HR) or 'overlay' (SR over HR).
+
+        Side by side, the layer list reads LR, SR, HR from the top, as the grid does
+        from the left (napari's grid with a negative stride puts the topmost layer
+        first), and each cell is captioned with its layer's name. The camera (centre
+        and zoom) is kept; only the first layout of a pair fits the image to the view.
+        """
         if mode is not None and mode != self.mode_box.currentText():
             self.mode_box.setCurrentText(mode)  # comes back here through the signal
             return
         pair = self.pair
         if pair is None or pair.sr is None:
             return
-        self._arranged_once = True
+        first = not self._arranged_once or self._arranged_pair != pair.pair_id
+        self._arranged_once, self._arranged_pair = True, pair.pair_id
         layers = self.viewer.layers
-        grid = self.viewer.canvas.grid if hasattr(self.viewer, "canvas") else self.viewer.grid
+        grid = self._grid()
+        camera = _layers._camera(self.viewer)
+        center, zoom = tuple(camera.center), float(camera.zoom)
         side_by_side = self.mode_box.currentText() == MODES[0]
-        members = pair.layers if side_by_side else [x for x in (pair.lr, pair.hr, pair.sr) if x]
-        for layer in members:  # move to the top, in order
-            layers.move(layers.index(layer), len(layers))
-        self._restore_hidden()
-        regrid = grid.enabled != side_by_side or grid.shape != (1, len(members))
         if side_by_side:
-            self._hidden = [x for x in layers if x.visible and x not in members]
-            for layer in [*self._hidden, *members]:
-                layer.visible = layer in members
-            pair.sr.opacity = 1.0
-            grid.stride = 1
-            grid.shape = (1, len(members))
-            grid.enabled = True
+            members = pair.layers  # LR, SR, HR: the grid's cells from the left
+            stacking = members[::-1]  # LR ends on top of the list
         else:
-            grid.enabled = False
+            members = [x for x in (pair.lr, pair.hr, pair.sr) if x]
+            stacking = members  # SR drawn over HR
+        self._arranging = True
+        try:
+            for layer in stacking:  # move to the top, in order
+                layers.move(layers.index(layer), len(layers))
+            self._restore_hidden()
+            if side_by_side:
+                self._hidden = [x for x in layers if x.visible and x not in members]
+                for layer in [*self._hidden, *members]:
+                    layer.visible = layer in members
+                pair.sr.opacity = 1.0
+                grid.stride = -1
+                grid.shape = (1, len(members))
+                grid.enabled = True
+            else:
+                grid.enabled = False
+                for layer in members:
+                    layer.visible = layer != pair.lr or pair.hr is None
+                pair.sr.opacity = self.opacity.value() / 100
             for layer in members:
-                layer.visible = layer != pair.lr or pair.hr is None
-            pair.sr.opacity = self.opacity.value() / 100
+                _layers.show_caption(layer)
+        finally:
+            self._arranging = False
         self.opacity.setEnabled(not side_by_side)
-        if regrid:  # the view boxes changed size: fit the image in one of them
+        if first:  # a new pair: fit the image in one view
             self.viewer.reset_view()
+        else:  # keep what the user is looking at
+            camera.center, camera.zoom = center, zoom
         self.schedule_update()
 
     def schedule_update(self, event: Any = None) -> None:
         """Recompute the readouts once the camera has been still for DEBOUNCE_MS."""
         self._generation += 1
-        self._timer.start()
+        if not self._closed:
+            self._timer.start()
 
     @property
     def busy(self) -> bool:
@@ -228,6 +313,8 @@ class CompareWidget(QWidget):
 
     # ---------------------------------------------------------------- readouts
     def _start_readout(self) -> None:
+        if self._closed:
+            return
         if self._worker is not None:  # one at a time; the newest request runs next
             self._pending = True
             return
@@ -241,9 +328,7 @@ class CompareWidget(QWidget):
             return
         mode_hr = pair.hr is not None
         self._set_columns([SR_VS_HR, BICUBIC_VS_HR, "gain"] if mode_hr else [CONSISTENCY])
-        h, w = box.shape
-        where = "centre of the view" if box.capped else "view"
-        self.fov_label.setText(f"{where}: {w} x {h} HR px at x {box.x0}, y {box.y0} (computing...)")
+        self.fov_label.setText(f"{_where(box)} (computing...)")
         lr0 = _layers.layer_levels(pair.lr)[0] if pair.lr is not None else self._lr_from_sr(pair)
         hr0 = _layers.layer_levels(pair.hr)[0] if mode_hr else None
         sr0 = _layers.layer_levels(pair.sr)[0]
@@ -257,7 +342,7 @@ class CompareWidget(QWidget):
         worker.yielded.connect(self._on_column)
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        worker.start()
+        _workers.start(worker, owner=self)
 
     @staticmethod
     def _lr_from_sr(pair: _layers.LayerPair) -> Any:
@@ -286,16 +371,13 @@ class CompareWidget(QWidget):
         part = self._partial
         if part is not None and part.generation == self._generation and part.columns:
             self.last_readout = part
-            h, w = part.box.shape
-            where = "centre of the view" if part.box.capped else "view"
-            self.fov_label.setText(f"{where}: {w} x {h} HR px at x {part.box.x0}, y {part.box.y0}")
+            self.fov_label.setText(_where(part.box))
             self.readout_ready.emit(part)
         if self._pending:
             self._start_readout()
 
     def _show(self, readout: Readout) -> None:
-        names = [self.table.horizontalHeaderItem(c).text() for c in range(self.table.columnCount())]
-        for col, name in enumerate(names):
+        for col, name in enumerate(self._columns):
             values = readout.columns.get(name)
             if name == "gain":
                 values = _gain(readout.columns.get(SR_VS_HR), readout.columns.get(BICUBIC_VS_HR))
@@ -303,15 +385,96 @@ class CompareWidget(QWidget):
                 value = None if values is None else values.get(key)
                 item = QTableWidgetItem(_fmt(key, value, signed=name == "gain"))
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                item.setToolTip(f"{COLUMN_LABELS[name][0]}, {METRICS[row][1]}")
                 if name == "gain" and value is not None and _fmt(key, abs(value)) != _fmt(key, 0.0):
                     item.setForeground(QColor("#4caf50" if value > 0 else "#e57373"))
                 self.table.setItem(row, col, item)
 
+    # ---------------------------------------------------------------- the table
+    def _setup_table(self) -> None:
+        table = self.table
+        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        for row, (key, label) in enumerate(METRICS):
+            item = QTableWidgetItem(label)
+            item.setToolTip(METRIC_TIPS[key])
+            table.setVerticalHeaderItem(row, item)
+        rows = table.verticalHeader()
+        rows.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        rows.setDefaultSectionSize(table.fontMetrics().height() + 8)
+        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+
     def _set_columns(self, names: list[str]) -> None:
-        self.table.setColumnCount(len(names))
-        self.table.setHorizontalHeaderLabels(names)
+        """Show these comparisons as columns, and only the metric rows they have."""
+        if names == self._columns:
+            return
+        self._columns = list(names)
+        table = self.table
+        table.clearContents()
+        table.setColumnCount(len(names))
+        for col, name in enumerate(names):
+            label, tip = COLUMN_LABELS[name]
+            item = QTableWidgetItem(label)
+            item.setToolTip(tip)
+            table.setHorizontalHeaderItem(col, item)
+        for row, (key, _) in enumerate(METRICS):
+            table.setRowHidden(row, names == [CONSISTENCY] and key not in CONSISTENCY_METRICS)
+        self.caption.setText(CONSISTENCY_CAPTION if names == [CONSISTENCY] else HR_CAPTION)
+        self.caption.setToolTip(COLUMN_LABELS[names[0]][1])
+        self._fit_table()
+
+    def _fit_table(self) -> None:
+        """Size the table to show every header and visible row without scrolling."""
+        table = self.table
+        fm = table.fontMetrics()
+        header = table.horizontalHeader()
+        pad = fm.horizontalAdvance("M")
+        widest_value = fm.horizontalAdvance("+0.0000")
+        widths = [
+            max(fm.horizontalAdvance(table.horizontalHeaderItem(c).text()), widest_value) + pad
+            for c in range(table.columnCount())
+        ]
+        header.setMinimumSectionSize(min(widths) if widths else 40)
+        rows = table.verticalHeader()
+        labels = max(fm.horizontalAdvance(label) for _, label in METRICS) + pad
+        rows.setMinimumWidth(labels)
+        frame = 2 * table.frameWidth()
+        table.setMinimumWidth(labels + sum(widths) + frame)
+        shown = [r for r in range(table.rowCount()) if not table.isRowHidden(r)]
+        height = header.sizeHint().height() + sum(table.rowHeight(r) for r in shown) + frame
+        table.setFixedHeight(height)
+        if hasattr(self, "scroll_area"):  # as wide as the contents need
+            _dock.fit_width(self.scroll_area)
+
+    def changeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        super().changeEvent(event)
+        if event.type() in (QEvent.Type.StyleChange, QEvent.Type.FontChange):
+            self._fit_table()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        """All of the contents, so a dock area gives the readouts room before the stretch."""
+        inner = self.scroll_area.widget().sizeHint()
+        return QSize(self.scroll_area.minimumWidth(), inner.height())
 
     # ---------------------------------------------------------------- layers and pairs
+    def _grid(self) -> Any:
+        return self.viewer.canvas.grid if hasattr(self.viewer, "canvas") else self.viewer.grid
+
+    def _side_by_side_shown(self) -> bool:
+        return (
+            self._arranged_once and self.mode_box.currentText() == MODES[0] and self._grid().enabled
+        )
+
+    def _on_grid_enabled(self, event: Any = None) -> None:
+        """napari's grid was switched by someone else: follow it (grid on = side by side)."""
+        self.schedule_update()
+        if self._arranging or self.pair is None or not self._arranged_once:
+            return
+        wanted = MODES[0] if self._grid().enabled else MODES[1]
+        if self.mode_box.currentText() != wanted:
+            self.mode_box.setCurrentText(wanted)  # arranges through the signal
+
     def _watch(self, layer: Any) -> None:
         layer.events.data.connect(self._on_layer_changed)
         layer.events.metadata.connect(self._on_layer_changed)
@@ -320,6 +483,18 @@ class CompareWidget(QWidget):
     def _on_inserted(self, event: Any) -> None:
         self._watch(event.value)
         self._refresh_pairs()
+        if self._side_by_side_shown():  # once its pair tag is set (right after insertion)
+            QTimer.singleShot(0, self._hide_extra_layers)
+
+    def _hide_extra_layers(self) -> None:
+        """Side by side shows the pair only: hide layers added meanwhile (shown again later)."""
+        pair = self.pair
+        if pair is None or not self._side_by_side_shown():
+            return
+        for layer in self.viewer.layers:
+            if layer.visible and layer not in pair.layers:
+                layer.visible = False
+                self._hidden.append(layer)
 
     def _on_layer_changed(self, event: Any) -> None:
         pid = self.pair_box.currentData()
@@ -349,6 +524,11 @@ class CompareWidget(QWidget):
             self.arrange()  # first sight of a pair: lay it out
         self.schedule_update()
 
+    def _on_pair_chosen(self) -> None:
+        """The user picked a pair: lay it out (its layers may be hidden, e.g. side by side)."""
+        self.arrange()
+        self.schedule_update()
+
     def _restore_hidden(self) -> None:
         for layer in self._hidden:
             if layer in self.viewer.layers:
@@ -359,6 +539,35 @@ class CompareWidget(QWidget):
         pair = self.pair
         if pair is not None and pair.sr is not None and self.mode_box.currentText() == MODES[1]:
             pair.sr.opacity = value / 100
+
+    # ---------------------------------------------------------------- closing
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        self._fit_table()  # napari's style sheet (fonts) applies once docked
+        _workers.stop_on_close(self, self._on_viewer_closed)
+        if self.room is None:  # the first time it is shown: docked by now
+            self.room = False
+            QTimer.singleShot(0, self._claim_room)
+
+    def _claim_room(self) -> None:
+        """Once docked: take the height the readouts need from the docks above (a new
+        dock otherwise gets only what they leave over)."""
+        _dock.claim_height(self, self.sizeHint().height(), share=0.6)
+        self.room = True
+
+    def _on_viewer_closed(self) -> None:
+        """The viewer window closed: no more readouts; end the one being computed."""
+        self._closed = True
+        self._timer.stop()
+        self._pending = False
+        _workers.stop(self)
+
+
+def _where(box: _layers.CropBox) -> str:
+    """'view: 420 x 420 HR px at x 2030, y 1180' (or 'centre of the view: ...')."""
+    h, w = box.shape
+    where = "centre of the view" if box.capped else "view"
+    return f"{where}: {w} x {h} HR px at x {box.x0}, y {box.y0}"
 
 
 def _readout_gen(

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_srgan_sqe._napari import _layers
+from napari_srgan_sqe._napari import _dock, _layers, _workers
 
 __all__ = [
     "SIMULATE_CHOICES",
@@ -229,6 +229,7 @@ class _Request:
     kwargs: dict[str, Any] = field(default_factory=dict)
     degradation: str = "clean"
     old_lr: Any = None  # a simulated LR layer to renew (the preset changed)
+    model_path: str | None = None  # the model file, when the model came from one
 
 
 class EnhanceWidget(QWidget):
@@ -284,11 +285,13 @@ class EnhanceWidget(QWidget):
         form.addRow("Model", self.model_box)
         form.addRow("Device", self.device_box)
         form.addRow("Tile", self.tile_box)
-        layout = QVBoxLayout(self)
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addWidget(self.enhance_button)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        self.scroll_area = _dock.scroll_contents(self, content)  # a short dock scrolls
 
         self.model_box.addItem(DEFAULT_ITEM, None)  # until the worker lists the models
         self.model_box.addItem(LOAD_FILE, LOAD_FILE)
@@ -302,6 +305,7 @@ class EnhanceWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._watch_name)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._refresh_layers)
+            layer.events.metadata.connect(self._on_metadata)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layers()
 
@@ -358,9 +362,11 @@ class EnhanceWidget(QWidget):
             source = simulate_from if simulate_from is not None else lr_layer
             model = self._auto_model(source, preset)
             self._show_model(model)  # shown, not a choice by hand
+        model = model if model is not None else self.model_box.currentData()
+        req.model_path = _model_path(model)
         kwargs = dict(
             req.kwargs,
-            model=model if model is not None else self.model_box.currentData(),
+            model=model,
             device=device or self.device_box.currentText().split(" ")[0],
             tile=tile if tile is not None else (self.tile_box.value() or None),
         )
@@ -390,7 +396,7 @@ class EnhanceWidget(QWidget):
             if res.error:
                 show_error(f"Enhance: {res.error}")
                 return None
-            _layers.show_pyramid(sr_layer, res.pyramid)
+            _layers.show_pyramid(sr_layer, res.pyramid, model_path=_model_path(model))
             sr_layer.name = self._sr_name(sr_layer)
             self.sr_ready.emit(sr_layer)
             return sr_layer
@@ -432,7 +438,17 @@ class EnhanceWidget(QWidget):
         worker.returned.connect(alive(on_done))
         worker.finished.connect(alive(lambda: self._worker_done(worker)))
         self._workers.add(worker)
-        worker.start()
+        _workers.start(worker, owner=self)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        _dock.fit_width(self.scroll_area)  # napari's style sheet (fonts) applies once docked
+        _workers.stop_on_close(self, self._on_viewer_closed)
+
+    def _on_viewer_closed(self) -> None:
+        """The viewer window closed: end the model loading / preparing in the background."""
+        self._timer.stop()
+        _workers.stop(self)
 
     def _worker_done(self, worker: Any) -> None:
         self._workers.discard(worker)
@@ -482,11 +498,12 @@ class EnhanceWidget(QWidget):
             return None
         pyramid, s = res.pyramid, res.pyramid.scale
         lr_layer = req.lr_layer
-        extra: dict[str, Any] = {}
+        slide = _layers.slide_name(req.hr_layer if req.hr_layer is not None else lr_layer)
+        extra: dict[str, Any] = {"slide": slide}
         if req.hr_layer is not None:
             hr = req.hr_layer
             how = "" if req.degradation == "clean" else f", {req.degradation}"
-            name = f"{hr.name} LR (simulated {s}x{how})"
+            name = _layers.role_name("lr", slide, f"simulated {s}x{how}")
             if req.old_lr is not None and req.old_lr in self.viewer.layers:
                 lr_layer = req.old_lr  # the same layer, new pixels
                 lr_layer.data = res.lr_levels
@@ -499,10 +516,14 @@ class EnhanceWidget(QWidget):
                     name=name,
                     **_layers.lr_transform(hr, s),
                 )
-            _layers.mark(hr, "hr", req.pair_id, scale=s)
+            _layers.mark(hr, "hr", req.pair_id, scale=s, slide=slide)
+            _rename(hr, _layers.role_name("hr", slide))
             extra["degradation"] = req.degradation
-        elif _simulated_by(lr_layer):
-            extra["degradation"] = _simulated_by(lr_layer)
+        else:
+            if _simulated_by(lr_layer):
+                extra["degradation"] = _simulated_by(lr_layer)
+            else:  # the user's own LR image: its name says so from now on
+                _rename(lr_layer, _layers.role_name("lr", slide))
         _layers.mark(lr_layer, "lr", req.pair_id, scale=s, **extra)
         pair = _layers.find_pair(self.viewer.layers, req.pair_id)
         geometry = _layers.sr_transform(lr_layer, s)
@@ -510,13 +531,16 @@ class EnhanceWidget(QWidget):
             sr = pair.sr
             for key, value in geometry.items():
                 setattr(sr, key, value)
-            _layers.show_pyramid(sr, pyramid)
+            _layers.show_pyramid(sr, pyramid, model_path=req.model_path)
         else:
             sr = self.viewer.add_image(
                 list(pyramid), multiscale=True, rgb=True, name="SR", **geometry
             )
             _layers.attach_pyramid(sr, pyramid)
-            _layers.mark(sr, "sr", req.pair_id, scale=s, model=pyramid.model.name)
+            tag = {"model": pyramid.model.name, "slide": slide}
+            if req.model_path:
+                tag["model_path"] = req.model_path
+            _layers.mark(sr, "sr", req.pair_id, scale=s, **tag)
         sr.name = self._sr_name(sr)
         self._select_layer(lr_layer if req.hr_layer is None else req.hr_layer)
         self._update_status()
@@ -524,11 +548,8 @@ class EnhanceWidget(QWidget):
         return sr
 
     def _sr_name(self, sr: Any) -> str:
-        """'<HR or LR name> SR (<model>)'."""
-        pair = _layers.find_pair(self.viewer.layers, sr)
-        source = (pair.hr or pair.lr) if pair is not None else None
-        base = source.name if source is not None else "image"
-        return f"{base} SR ({_layers.pyramid_of(sr).model.name})"
+        """'SR <model> · <slide>': role and model first (napari elides names in the middle)."""
+        return _layers.role_name("sr", _layers.slide_name(sr), _layers.pyramid_of(sr).model.name)
 
     def _chosen_layer(self) -> Any:
         name = self.layer_box.currentText()
@@ -562,6 +583,26 @@ class EnhanceWidget(QWidget):
 
     def _watch_name(self, event: Any) -> None:
         event.value.events.name.connect(self._refresh_layers)
+        event.value.events.metadata.connect(self._on_metadata)
+
+    def _on_metadata(self, event: Any) -> None:
+        """An SR layer's model changed (e.g. by Fine-tune): show it in the Model box."""
+        if _layers.role_of(event.source) == "sr":
+            self._show_sr_model()
+
+    def _show_sr_model(self) -> None:
+        """Select the model the current SR layer really uses (its file, or its bundled name)."""
+        sr = self._current_sr()
+        tag = getattr(sr, "metadata", {}).get(_layers.META_KEY) if sr is not None else None
+        if not isinstance(tag, dict) or not _alive(self):
+            return
+        model = tag.get("model_path") or tag.get("model")
+        if not model or self.model_box.currentData() == model:
+            return
+        before = self.model_box.currentIndex()
+        self._show_model(Path(model) if tag.get("model_path") else model)
+        if self.model_box.currentIndex() != before and self.model_box.currentData() == model:
+            self._model_by_hand = True  # a model the layer was switched to, not a default
 
     def _on_active_layer(self, event: Any = None) -> None:
         active = self.viewer.layers.selection.active
@@ -700,6 +741,16 @@ def _coding_text(layer: Any) -> str:
     if coding.codec == "unknown":
         return "unknown" + (f" ({coding.detail})" if coding.detail else " (not read from a file)")
     return f"{coding} — lossy" if coding.lossy else str(coding)
+
+
+def _model_path(model: Any) -> str | None:
+    """The file a model choice names (a .safetensors path), or None for bundled names."""
+    return os.fspath(model) if _is_path(model) else None
+
+
+def _rename(layer: Any, name: str) -> None:
+    if layer.name != name:
+        layer.name = name
 
 
 def _is_busy(sr_layer: Any) -> bool:

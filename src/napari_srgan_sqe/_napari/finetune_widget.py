@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QPointF, QTimer, Signal
+from qtpy.QtCore import QEvent, QPointF, QRectF, QSize, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (
     QApplication,
@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_srgan_sqe._napari import _layers
+from napari_srgan_sqe._napari import _dock, _layers, _workers
 
 __all__ = ["Failed", "FinetuneWidget", "Switched", "finetune_job", "models_dir"]
 
@@ -134,14 +134,29 @@ def finetune_job(
 
 
 class CurvePlot(QWidget):
-    """A small live plot: training loss (orange) and validation PSNR (blue), each on its own
-    scale, against the step."""
+    """A small live plot against the training step: training loss (orange, left axis)
+    and validation PSNR in dB on the held-out stripes (blue, right axis).
+
+    The legend sits in its own row above the plotting area, so no curve covers it;
+    each axis is labelled with its range, in the colour of its curve.
+    """
+
+    LOSS_COLOR = QColor(230, 140, 30)
+    PSNR_COLOR = QColor(60, 140, 230)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setMinimumHeight(110)
+        self.setMinimumHeight(150)
         self.loss: list[tuple[float, float]] = []
         self.psnr: list[tuple[float, float]] = []
+        self.setToolTip(
+            "Training loss (left axis, no unit: the weighted sum of the loss terms) and "
+            "PSNR on the held-out stripes (right axis, dB; step 0 = the model before "
+            "fine-tuning), against the training step"
+        )
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return QSize(280, 170)
 
     def clear(self) -> None:
         self.loss, self.psnr = [], []
@@ -153,35 +168,126 @@ class CurvePlot(QWidget):
     def add_val(self, step: int, value: float) -> None:
         self.psnr.append((float(step), float(value)))
 
+    def plot_rect(self) -> QRectF:
+        """The plotting area (inside the axes), in widget pixels."""
+        return self._layout(self.fontMetrics())[0]
+
+    def legend_rect(self) -> QRectF:
+        """The legend rows above the plotting area (never overlapped by a curve)."""
+        return self._layout(self.fontMetrics())[1]
+
+    def _legend(self) -> list[tuple[QColor, str]]:
+        loss = f": {self.loss[-1][1]:.4g}" if self.loss else ""
+        psnr = f": {self.psnr[-1][1]:.2f} dB" if self.psnr else " (dB)"
+        return [
+            (self.LOSS_COLOR, f"training loss{loss}"),
+            (self.PSNR_COLOR, f"validation PSNR{psnr}"),
+        ]
+
+    def _legend_places(self, fm: Any) -> list[tuple[float, int]]:
+        """(x, row) of each legend item: side by side, or wrapped when too narrow."""
+        places, x, row = [], 2.0, 0
+        for _, label in self._legend():
+            width = 18 + fm.horizontalAdvance(label)
+            if x > 2.0 and x + width > self.width():
+                x, row = 2.0, row + 1
+            places.append((x, row))
+            x += width + 12
+        return places
+
+    def _ticks(self) -> tuple[list[str], list[str]]:
+        loss = [f"{v:.3g}" for v in _axis_range(self.loss)[::-1]] if self.loss else ["", ""]
+        psnr = _tick_labels(_axis_range(self.psnr)[::-1]) if self.psnr else ["", ""]
+        return loss, psnr
+
+    def _layout(self, fm: Any) -> tuple[QRectF, QRectF]:
+        line = fm.height()
+        loss, psnr = self._ticks()
+        left = max(fm.horizontalAdvance(t) for t in [*loss, "loss"]) + 6
+        right = max(fm.horizontalAdvance(t) for t in [*psnr, "dB"]) + 6
+        rows = 1 + max(row for _, row in self._legend_places(fm))
+        legend = QRectF(0, 0, self.width(), rows * line + 4)
+        top = legend.bottom() + line  # the axis titles' row
+        bottom = self.height() - 2 * line - 2  # tick labels and the "step" title below
+        area = QRectF(left, top, max(10.0, self.width() - left - right), max(10.0, bottom - top))
+        return area, legend
+
     def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        w, h, m = self.width(), self.height(), 6
-        p.setPen(QPen(QColor(128, 128, 128)))
-        p.drawRect(0, 0, w - 1, h - 1)
+        fm = p.fontMetrics()
+        line = fm.height()
+        area, legend = self._layout(fm)
+        text = self.palette().color(self.foregroundRole())
+        grey = QColor(128, 128, 128)
+
+        for (color, label), (x, row) in zip(self._legend(), self._legend_places(fm), strict=True):
+            y = legend.top() + 2 + row * line  # a colour swatch, then the name and latest value
+            p.setPen(QPen(color, 3))
+            p.drawLine(QPointF(x, y + line / 2), QPointF(x + 14, y + line / 2))
+            p.setPen(text)
+            p.drawText(QPointF(x + 18, y + fm.ascent()), label)
+
+        p.setPen(QPen(grey))
+        p.drawRect(area)
+        loss_ticks, psnr_ticks = self._ticks()
+        # axis titles above the axes; tick labels inside the axes' height, beside them
+        rows = ((area.top() + fm.ascent(), 0), (area.bottom() - fm.descent(), 1))
+        p.setPen(self.LOSS_COLOR)
+        p.drawText(QPointF(2, area.top() - fm.descent() - 2), "loss")
+        for yy, i in rows:
+            w = fm.horizontalAdvance(loss_ticks[i])
+            p.drawText(QPointF(area.left() - w - 3, yy), loss_ticks[i])
+        p.setPen(self.PSNR_COLOR)
+        p.drawText(QPointF(area.right() + 3, area.top() - fm.descent() - 2), "dB")
+        for yy, i in rows:
+            p.drawText(QPointF(area.right() + 3, yy), psnr_ticks[i])
         steps = [s for s, _ in self.loss + self.psnr] or [0.0]
         x_max = max(max(steps), 1.0)
-        rows = (
-            (self.loss, QColor(230, 140, 30), "loss {:.4g}"),
-            (self.psnr, QColor(60, 140, 230), "validation PSNR {:.2f} dB"),
-        )
-        line_h = p.fontMetrics().height()
-        for row, (series, color, label) in enumerate(rows):
+        p.setPen(text)
+        base = area.bottom() + fm.ascent() + 2
+        p.drawText(QPointF(area.left(), base), "0")
+        last = f"{x_max:.0f}"
+        p.drawText(QPointF(area.right() - fm.horizontalAdvance(last), base), last)
+        title = "training step"
+        p.drawText(QPointF(area.center().x() - fm.horizontalAdvance(title) / 2, base + line), title)
+
+        p.setClipRect(area)
+        for series, color in ((self.loss, self.LOSS_COLOR), (self.psnr, self.PSNR_COLOR)):
             if not series:
                 continue
-            lo, hi = min(v for _, v in series), max(v for _, v in series)
-            span = (hi - lo) or 1.0
+            lo, hi = _axis_range(series)
             pts = [
-                QPointF(m + (w - 2 * m) * s / x_max, h - m - (h - 2 * m) * (v - lo) / span)
+                QPointF(
+                    area.left() + area.width() * s / x_max,
+                    area.bottom() - area.height() * (v - lo) / (hi - lo),
+                )
                 for s, v in series
             ]
             p.setPen(QPen(color, 1.5))
             for a, b in zip(pts, pts[1:], strict=False):
                 p.drawLine(a, b)
-            if len(pts) == 1:
-                p.drawEllipse(pts[0], 2.0, 2.0)
-            p.drawText(QPointF(m, m + line_h * (row + 1)), label.format(series[-1][1]))
+            if len(pts) <= 8:
+                for pt in pts:
+                    p.drawEllipse(pt, 2.0, 2.0)
         p.end()
+
+
+def _tick_labels(values: tuple[float, ...]) -> list[str]:
+    """Labels with enough decimals (1 to 3) to tell the values apart."""
+    import math
+
+    span = max(values) - min(values)
+    decimals = 1 if span >= 1 or span == 0 else min(3, max(1, -math.floor(math.log10(span))))
+    return [f"{v:.{decimals}f}" for v in values]
+
+
+def _axis_range(series: list[tuple[float, float]]) -> tuple[float, float]:
+    """(low, high) of a curve's values with 5% room, never empty."""
+    values = [v for _, v in series]
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 or max(abs(hi) * 0.05, 1e-3)
+    return lo - pad, hi + pad
 
 
 class _Job:
@@ -217,6 +323,12 @@ class FinetuneWidget(QWidget):
         self._shapes: Any = None
         self._sr: Any = None
         self._t_last_draw = 0.0
+        self._eta_marks: list[tuple[float, int]] = []  # (time, step) of the Step events
+        self._before: dict[str, float] | None = None
+        self.room: bool | None = None
+        """None until shown; False while asking the dock area for room; True after."""
+        self._t_start = 0.0
+        self._max_s: float | None = None
         self._had_hr = False  # an HR layer was there at the last refresh
         self._mode_chosen = False  # the user picked a mode: never switch it for them
 
@@ -250,18 +362,32 @@ class FinetuneWidget(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         self.status = QLabel("")
+        self.status.setWordWrap(True)
         self.eta_label = QLabel("")
+        self.eta_label.setWordWrap(True)
+        self.eta_label.setToolTip(
+            "Time left, from the pace of the steps done so far (the first step, which "
+            "warms up, is not counted); capped by the time limit"
+        )
+        self.result_label = QLabel("")
+        self.result_label.setWordWrap(True)
+        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.result_label.setToolTip(
+            "PSNR and SSIM on the held-out stripes of the regions (not trained on), "
+            "before fine-tuning and for the best state so far / kept"
+        )
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
-        self.log.setMaximumHeight(6 * self.log.fontMetrics().height() + 10)
+        self.log.setMaximumHeight(4 * self.log.fontMetrics().height() + 10)
         self.log.setPlaceholderText("notes, before / after metrics and errors appear here")
         self.minutes_box = QDoubleSpinBox()
         self.minutes_box.setRange(0.0, 24 * 60.0)
         self.minutes_box.setSpecialValueText("none")
         self.minutes_box.setSuffix(" min")
         self.minutes_box.setToolTip("Stop after this time even if steps remain (best state kept)")
-        self.folder_label = QLabel(f"versions saved in: {self._folder}")
+        self.folder_label = QLabel(f"versions saved in: {_breakable(self._folder)}")
         self.folder_label.setWordWrap(True)
+        self.folder_label.setToolTip(str(self._folder))
         self.plot = CurvePlot()
 
         form = QFormLayout()
@@ -275,7 +401,8 @@ class FinetuneWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
-        layout = QVBoxLayout(self)
+        content = QWidget()
+        layout = QVBoxLayout(content)
         for w in (self.regions_label, self.draw_button):
             layout.addWidget(w)
         layout.addLayout(form)
@@ -284,9 +411,11 @@ class FinetuneWidget(QWidget):
         state.addWidget(self.status, 1)
         state.addWidget(self.eta_label)
         layout.addLayout(state)
-        for w in (self.log, self.plot, self.folder_label):
+        for w in (self.result_label, self.plot, self.log, self.folder_label):
             layout.addWidget(w)
         layout.addStretch(1)
+        # in a scroll area: docked under Enhance and Compare it must fit a short screen
+        self.scroll_area = _dock.scroll_contents(self, content)
 
         self.draw_button.clicked.connect(self.draw_mode)
         self.start_button.clicked.connect(lambda: self.start())
@@ -298,7 +427,8 @@ class FinetuneWidget(QWidget):
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self._shutdown)
-        self.shapes_layer()
+        if self._has_images():  # else once an image comes, in its units (napari warns on a mix)
+            self.shapes_layer()
         self._refresh()
 
     # ---------------------------------------------------------------- public API
@@ -310,7 +440,8 @@ class FinetuneWidget(QWidget):
     @folder.setter
     def folder(self, value: Path) -> None:
         self._folder = Path(value)
-        self.folder_label.setText(f"versions saved in: {self._folder}")
+        self.folder_label.setText(f"versions saved in: {_breakable(self._folder)}")
+        self.folder_label.setToolTip(str(self._folder))
 
     @property
     def running(self) -> bool:
@@ -321,20 +452,35 @@ class FinetuneWidget(QWidget):
         layers = self.viewer.layers
         if self._shapes is not None and self._shapes in layers:
             return self._shapes
-        shapes = [lay for lay in layers if type(lay).__name__ == "Shapes"]
+        shapes = self._shapes_layers()
         named = [lay for lay in shapes if lay.name == SHAPES_NAME]
         layer = (named or shapes[::-1] or [None])[0]
         if layer is None:
+            units = self._image_units()  # the images' (e.g. um): napari warns on a mix
             layer = self.viewer.add_shapes(
-                name=SHAPES_NAME, edge_color="yellow", face_color="transparent", edge_width=2
+                name=SHAPES_NAME,
+                edge_color="yellow",
+                face_color="transparent",
+                edge_width=2,
+                **({"units": units} if units is not None else {}),
             )
             layer.mode = "add_rectangle"
         self._watch_shapes(layer)
         return layer
 
     def draw_mode(self) -> None:
-        """Select the regions layer, bring it to the top, and switch to add-rectangle."""
+        """Select the regions layer, bring it to the top, and switch to add-rectangle.
+
+        Rectangles are drawn in one view: napari's grid (Compare's side by side) is
+        switched off, and the Compare widget follows with its overlay layout.
+        """
         layer = self.shapes_layer()
+        grid = getattr(getattr(self.viewer, "canvas", None), "grid", None) or getattr(
+            self.viewer, "grid", None
+        )
+        if grid is not None and grid.enabled:
+            grid.enabled = False
+        layer.visible = True
         self._raise_shapes()
         self.viewer.layers.selection.active = layer
         layer.mode = "add_rectangle"
@@ -417,13 +563,17 @@ class FinetuneWidget(QWidget):
         _set_busy(pair.sr, True)  # the Enhance widget must not switch its model meanwhile
         self._pbar = progress(total=cfg.steps, desc="Fine-tune")
         self.plot.clear()
+        self._eta_marks, self._t_start = [], time.perf_counter()
+        self._max_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+        self.eta_label.setText("ETA: measuring ...")
+        self.result_label.setText("measuring the model before fine-tuning ...")
         self.status.setText("training")
         self.log.appendPlainText(
             f"{mode} fine-tuning of {pyramid.model.name!r} on {len(rects)} region(s)"
         )
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        worker.start()
+        _workers.start(worker, owner=self, stop=job.stop_event.set)
         return True
 
     def stop(self) -> None:
@@ -442,13 +592,17 @@ class FinetuneWidget(QWidget):
             for note in ev.notes:
                 self.log.appendPlainText(f"note: {note}")
             b = ev.before
+            self._before = b
             self.log.appendPlainText(f"before: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}")
+            self.result_label.setText(f"before: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}")
         elif isinstance(ev, Step):
             self.plot.add_loss(ev.step, ev.loss)
             if self._pbar is not None:
                 self._pbar.update(ev.step - self._pbar.n)
-            total = self._pbar.total if self._pbar is not None else "?"
-            self.eta_label.setText(f"step {ev.step}/{total}, ETA {_fmt_s(ev.eta_s)}")
+            total = self._pbar.total if self._pbar is not None else None
+            eta = self._eta(ev.step, total)
+            shown = "measuring ..." if eta is None else _fmt_s(eta)
+            self.eta_label.setText(f"step {ev.step}/{total or '?'}, ETA {shown}")
         elif isinstance(ev, Validated):
             self.plot.add_val(ev.step, ev.psnr)
             if ev.step > 0:
@@ -457,6 +611,12 @@ class FinetuneWidget(QWidget):
                 if ev.best:
                     self.log.appendPlainText(
                         f"step {ev.step}: PSNR {ev.psnr:.2f} dB, SSIM {ev.ssim:.4f} (best so far)"
+                    )
+                    b = self._before
+                    self.result_label.setText(
+                        (f"before: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}\n" if b else "")
+                        + f"best so far (step {ev.step}): PSNR {ev.psnr:.2f} dB, "
+                        f"SSIM {ev.ssim:.4f}"
                     )
         elif isinstance(ev, Switched):
             self._on_switched(ev)
@@ -474,8 +634,10 @@ class FinetuneWidget(QWidget):
         if res.improved and ev.path is not None:
             sr = self._sr
             if sr is not None and sr in self.viewer.layers:
-                _layers.show_pyramid(sr)
-                sr.name = re.sub(r"\([^()]*\)$", f"({res.model.name})", sr.name)
+                # records the model and its file in the SR layer's tag: the Enhance
+                # widget's Model box follows it
+                _layers.show_pyramid(sr, model_path=ev.path)
+                sr.name = _layers.role_name("sr", _layers.slide_name(sr), res.model.name)
                 sr.refresh()
             text = (
                 f"PSNR {b['psnr']:.2f} -> {a['psnr']:.2f} dB, SSIM {b['ssim']:.4f} -> "
@@ -488,13 +650,33 @@ class FinetuneWidget(QWidget):
                 f"{b['ssim']:.4f}{stopped}): the original model is kept"
             )
         self.log.appendPlainText(text)
+        if res.improved and ev.path is not None:  # the file's name is in the log
+            text = text.split("\n")[0] + f"\nnow used by the SR layer: {res.model.name}"
+        self.result_label.setText(text)
         self.status.setText("done" if res.improved else "done (not improved)")
         self.finished.emit(res)
+
+    def _eta(self, step: int, total: int | None) -> float | None:
+        """Seconds left, from the pace since the second step (the first one warms up:
+        caches, allocations), measured once two more steps are done; None before.
+        Validation time between the steps is part of the pace. Capped by the time limit."""
+        now = time.perf_counter()
+        self._eta_marks.append((now, step))
+        if total is None or len(self._eta_marks) < 2:
+            return None
+        t_ref, s_ref = self._eta_marks[1]
+        if step - s_ref < 2:
+            return None
+        eta = (now - t_ref) / (step - s_ref) * max(0, total - step)
+        if self._max_s is not None:
+            eta = min(eta, max(0.0, self._t_start + self._max_s - now))
+        return eta
 
     def _on_error(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
 
         self.status.setText("failed")
+        self.result_label.setText(f"failed: {exc}; the previous model stays active")
         self.log.appendPlainText(f"failed: {exc}; the previous model stays active")
         show_error(f"Fine-tune failed: {exc}")
 
@@ -511,9 +693,32 @@ class FinetuneWidget(QWidget):
         self.eta_label.setText("")
 
     def _on_inserted(self, event: Any) -> None:
-        """Keep the regions layer above new image layers (else rectangles hide under them)."""
+        """Keep the regions layer above new image layers (else rectangles hide under them),
+        in the images' units (napari warns about layers in different units); make it
+        when the first image comes."""
         if event.value is not self._shapes and type(event.value).__name__ == "Image":
+            if self._shapes is None and not self._shapes_layers():
+                QTimer.singleShot(0, self._first_shapes)
             QTimer.singleShot(0, self._raise_shapes)  # not while the list is being changed
+            self._match_units()
+
+    def _first_shapes(self) -> None:
+        if _alive(self) and self._shapes is None and not self._shapes_layers():
+            self.shapes_layer()
+            self._refresh()
+
+    def _has_images(self) -> bool:
+        return any(type(x).__name__ == "Image" for x in self.viewer.layers)
+
+    def _shapes_layers(self) -> list[Any]:
+        return [x for x in self.viewer.layers if type(x).__name__ == "Shapes"]
+
+    def _match_units(self) -> None:
+        shapes, units = self._shapes, self._image_units()
+        if shapes is None or units is None or getattr(shapes, "units", None) is None:
+            return
+        if tuple(str(u) for u in shapes.units[-2:]) != units:
+            shapes.units = units
 
     def _raise_shapes(self) -> None:
         layers, shapes = self.viewer.layers, self._shapes
@@ -523,6 +728,34 @@ class FinetuneWidget(QWidget):
     def _shutdown(self, *_: Any) -> None:
         if self._job is not None:
             self._job.shutdown()
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        _dock.fit_width(self.scroll_area)  # napari's style sheet (fonts) applies once docked
+        _workers.stop_on_close(self, self._shutdown)  # the viewer window closed mid-run
+        if self.room is None:  # the first time it is shown: docked by now
+            self.room = False
+            QTimer.singleShot(0, self._claim_room)
+
+    def _claim_room(self) -> None:
+        """Once docked: take up to 45% of the window's height from the docks above
+        (a new dock otherwise gets a sliver); the rest of the form scrolls."""
+        _dock.claim_height(self, self.scroll_area.widget().sizeHint().height(), share=0.45)
+        self.room = True
+
+    def changeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        super().changeEvent(event)
+        if event.type() in (QEvent.Type.StyleChange, QEvent.Type.FontChange):
+            _dock.fit_width(self.scroll_area)
+
+    def _image_units(self) -> Any:
+        """The units the image layers share (e.g. ('micrometer', 'micrometer')), or None."""
+        units = {
+            tuple(str(u) for u in layer.units[-2:])
+            for layer in self.viewer.layers
+            if type(layer).__name__ == "Image" and getattr(layer, "units", None) is not None
+        }
+        return next(iter(units)) if len(units) == 1 else None
 
     # ---------------------------------------------------------------- layers (GUI thread)
     def _pair(self) -> Any:
@@ -567,6 +800,15 @@ class FinetuneWidget(QWidget):
         self.regions_label.setText(text)
 
 
+def _alive(widget: QWidget) -> bool:
+    """False once Qt has deleted the widget (its Python object may live on)."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _set_busy(layer: Any, busy: bool) -> None:
     """Mark an SR layer as being fine-tuned (`metadata["srgan_sqe"]["busy"]`)."""
     meta = dict(layer.metadata)
@@ -597,6 +839,11 @@ def _rectangles(shapes: Any, lr_layer: Any) -> dict[int, tuple[int, int, int, in
             y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
         out[i] = (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
     return out
+
+
+def _breakable(path: Any) -> str:
+    """A path that a word-wrapped label may break after each '/' (zero-width spaces)."""
+    return str(path).replace("/", "/\u200b").replace("\\", "\\\u200b")
 
 
 def _fmt_s(seconds: float) -> str:

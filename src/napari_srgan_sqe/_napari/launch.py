@@ -113,5 +113,25 @@ def launch_viewer(
     widgets = dock_widgets(viewer)
     if enhance and "Enhance" in widgets:
         _start_enhance(widgets["Enhance"], layer, simulate_lr=simulate_lr, degradation=degradation)
-    napari.run()
+    try:
+        napari.run()
+    finally:
+        _close(viewer)
     return 0
+
+
+def _close(viewer: Any) -> None:
+    """After the window closed: stop the viewer's slicing and the widgets' workers.
+
+    Closing the window leaves napari's slicing thread computing SR tiles for a
+    viewer that is gone; `viewer.close()` waits for the tile being computed and
+    cancels the rest, so the process does not end with tracebacks from threads
+    that outlive the interpreter.
+    """
+    from napari_srgan_sqe._napari import _workers
+
+    try:
+        viewer.close()
+    except Exception as exc:  # noqa: BLE001 - already closed (napari version specific)
+        log.debug("closing the viewer: %s", exc)
+    _workers.stop_all(wait_s=_workers.EXIT_WAIT_S)

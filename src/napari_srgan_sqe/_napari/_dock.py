@@ -1,0 +1,88 @@
+"""Docked widgets: their main window, a scroll area for their form, room in the dock area.
+
+napari gives a newly docked widget only the height the docks above it leave over,
+often a sliver; `claim_height` asks the main window to resize the widget's dock,
+taking the height from docks of the same area that are taller than they need (never
+below their minimum sizes).
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxLayout, QWidget
+
+__all__ = ["claim_height", "dock_of", "fit_width", "main_window", "scroll_contents"]
+
+
+def main_window(widget: QWidget) -> QMainWindow | None:
+    """The main window `widget` is docked in (also when its dock floats), or None."""
+    w: QWidget | None = widget
+    while w is not None and not isinstance(w, QMainWindow):
+        w = w.parentWidget()
+    return w
+
+
+def dock_of(widget: QWidget) -> QDockWidget | None:
+    """The dock widget holding `widget`, or None."""
+    w: QWidget | None = widget
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parentWidget()
+    return w
+
+
+def claim_height(widget: QWidget, height: int, *, share: float = 1.0) -> bool:
+    """Resize the dock of `widget` to `height` px (at most `share` of the main window's
+    height), leaving the other docks of its area what they ask for (their size hints).
+    False when it is not docked (or floats)."""
+    dock, window = dock_of(widget), main_window(widget)
+    if dock is None or window is None or dock.isFloating():
+        return False
+    area = window.dockWidgetArea(dock)
+    others = [
+        d
+        for d in window.findChildren(QDockWidget)
+        if d is not dock
+        and d.isVisible()
+        and not d.isFloating()
+        and window.dockWidgetArea(d) == area
+    ]
+    needs = [_needed_height(d) for d in others]
+    total = dock.height() + sum(d.height() for d in others)  # the area's height to share
+    height = int(min(height, share * window.height(), max(total - sum(needs), 0)))
+    height = max(height, dock.minimumSizeHint().height(), dock.height())
+    window.resizeDocks([*others, dock], [*needs, height], Qt.Orientation.Vertical)
+    return True
+
+
+def _needed_height(dock: QDockWidget) -> int:
+    """What a dock asks for: its size hint, or more for wrapped text at its width."""
+    need = max(dock.sizeHint().height(), dock.minimumSizeHint().height())
+    inner = dock.widget()
+    if inner is not None and inner.hasHeightForWidth():
+        chrome = dock.height() - inner.height()  # the title bar and margins
+        need = max(need, inner.heightForWidth(inner.width()) + chrome)
+    return need
+
+
+def scroll_contents(widget: QWidget, content: QWidget) -> QScrollArea:
+    """Put `content` in a vertical scroll area filling `widget`; returns the area.
+
+    A dock shorter than its form (a small screen, several docks in one column) then
+    scrolls instead of squeezing or clipping rows. Call `fit_width` once the style
+    is known (on show): the area is then as wide as the contents need.
+    """
+    area = QScrollArea(widget)
+    area.setWidget(content)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    return area
+
+
+def fit_width(area: QScrollArea) -> None:
+    """Make a vertical scroll area as wide as its contents' minimum (no clipping)."""
+    bar = area.verticalScrollBar().sizeHint().width()
+    area.setMinimumWidth(area.widget().minimumSizeHint().width() + bar)

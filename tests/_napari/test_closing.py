@@ -1,0 +1,126 @@
+"""Closing the viewer while the widgets' workers run ends the process cleanly.
+
+Each case runs napari in a subprocess (under the test session's X display): the
+failure it guards against is the process aborting at exit ("wrapped C/C++ object of
+type GeneratorWorkerSignals has been deleted", then Aborted), which no in-process
+test can observe.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+SCRIPT = r"""
+import sys, tempfile, time
+import numpy as np
+import napari
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+from napari_srgan_sqe import open_slide
+from napari_srgan_sqe._napari import _workers
+
+how, sample, model = sys.argv[1], sys.argv[2], sys.argv[3]
+hr_image = np.asarray(open_slide(sample).levels[0][600:1112, 600:1112])
+viewer = napari.Viewer(show=True)
+hr = viewer.add_image(hr_image, name="HE")
+_, enhance = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Enhance")
+_, compare = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Compare")
+_, finetune = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Fine-tune")
+assert enhance.enhance(simulate_from=hr, model=model, device="cpu", wait=True) is not None
+finetune.folder = tempfile.mkdtemp()
+finetune.extra_config = {"patch_size": 32, "batch_size": 2, "val_every": 4, "seed": 0}
+finetune.steps_box.setValue(100_000)
+finetune.shapes_layer().add_rectangles(np.array([[32.0, 16.0], [480.0, 480.0]]))
+
+
+def busy():
+    # training (runs until stopped), a readout, and a model load queued behind them
+    assert finetune.start()
+    compare._timer.stop()
+    compare._start_readout()
+    enhance.set_model(model)
+    enhance.set_model("bicubic-x4")
+    time.sleep(0.3)
+    print("running workers:", len(_workers.running()), flush=True)
+
+
+def pump(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+if how == "script":  # a script (or notebook) that closes the viewer, then ends
+    pump(0.5)
+    busy()
+    viewer.close()
+    print("closed", flush=True)
+else:  # the user closes the window of `napari.run()`
+    def close():
+        busy()
+        viewer.window._qt_window.close()
+        print("closed", flush=True)
+
+    QTimer.singleShot(500, close)
+    napari.run()
+print("end of script", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "window"])
+def test_closing_while_workers_run_exits_cleanly(how, sample_path: Path, tiny_model: Path):
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")
+    run = subprocess.run(
+        [sys.executable, "-c", SCRIPT, how, str(sample_path), str(tiny_model)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = run.stdout + run.stderr
+    running = [line for line in run.stdout.splitlines() if line.startswith("running workers:")]
+    assert running and int(running[0].split(":")[1]) >= 2, out  # work was going on
+    assert "closed" in run.stdout and "end of script" in run.stdout, out
+    assert run.returncode == 0, out
+    assert "has been deleted" not in out and "Aborted" not in out, out
+    assert "Traceback" not in out, out
+
+
+VIEW = r"""
+import napari
+from qtpy.QtCore import QTimer
+from napari_srgan_sqe._napari import launch
+
+run = napari.run
+
+
+def run_then_close(*args, **kwargs):  # the user closes the window while tiles compute
+    def close():
+        busy = [x for x in napari.current_viewer().layers if x.name.startswith("SR ")]
+        print("SR layer shown:", bool(busy), flush=True)
+        napari.current_viewer().window._qt_window.close()
+
+    QTimer.singleShot(6000, close)
+    return run(*args, **kwargs)
+
+
+napari.run = run_then_close
+print("exit code", launch.launch_viewer(), flush=True)
+"""
+
+
+def test_closing_srgan_sqe_view_while_tiles_compute_is_quiet():
+    """`srgan-sqe view` (async slicing, SR tiles of the sample being computed): closing
+    the window ends without tracebacks from napari's slicing thread."""
+    run = subprocess.run([sys.executable, "-c", VIEW], capture_output=True, text=True, timeout=300)
+    out = run.stdout + run.stderr
+    assert "SR layer shown: True" in run.stdout and "exit code 0" in run.stdout, out
+    assert run.returncode == 0 and "Traceback" not in out and "Aborted" not in out, out
