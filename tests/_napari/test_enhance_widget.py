@@ -39,8 +39,11 @@ def test_button_adds_aligned_sr_layer(
     assert isinstance(widget, EnhanceWidget)
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)  # models and devices listed
     assert widget.device_box.itemText(0).startswith("auto (")
-    names = [widget.model_box.itemText(i) for i in range(widget.model_box.count())]
-    assert {"srgan-sqe-he-x4", "bicubic-x4"} <= set(names) and names[-1] == LOAD_FILE
+    names = [widget.model_box.itemData(i) for i in range(widget.model_box.count())]
+    assert {"srgan-sqe-he-x4", "bicubic-x4", "zssr-x4"} <= set(names) and names[-1] == LOAD_FILE
+    texts = [widget.model_box.itemText(i) for i in range(widget.model_box.count())]
+    assert texts[names.index("zssr-x4")] == "zssr-x4  (zero-shot, x4, slow)"
+    assert texts[names.index("srgan-sqe-he-x4")] == "srgan-sqe-he-x4  (deterministic, x4, fast)"
     # the trained weights ship with the package, so they are the default and enabled; an
     # array layer's coding is unknown, so the default is the model for scanned slides
     assert widget.coding_label.text() == "Stored as: unknown (not read from a file)"
@@ -171,7 +174,7 @@ def test_coding_label_and_default_model_follow_the_slide(
     [lossless] = viewer.open(str(png), plugin=PLUGIN)
     widget = dock(viewer, "Enhance")
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
-    names = [widget.model_box.itemText(i) for i in range(widget.model_box.count())]
+    names = [widget.model_box.itemData(i) for i in range(widget.model_box.count())]
     assert {"srgan-sqe-he-x4", "srgan-sqe-he-x4-clean", "bicubic-x4"} <= set(names)
     assert [widget.simulate_box.itemData(i) for i in range(3)] == [None, "clean", "scanner"]
 

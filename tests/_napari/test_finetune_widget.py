@@ -273,3 +273,40 @@ def test_three_docks_fit_a_1000_px_screen(make_napari_viewer, qtbot, pair_layers
         top = control.mapTo(area.viewport(), control.rect().topLeft()).y()
         assert 0 <= top < area.viewport().height(), control
     assert widget.width() >= widget.scroll_area.widget().minimumSizeHint().width()
+
+
+def test_zero_shot_on_this_view_trains_zssr_and_the_sr_layer_uses_it(
+    make_napari_viewer, tiny_model, sample_hr, qtbot, tmp_path
+):
+    from napari_srgan_sqe._napari import _layers
+    from napari_srgan_sqe.config import ZSSRConfig
+
+    viewer = make_napari_viewer(show=True)
+    _, enhance = viewer.window.add_plugin_dock_widget(PLUGIN, "Enhance")
+    hr = viewer.add_image(sample_hr, name="HR")  # 384 x 512
+    sr = enhance.enhance(
+        simulate_from=hr, degradation="clean", model=str(tiny_model), device="cpu", wait=True
+    )
+    widget = _widget(viewer, tmp_path, steps=300)
+    widget.zssr_network = ZSSRConfig(n_layers=4, channels=32, self_ensemble=False)
+    viewer.reset_view()  # the whole image in view: all of the LR (128 x 96 px)
+    assert widget.view_region() == (0, 0, 128, 96)
+    zoom = viewer.camera.zoom
+    viewer.camera.zoom = zoom * 4  # 4x closer: less than half of each side, same centre
+    x, y, w, h = widget.view_region()
+    assert 0 < w < 80 and 0 < h < 60
+    assert abs(x + w / 2 - 64) <= 1 and abs(y + h / 2 - 48) <= 1
+    viewer.camera.zoom = zoom
+    done: list = []
+    widget.finished.connect(done.append)
+    assert widget.start_zero_shot()
+    assert not widget.zero_shot_button.isEnabled() and not widget.start_button.isEnabled()
+    qtbot.waitUntil(lambda: bool(done) and not widget.running, timeout=600_000)
+    result = done[0]
+    assert result.improved, widget.log.toPlainText()
+    model = _layers.pyramid_of(sr).model
+    assert model.descriptor.kind == "zero-shot" and model.metadata["zero_shot"] == "true"
+    saved = list(tmp_path.glob("zssr-x4-ft-*.safetensors"))
+    assert len(saved) == 1 and load_model(saved[0]).descriptor.kind == "zero-shot"
+    assert "now used by the SR layer" in widget.result_label.text()
+    assert widget.zero_shot_button.isEnabled()

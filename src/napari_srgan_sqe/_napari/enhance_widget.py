@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtGui import QStandardItemModel
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -652,11 +653,19 @@ class EnhanceWidget(QWidget):
         ]
         self.model_box.clear()
         for m in info["models"]:
-            self.model_box.addItem(m["name"], m["name"])
+            kind, speed = m.get("kind", "deterministic"), m.get("speed", "fast")
+            self.model_box.addItem(f"{m['name']}  ({kind}, x{m['scale']}, {speed})", m["name"])
+            index = self.model_box.count() - 1
+            tip = m["description"] if m["available"] else "weights not installed"
+            if kind == "zero-shot":
+                tip += "; train it on the view with Fine-tune's 'Zero-shot on this view'"
+            self.model_box.setItemData(index, tip, Qt.ItemDataRole.ToolTipRole)
             if not m["available"]:
-                item = self.model_box.model().item(self.model_box.count() - 1)
+                model = self.model_box.model()
+                assert isinstance(model, QStandardItemModel)
+                item = model.item(index)
+                assert item is not None
                 item.setEnabled(False)
-                item.setToolTip("weights not installed")
         for text, path in files:
             self.model_box.addItem(text, path)
         self.model_box.addItem(LOAD_FILE, LOAD_FILE)

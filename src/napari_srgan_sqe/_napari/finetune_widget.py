@@ -46,6 +46,8 @@ __all__ = ["Failed", "FinetuneWidget", "Switched", "finetune_job", "models_dir"]
 
 SHAPES_NAME = "Fine-tune regions"
 MODES = ("paired", "self-supervised")
+ZERO_SHOT_MAX_SIDE = 512
+"""Zero-shot trains on at most this many LR px a side of the view (around its centre)."""
 
 
 def models_dir() -> Path:
@@ -95,8 +97,11 @@ def finetune_job(
     config: Any,
     stop_event: threading.Event,
     folder: Path,
+    zero_shot: bool = False,
+    network: Any = None,
 ) -> Generator[Any, None, None]:
-    """Worker body: cut regions, fine-tune, save the new version, switch the pyramid.
+    """Worker body: cut regions, fine-tune (or, with `zero_shot`, train a fresh ZSSR
+    model on the LR regions), save the new version, switch the pyramid.
 
     Yields the library's events (Started, Step, Validated), then `Switched`, or
     `Failed` on any error (torch raises RuntimeErrors, which superqt's generator
@@ -104,21 +109,35 @@ def finetune_job(
     """
     from napari_srgan_sqe.models.modelfile import save_model
     from napari_srgan_sqe.training.finetune import Finished, cut_regions, iter_finetune
+    from napari_srgan_sqe.training.zero_shot import ZERO_SHOT_MODEL, iter_zero_shot, new_zssr
 
     try:
-        model = pyramid.model
+        model = new_zssr(name=ZERO_SHOT_MODEL, network=network) if zero_shot else pyramid.model
         regions = cut_regions(lr_level, rects, hr=hr_level, scale=model.scale, config=config)
         path = version_path(folder, model.name)
         meta = {"finetune_regions": json.dumps([dict(zip("xywh", r, strict=True)) for r in rects])}
-        events = iter_finetune(
-            model,
-            regions,
-            config=config,
-            stop_event=stop_event,
-            device=str(getattr(pyramid.predictor, "device", "auto")),
-            name=path.stem,
-            metadata=meta,
-        )
+        device = str(getattr(pyramid.predictor, "device", "auto"))
+        if zero_shot:
+            meta["training_data"] = f"zero-shot on {len(rects)} region(s) of the slide in view"
+            events = iter_zero_shot(
+                regions,
+                model=model,
+                config=config,
+                stop_event=stop_event,
+                device=device,
+                name=path.stem,
+                metadata=meta,
+            )
+        else:
+            events = iter_finetune(
+                model,
+                regions,
+                config=config,
+                stop_event=stop_event,
+                device=device,
+                name=path.stem,
+                metadata=meta,
+            )
         for ev in events:
             if not isinstance(ev, Finished):
                 yield ev
@@ -318,6 +337,8 @@ class FinetuneWidget(QWidget):
         self._folder = Path(folder) if folder is not None else models_dir()
         self.extra_config: dict[str, Any] = {}
         """FinetuneConfig fields not in the form (batch_size, patch_size, val_every, seed)."""
+        self.zssr_network: Any = None
+        """The ZSSRConfig of "Zero-shot on this view" (None: the paper's 8 x 64)."""
         self._job: _Job | None = None
         self._pbar: Any = None
         self._shapes: Any = None
@@ -359,6 +380,13 @@ class FinetuneWidget(QWidget):
         self.val_box.setValue(0.25)
         self.val_box.setToolTip("Right-hand stripe of each region held out for validation")
         self.start_button = QPushButton("Start")
+        self.zero_shot_button = QPushButton("Zero-shot on this view")
+        self.zero_shot_button.setToolTip(
+            "Train ZSSR, a small network learnt from this slide's own LR (no HR, no "
+            "training set), on the part of the slide in view (up to 512 x 512 LR px "
+            "around its centre), for Steps steps; the SR layer then uses it. Slow: "
+            "ZSSR runs 8 passes per tile"
+        )
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         self.status = QLabel("")
@@ -400,6 +428,7 @@ class FinetuneWidget(QWidget):
         form.addRow("Validation part", self.val_box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
+        buttons.addWidget(self.zero_shot_button)
         buttons.addWidget(self.stop_button)
         content = QWidget()
         layout = QVBoxLayout(content)
@@ -419,6 +448,7 @@ class FinetuneWidget(QWidget):
 
         self.draw_button.clicked.connect(self.draw_mode)
         self.start_button.clicked.connect(lambda: self.start())
+        self.zero_shot_button.clicked.connect(lambda: self.start_zero_shot())
         self.stop_button.clicked.connect(self.stop)
         self.mode_box.activated.connect(self._on_mode_chosen)  # user actions only
         for ev in ("inserted", "removed", "moved"):
@@ -496,8 +526,6 @@ class FinetuneWidget(QWidget):
 
     def start(self) -> bool:
         """Check the inputs, then train in a worker; False (with a notification) if not possible."""
-        from napari.qt.threading import create_worker
-        from napari.utils import progress
         from napari.utils.notifications import show_error
 
         from napari_srgan_sqe.config import ConfigError, FinetuneConfig, loss_preset, validate
@@ -542,6 +570,26 @@ class FinetuneWidget(QWidget):
             show_error(f"Fine-tune: {exc}")
             return False
         hr_level = _layers.layer_levels(pair.hr)[0] if mode == "paired" else None
+        what = f"{mode} fine-tuning of {pyramid.model.name!r} on {len(rects)} region(s)"
+        self._launch(pair, pyramid, cfg, rects, lr_level, hr_level, zero_shot=False, what=what)
+        return True
+
+    def _launch(
+        self,
+        pair: Any,
+        pyramid: Any,
+        cfg: Any,
+        rects: Any,
+        lr_level: Any,
+        hr_level: Any,
+        *,
+        zero_shot: bool,
+        what: str,
+    ) -> None:
+        """Start the training worker and set the widget to its running state."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
         job = _Job()
         worker = create_worker(
             finetune_job,
@@ -552,6 +600,8 @@ class FinetuneWidget(QWidget):
             cfg,
             job.stop_event,
             self.folder,
+            zero_shot,
+            self.zssr_network if zero_shot else None,
             _start_thread=False,
         )
         job.worker = worker
@@ -561,19 +611,90 @@ class FinetuneWidget(QWidget):
         self.destroyed.connect(job.shutdown)  # the widget closed or napari quit mid-run
         self._job, self._sr = job, pair.sr
         _set_busy(pair.sr, True)  # the Enhance widget must not switch its model meanwhile
-        self._pbar = progress(total=cfg.steps, desc="Fine-tune")
+        self._pbar = progress(total=cfg.steps, desc="Zero-shot" if zero_shot else "Fine-tune")
         self.plot.clear()
         self._eta_marks, self._t_start = [], time.perf_counter()
         self._max_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
         self.eta_label.setText("ETA: measuring ...")
         self.result_label.setText("measuring the model before fine-tuning ...")
         self.status.setText("training")
-        self.log.appendPlainText(
-            f"{mode} fine-tuning of {pyramid.model.name!r} on {len(rects)} region(s)"
-        )
+        self.log.appendPlainText(what)
         self.start_button.setEnabled(False)
+        self.zero_shot_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         _workers.start(worker, owner=self, stop=job.stop_event.set)
+
+    def view_region(self, max_side: int = ZERO_SHOT_MAX_SIDE) -> tuple[int, int, int, int] | None:
+        """The LR level-0 rectangle (x, y, w, h) in view, at most `max_side` px a side
+        around the view's centre; None without an LR layer."""
+        import numpy as np
+
+        pair = self._pair()
+        if pair is None or pair.lr is None:
+            return None
+        lr = pair.lr
+        height, width = (int(v) for v in _layers.layer_levels(lr)[0].shape[:2])
+        # the world rectangle one canvas cell shows: the camera's centre, the cell's size
+        # in screen px over the zoom (screen px per world unit)
+        canvas = self.viewer.canvas
+        viewbox = getattr(canvas, "viewbox_size", None)  # napari >= 0.6: a grid cell's size
+        size = viewbox(self.viewer.layers) if callable(viewbox) else canvas.size
+        half = np.asarray(size[-2:], dtype=float) / self.viewer.camera.zoom / 2
+        centre = np.asarray(self.viewer.camera.center[-2:], dtype=float)
+        lo = np.asarray(lr.world_to_data(centre - half))[-2:] + 0.5  # pixel edges
+        hi = np.asarray(lr.world_to_data(centre + half))[-2:] + 0.5
+        (y0, x0), (y1, x1) = np.maximum(lo, 0), np.minimum(hi, (height, width))
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+        h, w = min(y1 - y0, max_side), min(x1 - x0, max_side)
+        y = int(np.clip(round(cy - h / 2), 0, max(0, height - h)))
+        x = int(np.clip(round(cx - w / 2), 0, max(0, width - w)))
+        return x, y, int(min(w, width - x)), int(min(h, height - y))
+
+    def start_zero_shot(self) -> bool:
+        """Train ZSSR on the LR in view, in a worker; the SR layer then uses it."""
+        from napari.utils.notifications import show_error
+
+        from napari_srgan_sqe.config import ConfigError
+        from napari_srgan_sqe.training.finetune import RegionError, check_regions
+        from napari_srgan_sqe.training.zero_shot import zero_shot_config
+
+        if self.running:
+            return False
+        pair = self._pair()
+        pyramid = _layers.pyramid_of(pair.sr) if pair is not None and pair.sr else None
+        try:
+            if pyramid is None or pair is None:
+                raise RegionError("no SR layer: run Enhance first (ZSSR then replaces its model)")
+            region = self.view_region()
+            if region is None:
+                raise RegionError("no LR layer in view")
+            cfg = zero_shot_config(
+                self.steps_box.value(),
+                # pseudo-LR made like the slide's LR: the current model was chosen for it
+                degradation=training_degradation(pyramid.model),
+                max_minutes=self.minutes_box.value() or None,
+                seed=int(self.extra_config.get("seed", 0)),
+            )
+            lr_level = _layers.layer_levels(pair.lr)[0]
+            rects = check_regions(
+                [region], lr_level.shape, mode="self-supervised", scale=pyramid.scale, config=cfg
+            )
+        except (RegionError, ConfigError) as exc:
+            self.status.setText("cannot start")
+            self.log.appendPlainText(f"cannot start zero-shot: {exc}")
+            show_error(f"Zero-shot: {exc}")
+            return False
+        x, y, w, h = rects[0]
+        self._launch(
+            pair,
+            pyramid,
+            cfg,
+            rects,
+            lr_level,
+            None,
+            zero_shot=True,
+            what=f"zero-shot ZSSR on the view ({w} x {h} LR px at x {x}, y {y})",
+        )
         return True
 
     def stop(self) -> None:
@@ -689,6 +810,7 @@ class FinetuneWidget(QWidget):
         if self._sr is not None:
             _set_busy(self._sr, False)
         self.start_button.setEnabled(True)
+        self.zero_shot_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self.eta_label.setText("")
 

@@ -68,7 +68,12 @@ def network_info(path: Path) -> dict[str, Any]:
     meta = read_safetensors_metadata(path)
     gen = json.loads(meta.get("config", "{}")).get("generator", {})
     shapes = _tensor_shapes(path)
-    params = sum(math.prod(s) for k, s in shapes.items() if k.startswith("generator."))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm state
+    params = sum(
+        math.prod(s)
+        for k, s in shapes.items()
+        if k.startswith("generator.") and not k.endswith(buffers)
+    )
     images = [t for t in meta.get("training_data", "").split(",") if t.strip()]
     degradation = meta.get("degradation") or None
     arch = gen.get("arch", "?")

@@ -61,6 +61,23 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         "MoNuSeg 2018 H&E at 40x and 20x",
         licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg; non-commercial use)",
     ),
+    "medsrgan-he-x4": BundledModel(
+        name="medsrgan-he-x4",
+        file="weights/medsrgan-he-x4.safetensors",
+        description="Multi-scale medical SRGAN (Ahmad et al. 2022), 32 ch, 4x, for "
+        "comparison: trained on the scanner degradation of MoNuSeg 2018 H&E (1400 steps)",
+        licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg; non-commercial use)",
+        arch="medsrgan",
+    ),
+    "srgan-he-x4": BundledModel(
+        name="srgan-he-x4",
+        file="weights/srgan-he-x4.safetensors",
+        description="SRGAN (Ledig et al. 2017) SRResNet 8x32 with PReLU and batch norm, 4x, "
+        "for comparison: squared error + GAN, without the VGG loss (no VGG19 weights); "
+        "scanner degradation of MoNuSeg 2018 H&E (1200 steps)",
+        licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg; non-commercial use)",
+        arch="srresnet",
+    ),
     "bicubic-x4": BundledModel(
         name="bicubic-x4",
         file=None,
