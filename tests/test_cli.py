@@ -76,7 +76,10 @@ def test_models_text_listing_names_network_and_training(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "preset" not in out
-    assert out.count("network: lrnet, 12 residual blocks x 48 channels") == 2
+    assert (
+        out.count("network: lrnet, 12 residual blocks x 48 channels") == 3
+    )  # default, clean, fidelity
+    assert "network: medsrgan, 6 residual blocks x 32 channels" in out
     assert "trained on: the scanner degradation" in out
     assert "trained on: the clean reference degradation" in out
 

@@ -61,6 +61,14 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         "MoNuSeg 2018 H&E at 40x and 20x",
         licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg; non-commercial use)",
     ),
+    "fidelity-he-x4": BundledModel(
+        name="fidelity-he-x4",
+        file="weights/fidelity-he-x4.safetensors",
+        description="The default's network and budget trained on the quasi-norm fidelity "
+        "term alone (no manifold, SSIM or GAN terms), 4x, for comparison: scanner "
+        "degradation of MoNuSeg 2018 H&E",
+        licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg; non-commercial use)",
+    ),
     "medsrgan-he-x4": BundledModel(
         name="medsrgan-he-x4",
         file="weights/medsrgan-he-x4.safetensors",
