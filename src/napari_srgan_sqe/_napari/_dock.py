@@ -84,5 +84,7 @@ def scroll_contents(widget: QWidget, content: QWidget) -> QScrollArea:
 
 def fit_width(area: QScrollArea) -> None:
     """Make a vertical scroll area as wide as its contents' minimum (no clipping)."""
-    bar = area.verticalScrollBar().sizeHint().width()
-    area.setMinimumWidth(area.widget().minimumSizeHint().width() + bar)
+    scroll_bar, content = area.verticalScrollBar(), area.widget()
+    assert scroll_bar is not None and content is not None
+    bar = scroll_bar.sizeHint().width()
+    area.setMinimumWidth(content.minimumSizeHint().width() + bar)

@@ -147,7 +147,9 @@ def _forget(entry: _Entry) -> None:
             del _LIVE[id(entry.worker)]
 
 
-def _try_take(pool: QThreadPool, worker: Any) -> bool:
+def _try_take(pool: QThreadPool | None, worker: Any) -> bool:
+    if pool is None:  # Qt's global pool is already gone (interpreter exit)
+        return False
     try:
         return bool(pool.tryTake(worker))
     except (RuntimeError, TypeError):  # already deleted, or not a runnable of this pool
@@ -171,7 +173,11 @@ class _CloseWatcher(QObject):
         ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else callback
         self._callbacks.append(ref)
 
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+    def eventFilter(  # noqa: N802 - Qt override
+        self, obj: QObject | None, event: QEvent | None
+    ) -> bool:
+        if event is None:
+            return False
         kind = event.type()
         if kind == QEvent.Type.Close:
             self._closing = True  # the window may still refuse (a confirmation dialog)

@@ -321,7 +321,7 @@ class CompareWidget(QWidget):
         self._pending = False
         pair = self.pair
         box = _layers.fov_box(self.viewer, pair, max_side=self.max_crop) if pair else None
-        if box is None:
+        if pair is None or box is None:
             self.fov_label.setText(
                 "no SR layer yet: use Enhance" if pair is None else "the view misses the image"
             )
@@ -400,10 +400,11 @@ class CompareWidget(QWidget):
             item = QTableWidgetItem(label)
             item.setToolTip(METRIC_TIPS[key])
             table.setVerticalHeaderItem(row, item)
-        rows = table.verticalHeader()
+        rows, columns = table.verticalHeader(), table.horizontalHeader()
+        assert rows is not None and columns is not None
         rows.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         rows.setDefaultSectionSize(table.fontMetrics().height() + 8)
-        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        columns.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
 
     def _set_columns(self, names: list[str]) -> None:
         """Show these comparisons as columns, and only the metric rows they have."""
@@ -428,15 +429,15 @@ class CompareWidget(QWidget):
         """Size the table to show every header and visible row without scrolling."""
         table = self.table
         fm = table.fontMetrics()
-        header = table.horizontalHeader()
+        header, rows = table.horizontalHeader(), table.verticalHeader()
+        assert header is not None and rows is not None
         pad = fm.horizontalAdvance("M")
         widest_value = fm.horizontalAdvance("+0.0000")
         widths = [
-            max(fm.horizontalAdvance(table.horizontalHeaderItem(c).text()), widest_value) + pad
+            max(fm.horizontalAdvance(_header_text(table, c)), widest_value) + pad
             for c in range(table.columnCount())
         ]
         header.setMinimumSectionSize(min(widths) if widths else 40)
-        rows = table.verticalHeader()
         labels = max(fm.horizontalAdvance(label) for _, label in METRICS) + pad
         rows.setMinimumWidth(labels)
         frame = 2 * table.frameWidth()
@@ -454,7 +455,9 @@ class CompareWidget(QWidget):
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
         """All of the contents, so a dock area gives the readouts room before the stretch."""
-        inner = self.scroll_area.widget().sizeHint()
+        content = self.scroll_area.widget()
+        assert content is not None
+        inner = content.sizeHint()
         return QSize(self.scroll_area.minimumWidth(), inner.height())
 
     # ---------------------------------------------------------------- layers and pairs
@@ -568,6 +571,13 @@ def _where(box: _layers.CropBox) -> str:
     h, w = box.shape
     where = "centre of the view" if box.capped else "view"
     return f"{where}: {w} x {h} HR px at x {box.x0}, y {box.y0}"
+
+
+def _header_text(table: QTableWidget, column: int) -> str:
+    """The label of a column (`_set_columns` gives every column a header item)."""
+    item = table.horizontalHeaderItem(column)
+    assert item is not None
+    return item.text()
 
 
 def _readout_gen(

@@ -428,7 +428,7 @@ class EnhanceWidget(QWidget):
         self.simulate_box.setCurrentIndex(found[0])
 
     # ---------------------------------------------------------------- helpers
-    def _run(self, gen: Generator, on_done: Any) -> None:
+    def _run(self, gen: Generator[Any, None, Any], on_done: Any) -> None:
         from napari.qt.threading import create_worker
 
         def alive(fn: Any) -> Any:  # the widget may be gone (napari closed) when it ends
@@ -460,19 +460,20 @@ class EnhanceWidget(QWidget):
         """Decide the pair and the levels to send to the worker (GUI thread)."""
         if hr_layer is not None:
             pair = _layers.find_pair(self.viewer.layers, hr_layer)
-            has_lr = pair is not None and pair.hr is not None and pair.lr is not None
-            if has_lr and _simulated_by(pair.lr) == degradation:
+            if pair is not None and (pair.hr is None or pair.lr is None):
+                pair = None  # no LR simulated from it yet: a new pair
+            if pair is not None and _simulated_by(pair.lr) == degradation:
                 lr_layer, hr_layer = pair.lr, None  # LR already simulated: enhance it again
             else:  # new, or simulated with another preset: (re)simulate in the same pair
                 return _Request(
                     hr_layer=hr_layer,
-                    pair_id=pair.pair_id if has_lr else _layers.new_pair_id(),
+                    pair_id=pair.pair_id if pair is not None else _layers.new_pair_id(),
                     kwargs={
                         "hr_levels": _layers.layer_levels(hr_layer),
                         "degradation": degradation,
                     },
                     degradation=degradation,
-                    old_lr=pair.lr if has_lr else None,
+                    old_lr=pair.lr if pair is not None else None,
                 )
         pid = _layers.pair_id_of(lr_layer) if _layers.role_of(lr_layer) == "lr" else None
         pair = _layers.find_pair(self.viewer.layers, pid) if pid else None
@@ -786,12 +787,12 @@ def _probe_gen() -> Generator[str, None, dict[str, Any]]:
         return {"models": [{"name": "bicubic-x4", "available": True}], "auto": "cpu"}
 
 
-def _passthrough(gen: Generator) -> Generator:
+def _passthrough(gen: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
     """Run `gen` in a napari GeneratorWorker (yielded values are progress messages)."""
     return (yield from gen)
 
 
-def _drain(gen: Generator) -> Any:
+def _drain(gen: Generator[Any, None, Any]) -> Any:
     """Run a generator to its end in this thread; its return value."""
     while True:
         try:

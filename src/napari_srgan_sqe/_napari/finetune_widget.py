@@ -22,10 +22,10 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from qtpy.QtCore import QEvent, QPointF, QRectF, QSize, Qt, QTimer, Signal
-from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtGui import QColor, QPainter, QPen, QStandardItemModel
 from qtpy.QtWidgets import (
     QApplication,
     QComboBox,
@@ -41,6 +41,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_srgan_sqe._napari import _dock, _layers, _workers
+
+if TYPE_CHECKING:
+    from napari_srgan_sqe.training.regions import Mode
 
 __all__ = ["Failed", "FinetuneWidget", "Switched", "finetune_job", "models_dir"]
 
@@ -432,6 +435,7 @@ class FinetuneWidget(QWidget):
         buttons.addWidget(self.stop_button)
         content = QWidget()
         layout = QVBoxLayout(content)
+        w: QWidget
         for w in (self.regions_label, self.draw_button):
             layout.addWidget(w)
         layout.addLayout(form)
@@ -562,7 +566,11 @@ class FinetuneWidget(QWidget):
             )
             lr_level = _layers.layer_levels(pair.lr)[0]
             rects = check_regions(
-                self.regions(), lr_level.shape, mode=mode, scale=pyramid.scale, config=cfg
+                self.regions(),
+                lr_level.shape,
+                mode=cast("Mode", mode),  # one of MODES, as FinetuneConfig checked
+                scale=pyramid.scale,
+                config=cfg,
             )
         except (RegionError, ConfigError) as exc:
             self.status.setText("cannot start")
@@ -733,9 +741,13 @@ class FinetuneWidget(QWidget):
                     self.log.appendPlainText(
                         f"step {ev.step}: PSNR {ev.psnr:.2f} dB, SSIM {ev.ssim:.4f} (best so far)"
                     )
-                    b = self._before
+                    before = self._before
                     self.result_label.setText(
-                        (f"before: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}\n" if b else "")
+                        (
+                            f"before: PSNR {before['psnr']:.2f} dB, SSIM {before['ssim']:.4f}\n"
+                            if before
+                            else ""
+                        )
                         + f"best so far (step {ev.step}): PSNR {ev.psnr:.2f} dB, "
                         f"SSIM {ev.ssim:.4f}"
                     )
@@ -862,7 +874,9 @@ class FinetuneWidget(QWidget):
     def _claim_room(self) -> None:
         """Once docked: take up to 45% of the window's height from the docks above
         (a new dock otherwise gets a sliver); the rest of the form scrolls."""
-        _dock.claim_height(self, self.scroll_area.widget().sizeHint().height(), share=0.45)
+        content = self.scroll_area.widget()
+        assert content is not None
+        _dock.claim_height(self, content.sizeHint().height(), share=0.45)
         self.room = True
 
     def changeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
@@ -897,7 +911,10 @@ class FinetuneWidget(QWidget):
         """Mode availability and the regions summary, after any layer change."""
         pair = self._pair()
         has_hr = pair is not None and pair.hr is not None
-        item = self.mode_box.model().item(0)
+        model = self.mode_box.model()
+        assert isinstance(model, QStandardItemModel)  # a QComboBox's own model
+        item = model.item(0)
+        assert item is not None
         item.setEnabled(has_hr)
         item.setToolTip("" if has_hr else "needs an HR layer (Enhance with 'simulate LR')")
         if not has_hr and self.mode_box.currentIndex() == 0:

@@ -66,10 +66,17 @@ def zero_shot_config(
     )
 
 
-def new_zssr(scale: int = 4, *, name: str = "zssr", network: ZSSRConfig | None = None) -> SRModel:
-    """A fresh ZSSR model (its output equals bicubic until it is trained)."""
+def new_zssr(
+    scale: int = 4, *, name: str = "zssr", network: ZSSRConfig | None = None, seed: int = 0
+) -> SRModel:
+    """A fresh ZSSR model, initialised from `seed` without touching torch's global
+    random state (its output equals bicubic until it is trained)."""
+    import torch
+
     cfg = network or ZSSRConfig(scale=scale)
-    return new_model(ModelConfig(name=name, variant="l1", generator=cfg))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return new_model(ModelConfig(name=name, variant="l1", generator=cfg))
 
 
 def iter_zero_shot(
