@@ -305,3 +305,113 @@ def test_distributed_engine_built_once_per_spec(monkeypatch, model) -> None:
     for i in range(dist.MAX_MODELS + 2):  # the workers' model cache is a bounded LRU
         dist.ModelPlugin(f"x{i}", payload).setup()
     assert len(dist._MODELS) == dist.MAX_MODELS and "x0" not in dist._MODELS
+
+
+# ------------------------------------------------------------------ placeholder mode
+class Gated(Predictor):
+    """A Predictor whose forward calls wait until `open` is set."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.open = threading.Event()
+        self.calls = 0
+
+    def run(self, tiles, *, crop=0):
+        self.calls += 1
+        assert self.open.wait(60), "never opened"
+        return super().run(tiles, crop=crop)
+
+
+def _record_pieces(live) -> list:
+    pieces, compute = [], live._compute
+    live._compute = lambda piece: (pieces.append(piece), compute(piece))
+    return pieces
+
+
+def test_placeholder_at_once_then_the_exact_sr(lr, model, reference) -> None:
+    from napari_srgan_sqe.inference.engine import PLACEHOLDER_TINT, LiveLevel0
+    from napari_srgan_sqe.inference.tiling import bicubic_preview
+
+    pred = Gated(model, device="cpu")
+    sr = super_resolve(lr, model, predictor=pred, tile=64, placeholder=True)
+    assert isinstance(sr[0], LiveLevel0) and sr.live is sr[0]
+    events: list[str] = []
+    sr.listeners.append(events.append)
+    view = (slice(40, 600), slice(100, 900))
+    shown = sr[0][view]  # returns while the network is held
+    placeholder = bicubic_preview(
+        lr, 0, lr.shape[0], 0, lr.shape[1], scale=4, tint=PLACEHOLDER_TINT
+    )
+    np.testing.assert_array_equal(shown, placeholder[view])
+    # the bicubic of the LR under a light tint (rounded apart from bicubic_region)
+    plain = bicubic_region(lr, 0, lr.shape[0], 0, lr.shape[1], scale=4).astype(int)
+    *rgb, k = PLACEHOLDER_TINT
+    assert np.abs(placeholder - (plain * (1 - 2.0**-k) + np.array(rgb) * 2.0**-k)).mean() < 1
+    assert sr.stats.placeholder_reads == 1 and sr.stats.live_pieces == 0
+    pred.open.set()
+    assert sr.live.wait_idle(60)
+    assert events[0] == "queued" and events[-1] == "landed"
+    np.testing.assert_array_equal(sr[0][view], reference[view])  # the exact SR
+    assert sr.stats.placeholder_reads == 1
+    # what was computed for display serves the exact path: no new network call
+    calls, y0, x0 = pred.calls, 64, 64  # grid tile (1, 2) of 64 LR px lies in the view
+    np.testing.assert_array_equal(
+        sr.tiles([(1, 2)])[0], reference[4 * y0 : 4 * 2 * y0, 8 * x0 : 12 * x0]
+    )
+    assert pred.calls == calls and sr.stats.tiles_computed == 0
+    assert sr.live.exact is sr.exact_levels()[0]  # what saving and readouts must read
+
+
+def test_live_work_runs_centre_first_and_a_pan_drops_stale_pieces(lr, model) -> None:
+    pred = Gated(model, device="cpu")
+    sr = super_resolve(lr, model, predictor=pred, tile=64, placeholder=True, live_piece=16)
+    pieces = _record_pieces(sr.live)
+    sr[0][0:320, 0:320]  # view A: 80 x 80 LR px in 25 pieces of 16
+    for _ in range(100):
+        if pieces:
+            break
+        threading.Event().wait(0.05)
+    assert pieces[0] == (32, 48, 32, 48)  # the centre piece first
+    queued = sr.live.queued
+    assert queued == 24
+    sr[0][480:800, 640:960]  # pan to view B (LR 120-200 x 160-240) before the others began
+    assert sr.stats.live_dropped == queued
+    pred.open.set()
+    assert sr.live.wait_idle(60)
+    # one piece of A (the one running at the pan), then the 25 of B only
+    assert sr.stats.live_pieces == len(pieces) == 1 + 25
+    assert all(120 <= p[0] and p[1] <= 200 and 160 <= p[2] and p[3] <= 240 for p in pieces[1:])
+    assert pieces[1] == (152, 168, 192, 208)
+    assert sr.live.missing(120, 200, 160, 240) == 0
+
+
+def test_network_work_per_shown_pixel(lr, model) -> None:
+    """A 1024 x 1024 view: the view plus one halo in network work, not whole tiles."""
+    from napari_srgan_sqe.inference.tiling import halo_overhead
+
+    big = np.tile(lr, (3, 3, 1))[:520, :700]
+    halo = int(model.halo)
+    view = (slice(150, 1174), slice(1030, 2054))  # 1024 x 1024 HR, off the tile grid
+    live = super_resolve(big, model, device="cpu", placeholder=True)
+    live[0][view]
+    assert live.live.wait_idle(120)
+    lr_px = 1024 * 1024 / 16
+    per_shown = live.stats.input_px / lr_px
+    # 256 LR px, plus a part LR pixel at each edge, plus the halo
+    assert per_shown <= (257 + 2 * halo) ** 2 / 256**2 <= 1.5
+    exact = super_resolve(big, model, device="cpu", tile=256)
+    np.asarray(exact[0][view])
+    assert exact.stats.input_px / lr_px > 3 * halo_overhead(256, halo)  # 4 whole tiles
+    np.testing.assert_array_equal(live[0][view], np.asarray(exact[0][view]))
+
+
+def test_export_and_evaluate_stay_exact_and_blocking(lr, model, reference) -> None:
+    sr = super_resolve(lr, model, device="cpu", tile=64)  # the default: no placeholders
+    assert not sr.placeholder and sr.live is None and hasattr(sr[0], "dask")
+    np.testing.assert_array_equal(np.asarray(sr[0][:300, :300]), reference[:300, :300])
+    assert sr.stats.tiles_computed == 4 and sr.stats.placeholder_reads == 0  # 2 x 2 tiles
+    # switching placeholder mode on and off leaves the exact levels alone
+    sr.set_placeholder(True)
+    assert sr.exact_levels()[0] is not sr[0] and sr.exact_levels()[1] is sr[1]
+    sr.set_placeholder(False)
+    assert sr[0] is sr.exact_levels()[0] and sr.live is None

@@ -65,7 +65,9 @@ def test_button_adds_aligned_sr_layer(
     assert pair.lr is not None and pair.sr is not None and pair.hr is None
     assert _layers.pyramid_of(sr).tile == 128
 
-    tile = np.asarray(sr.data[0][:64, :64])  # computes one tile
+    shown = np.asarray(sr.data[0][:64, :64])  # what napari reads: a placeholder at once
+    assert shown.shape == (64, 64, 3) and shown.std() > 0
+    tile = np.asarray(_layers.layer_levels(sr)[0][:64, :64])  # the exact SR: one tile
     assert tile.dtype == np.uint8 and tile.std() > 0
     assert _layers.pyramid_of(sr).stats.tiles_computed >= 1
 

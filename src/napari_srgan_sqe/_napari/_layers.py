@@ -44,6 +44,7 @@ __all__ = [
     "find_pair",
     "find_pairs",
     "fov_box",
+    "layer_data",
     "layer_levels",
     "lr_transform",
     "mark",
@@ -193,9 +194,86 @@ def _unwrap(layer: Any) -> Any:
     return getattr(layer, "__wrapped__", layer)  # a plugin's viewer hands out proxies
 
 
-def attach_pyramid(sr_layer: Any, pyramid: Any) -> None:
-    """Remember the `SRPyramid` behind `sr_layer` (kept alive as long as the layer)."""
-    _PYRAMIDS[_unwrap(sr_layer)] = pyramid
+def attach_pyramid(sr_layer: Any, pyramid: Any, *, placeholder: bool = True) -> None:
+    """Remember the `SRPyramid` behind `sr_layer` (kept alive as long as the layer).
+
+    With `placeholder` (the viewer's mode) the pyramid is switched to placeholder
+    mode: the layer shows a tinted bicubic placeholder where SR is not computed yet,
+    never waits for the network, and is refreshed as the SR of the view lands; work
+    in progress shows in napari's activity dock. The layer is given the pyramid's
+    levels if it shows others. GUI thread.
+    """
+    layer = _unwrap(sr_layer)
+    _PYRAMIDS[layer] = pyramid
+    if not placeholder or not hasattr(pyramid, "set_placeholder"):
+        return
+    pyramid.set_placeholder(True)
+    if not any(isinstance(fn, _LiveView) and fn.layer() is layer for fn in pyramid.listeners):
+        pyramid.listeners[:] = [fn for fn in pyramid.listeners if not isinstance(fn, _LiveView)]
+        pyramid.listeners.append(_LiveView(layer, pyramid))
+    data = layer_data(sr_layer)
+    if len(data) != len(pyramid) or any(a is not b for a, b in zip(data, pyramid)):
+        sr_layer.data = list(pyramid)
+
+
+class _LiveView:
+    """Refreshes an SR layer on the GUI thread when SR of its view lands, and shows
+    the work in napari's activity dock (an indeterminate progress bar)."""
+
+    def __init__(self, layer: Any, pyramid: Any) -> None:
+        from qtpy.QtCore import QObject, Qt, Signal
+
+        class _Relay(QObject):
+            fire = Signal(str)
+
+        self.pyramid = weakref.ref(pyramid)
+        self.layer = weakref.ref(layer, self._layer_gone)
+        self._bar: Any = None
+        self._relay = _Relay()
+        self._relay.fire.connect(self._on_event, Qt.ConnectionType.QueuedConnection)
+
+    def __call__(self, event: str = "landed") -> None:  # any thread
+        try:
+            self._relay.fire.emit(event)
+        except RuntimeError:  # the Qt object is gone (viewer closed)
+            pass
+
+    def _on_event(self, event: str) -> None:  # GUI thread
+        layer, pyramid = self.layer(), self.pyramid()
+        live = getattr(pyramid, "live", None)
+        if layer is None or live is None:
+            self._layer_gone()
+            return
+        if event == "landed" and layer.visible:
+            layer.refresh(thumbnail=False, highlight=False, extent=False)
+        if live.busy and event != "failed":
+            if self._bar is None:
+                from napari.utils import progress
+
+                self._bar = progress(total=0, desc="SR of the view (tinted: bicubic placeholder)")
+        else:
+            self._close_bar()
+
+    def _layer_gone(self, _ref: Any = None) -> None:
+        """The layer is gone: drop the work queued for it."""
+        live = getattr(self.pyramid(), "live", None)
+        if live is not None:
+            live.cancel(count=_ref is None)
+        if _ref is None:  # GUI thread (a weakref callback may run in any thread)
+            self._close_bar()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def layer_data(layer: Any) -> list[Any]:
+    """The levels a layer shows, finest first (its `data`, as a list)."""
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        return [data[i] for i in range(len(data))]
+    return [data]
 
 
 def pyramid_of(sr_layer: Any) -> Any:
@@ -214,8 +292,10 @@ def show_pyramid(sr_layer: Any, pyramid: Any = None, *, model_path: Any = None) 
     pyramid = pyramid if pyramid is not None else pyramid_of(sr_layer)
     if pyramid is None:
         raise ValueError(f"layer {sr_layer.name!r} is not an SR layer made by this plugin")
-    attach_pyramid(sr_layer, pyramid)
-    sr_layer.data = list(pyramid)
+    attach_pyramid(sr_layer, pyramid)  # gives the layer the pyramid's (new) levels
+    data = layer_data(sr_layer)
+    if len(data) != len(pyramid) or any(a is not b for a, b in zip(data, pyramid)):
+        sr_layer.data = list(pyramid)
     tag = _tag(sr_layer)
     if tag:
         extra = {k: v for k, v in tag.items() if k not in ("role", "pair_id", "scale")}
@@ -228,11 +308,15 @@ def show_pyramid(sr_layer: Any, pyramid: Any = None, *, model_path: Any = None) 
 
 # ------------------------------------------------------------------ layers and geometry
 def layer_levels(layer: Any) -> list[Any]:
-    """A layer's data as a list of levels, finest first (one level if not multiscale)."""
-    data = layer.data
-    if getattr(layer, "multiscale", False):
-        return [data[i] for i in range(len(data))]
-    return [data]
+    """A layer's data as a list of levels, finest first (one level if not multiscale).
+
+    For an SR layer made by this plugin: its pyramid's exact levels (level 0 blocks
+    until the SR is computed), never the placeholders the layer may show.
+    """
+    pyramid = pyramid_of(layer)
+    if pyramid is not None and hasattr(pyramid, "exact_levels"):
+        return pyramid.exact_levels()
+    return layer_data(layer)
 
 
 def rgb_image_layers(layers: Iterable[Any]) -> list[Any]:

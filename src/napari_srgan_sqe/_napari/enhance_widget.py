@@ -162,7 +162,8 @@ def prepare_enhance(
             yield f"simulating LR ({how}) lazily ..."
             lr_levels = _simulate_lr(hr_levels, s, degradation)
         yield f"preparing {loaded.name} on {device} ..."
-        pyramid = super_resolve(lr_levels, loaded, device=device, tile=tile)
+        # placeholders (bicubic under a veil) until the SR of the view lands
+        pyramid = super_resolve(lr_levels, loaded, device=device, tile=tile, placeholder=True)
         return Prepared(pyramid=pyramid, lr_levels=lr_levels)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
         log.debug("enhance failed", exc_info=True)

@@ -30,7 +30,9 @@ def layer_levels_and_mpp(data: Any, meta: dict[str, Any]) -> tuple[list[Any], fl
         raw = [data[i] for i in range(len(data))]
     else:
         raw = [data]
-    levels = [as_rgb8(level, path=name) for level in raw]
+    # an SR layer's live level shows placeholders where SR is not computed yet: write
+    # the exact SR (`exact`) instead
+    levels = [as_rgb8(getattr(level, "exact", level), path=name) for level in raw]
 
     mpp = (meta.get("metadata") or {}).get("mpp")
     if mpp:

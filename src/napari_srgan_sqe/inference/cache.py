@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DiskTileCache", "TileCache", "cache_root", "clear_disk_cache", "source_identity"]
+__all__ = [
+    "DiskTileCache",
+    "LiveStore",
+    "TileCache",
+    "cache_root",
+    "clear_disk_cache",
+    "source_identity",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,84 @@ class TileCache:
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
+
+
+class LiveStore:
+    """SR pixels computed for display, in cells of `cell` x `cell` LR px, with a mask.
+
+    The viewer's placeholder mode computes the part of the view that is missing as
+    one rectangle of any size and position (no whole grid tiles), so what it computed
+    is kept per LR pixel: each cell holds its SR pixels (`cell * scale` px a side) and
+    which of its LR pixels they cover. Coordinates are LR level-0 pixels of the
+    pyramid's grid. Bounded LRU by megabytes; thread-safe.
+    """
+
+    def __init__(self, height: int, width: int, scale: int, *, cell: int = 64, max_mb: float = 256):
+        self.height, self.width, self.scale, self.cell = int(height), int(width), int(scale), cell
+        self.max_bytes = int(max(0.0, float(max_mb)) * 2**20)
+        self._cells: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = 0
+
+    def _cells_of(self, y0: int, y1: int, x0: int, x1: int):
+        c = self.cell
+        for cy in range(y0 // c, (y1 - 1) // c + 1):
+            for cx in range(x0 // c, (x1 - 1) // c + 1):
+                # the part of the box in this cell: box coords, then cell coords
+                by0, by1 = max(y0, cy * c), min(y1, (cy + 1) * c)
+                bx0, bx1 = max(x0, cx * c), min(x1, (cx + 1) * c)
+                yield (cy, cx), (by0, by1, bx0, bx1), (by0 - cy * c, bx0 - cx * c)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(SR pixels (h s, w s, 3), covered mask (h, w)) of the LR box; zeros where missing."""
+        s = self.scale
+        sr = np.zeros(((y1 - y0) * s, (x1 - x0) * s, 3), np.uint8)
+        mask = np.zeros((y1 - y0, x1 - x0), bool)
+        if y1 <= y0 or x1 <= x0:
+            return sr, mask
+        with self._lock:
+            for key, (by0, by1, bx0, bx1), (oy, ox) in self._cells_of(y0, y1, x0, x1):
+                entry = self._cells.get(key)
+                if entry is None:
+                    continue
+                self._cells.move_to_end(key)
+                cell_sr, cell_mask = entry
+                h, w = by1 - by0, bx1 - bx0
+                mask[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = cell_mask[oy : oy + h, ox : ox + w]
+                sr[(by0 - y0) * s : (by1 - y0) * s, (bx0 - x0) * s : (bx1 - x0) * s] = cell_sr[
+                    oy * s : (oy + h) * s, ox * s : (ox + w) * s
+                ]
+        return sr, mask
+
+    def read_complete(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
+        """The SR pixels of the LR box if all of them are present, else None."""
+        sr, mask = self.read(y0, y1, x0, x1)
+        return sr if mask.all() else None
+
+    def write(self, y0: int, y1: int, x0: int, x1: int, sr: np.ndarray) -> None:
+        """Store the SR pixels (h s, w s, 3) of the LR box [y0, y1) x [x0, x1)."""
+        s, c = self.scale, self.cell
+        with self._lock:
+            for key, (by0, by1, bx0, bx1), (oy, ox) in self._cells_of(y0, y1, x0, x1):
+                entry = self._cells.pop(key, None)
+                if entry is None:
+                    entry = (np.zeros((c * s, c * s, 3), np.uint8), np.zeros((c, c), bool))
+                    self.nbytes += entry[0].nbytes + entry[1].nbytes
+                cell_sr, cell_mask = entry
+                h, w = by1 - by0, bx1 - bx0
+                cell_sr[oy * s : (oy + h) * s, ox * s : (ox + w) * s] = sr[
+                    (by0 - y0) * s : (by1 - y0) * s, (bx0 - x0) * s : (bx1 - x0) * s
+                ]
+                cell_mask[oy : oy + h, ox : ox + w] = True
+                self._cells[key] = entry
+            while self.nbytes > self.max_bytes and len(self._cells) > 1:
+                _, (a, b) = self._cells.popitem(last=False)
+                self.nbytes -= a.nbytes + b.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cells.clear()
+            self.nbytes = 0
 
 
 def cache_root() -> Path:

@@ -20,6 +20,16 @@ Design
   D_s(SR) close to LR, so at zooms of 1/s and below LR *is* what SR looks like, and
   zooming out never triggers a whole-slide computation. napari derives each level's
   downsample from the shapes (s, then the LR pyramid's factors x s).
+- Placeholder mode (`placeholder=True`, the viewer's): level 0 is a `LiveLevel0`
+  that never waits for the network. A read returns the SR already computed and, where
+  it is missing, the bicubic up-sampling of the LR under a tint (`PLACEHOLDER_TINT`);
+  a background thread computes the missing part of the view, centre first, in pieces
+  of at most `live_piece` LR px, each one network call on the piece plus its halo (so
+  a view costs about its own pixels plus one halo in network work, not whole grid
+  tiles); a new view replaces the queue (pieces that left the view are dropped) and
+  `SRPyramid.listeners` hear when pieces land. What it computed is kept per LR pixel
+  (cache.LiveStore) and reused by the exact path. `exact_levels()` is always the
+  exact, blocking pyramid (readouts, export, evaluation).
 - Caches: a bounded LRU of SR tiles in memory and optionally a zarr on disk, both
   keyed by the model identity (cache.py); `set_model` switches to a new key space and
   rebuilds the dask arrays under new names, so napari's dask cache cannot serve stale
@@ -32,8 +42,11 @@ translate -(s - 1) / (2 s) in LR pixel units (`SRPyramid.layer_transform`).
 
 from __future__ import annotations
 
+import atexit
+import logging
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
@@ -42,12 +55,18 @@ from typing import Any
 import numpy as np
 
 from napari_srgan_sqe.inference.batching import combiner_for
-from napari_srgan_sqe.inference.cache import DiskTileCache, TileCache, source_identity
+from napari_srgan_sqe.inference.cache import (
+    DiskTileCache,
+    LiveStore,
+    TileCache,
+    source_identity,
+)
 from napari_srgan_sqe.inference.tiling import (
     BlockCache,
     DataError,
     TileGrid,
     as_rgb_uint8,
+    bicubic_preview,
     bicubic_region,
     default_tile,
     read_region,
@@ -56,6 +75,8 @@ from napari_srgan_sqe.inference.tiling import (
 __all__ = [
     "DataError",
     "EngineStats",
+    "LiveLevel0",
+    "PLACEHOLDER_TINT",
     "SRPyramid",
     "as_rgb_uint8",
     "bicubic_region",
@@ -64,6 +85,15 @@ __all__ = [
     "resolve_model",
     "super_resolve",
 ]
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_TINT = (112, 136, 224, 3)
+"""Placeholder marking: RGB of a light blue veil, blended in with weight 1 / 2^3."""
+LIVE_PIECE = 320
+"""Largest side (LR px) of one piece of a view computed in placeholder mode."""
+LIVE_IDLE_S = 30.0
+"""A placeholder-mode worker thread ends after this many idle seconds (restarted on need)."""
 
 
 @dataclass
@@ -76,6 +106,15 @@ class EngineStats:
     pending: int = 0
     forward_seconds: float = 0.0
     output_mpx: float = 0.0
+    input_px: int = 0
+    live_pieces: int = 0
+    live_dropped: int = 0
+    placeholder_reads: int = 0
+
+    # input_px: LR pixels through the network, halo included (network work);
+    # live_pieces / live_dropped: pieces of views computed / dropped before they
+    # started (placeholder mode); placeholder_reads: display reads that showed a
+    # placeholder somewhere
 
     @property
     def mean_tile_s(self) -> float:
@@ -128,6 +167,7 @@ class _SRLevel0:
         self.combiner = combiner_for(predictor, batch)
         self._inflight: dict[tuple, Future] = {}
         self._lock = threading.Lock()
+        self.store: LiveStore | None = None  # SR computed for display (placeholder mode)
 
     def as_dask(self, name: str) -> Any:
         import dask.array as da
@@ -229,6 +269,13 @@ class _SRLevel0:
                 self.cache.put(self._key(*t), tile)
                 with self._stats_lock:
                     self.stats.disk_hits += 1
+                continue
+            tile = self.store.read_complete(*self.grid.bounds(*t)) if self.store else None
+            if tile is not None:  # already computed for display (placeholder mode)
+                out[t] = tile
+                self.cache.put(self._key(*t), tile)
+                with self._stats_lock:
+                    self.stats.cache_hits += 1
             else:
                 todo.append(t)
         if not todo:
@@ -236,6 +283,7 @@ class _SRLevel0:
         inputs = [read_region(self.lr, *self._lr_bounds(*t), halo=self.halo) for t in todo]
         with self._stats_lock:
             self.stats.pending += len(todo)
+            self.stats.input_px += sum(x.shape[0] * x.shape[1] for x in inputs)
         try:
             results = self.combiner.compute(inputs, self.halo)
         finally:
@@ -253,13 +301,321 @@ class _SRLevel0:
         return out
 
 
+class LiveLevel0:
+    """SR level 0 for a viewer (placeholder mode): never blocks on the network.
+
+    Reading a region returns the SR pixels already computed and, where they are
+    missing, a placeholder at once: the bicubic up-sampling of the LR
+    (`tiling.bicubic_preview`) tinted with `PLACEHOLDER_TINT`. The missing part of the region
+    read last (the view) is queued for a background thread in pieces of at most
+    `piece` LR px a side, each shrunk to the pixels it lacks, nearest the centre of
+    the view first; reading another region replaces the queue, so pieces that left
+    the view before they started are dropped. A piece is one network call on any
+    rectangle with its halo (no whole grid tiles), so a view costs about
+    (w + 2 halo)(h + 2 halo) / (w h) of its pixels in network work. Every function in
+    `listeners` is called with "queued" when work starts after an idle time, "landed"
+    when a piece lands and "failed" when one fails (from any thread); reading
+    the region again returns its exact SR pixels, equal to level 0 of the exact
+    pyramid up to float rounding (<= 1 in uint8), and kept in a `LiveStore` that the
+    exact path reuses.
+
+    An array-like for napari (`shape`, `dtype`, `ndim`, `__getitem__` -> numpy);
+    `exact` is the exact, blocking level 0 (a dask array) that code saving or
+    measuring the layer must read instead; `np.asarray` of the whole level gives it.
+    """
+
+    def __init__(
+        self,
+        level0: _SRLevel0,
+        exact: Any,
+        *,
+        piece: int,
+        max_mb: float,
+        listeners: list[Callable[[str], None]],
+    ) -> None:
+        g, s = level0.grid, level0.scale
+        self.level0, self.exact, self.scale, self.piece = level0, exact, s, max(8, int(piece))
+        self.shape = (g.height * s, g.width * s, 3)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+        self.size = int(np.prod(self.shape))
+        self.chunks = exact.chunks  # napari and dask read these as hints only
+        self.name = f"{exact.name}-live"  # new with every model, like the exact level's
+        self.store = LiveStore(g.height, g.width, s, max_mb=max_mb)
+        level0.store = self.store
+        self.listeners = listeners
+        self.error: str | None = None
+        self._cond = threading.Condition()
+        self._queue: list[tuple[int, int, int, int]] = []
+        self._running: tuple[int, int, int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._ph: tuple[tuple[int, int, int, int], np.ndarray] | None = None
+
+    # ---------------------------------------------------------------- array-like
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """The whole level as numpy: the exact SR (computed, blocking), never placeholders."""
+        out = np.asarray(self.exact)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (4 - len(key)) + key[i + 1 :]
+        key = key + (slice(None),) * (3 - len(key))
+        bounds, local = [], []
+        for k, n in zip(key[:2], self.shape[:2]):
+            idx = np.arange(n)[k]
+            if idx.size == 0:
+                return np.empty((0, 0, 3), np.uint8)[(slice(None), slice(None), key[2])]
+            lo, hi = int(idx.min()), int(idx.max()) + 1
+            bounds.append((lo, hi))
+            if isinstance(k, slice) and k.step in (None, 1):
+                local.append(slice(int(idx[0]) - lo, int(idx[-1]) - lo + 1))
+            else:
+                local.append(idx - lo)
+        (hy0, hy1), (hx0, hx1) = bounds
+        s = self.scale
+        ly0, ly1, lx0, lx1 = hy0 // s, -(-hy1 // s), hx0 // s, -(-hx1 // s)
+        region = self.region(ly0, ly1, lx0, lx1)
+        region = region[hy0 - ly0 * s : hy1 - ly0 * s, hx0 - lx0 * s : hx1 - lx0 * s]
+        if isinstance(local[0], np.ndarray) and isinstance(local[1], np.ndarray):
+            region = region[local[0]][:, local[1]]
+            return region[(slice(None), slice(None), key[2])]
+        return region[(local[0], local[1], key[2])]
+
+    # ---------------------------------------------------------------- regions
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """SR pixels of the LR box: exact where computed, a placeholder elsewhere
+        (whose computation is then queued). Never runs the network."""
+        sr, mask = self.store.read(y0, y1, x0, x1)
+        if not mask.all() and self._from_tile_cache(y0, y1, x0, x1):
+            sr, mask = self.store.read(y0, y1, x0, x1)
+        if mask.all():
+            self._plan((y0, y1, x0, x1), mask)  # nothing to do here: drops the queue
+            return sr
+        s = self.scale
+        ph = self._placeholder(y0, y1, x0, x1)  # before the network starts on the cores
+        self._plan((y0, y1, x0, x1), mask)
+        with self.level0._stats_lock:
+            self.level0.stats.placeholder_reads += 1
+        if not mask.any():
+            return ph  # read-only: shared with the next read of the same view
+        full = np.repeat(np.repeat(mask, s, axis=0), s, axis=1)
+        return np.where(full[..., None], sr, ph)
+
+    def missing(self, y0: int, y1: int, x0: int, x1: int) -> int:
+        """LR pixels of the box whose SR is not computed yet."""
+        return int((~self.store.read(y0, y1, x0, x1)[1]).sum())
+
+    def _placeholder(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        key, last = (y0, y1, x0, x1), self._ph  # the last one: a refresh reads it again
+        if last is not None and last[0] == key:
+            return last[1]
+        oy, ox = self.level0.origin
+        ph = bicubic_preview(
+            self.level0.lr,
+            y0 + oy,
+            y1 + oy,
+            x0 + ox,
+            x1 + ox,
+            scale=self.scale,
+            tint=PLACEHOLDER_TINT,
+        )
+        ph.setflags(write=False)
+        self._ph = (key, ph)
+        return ph
+
+    def _from_tile_cache(self, y0: int, y1: int, x0: int, x1: int) -> bool:
+        """Copy exact grid tiles already in the memory cache into the store."""
+        lv, found = self.level0, False
+        for t in lv.grid.covering(y0, y1, x0, x1):
+            key = lv._key(*t)
+            if key in lv.cache:
+                tile = lv.cache.get(key)
+                if tile is not None:
+                    self.store.write(*lv.grid.bounds(*t), tile)
+                    found = True
+        return found
+
+    # ---------------------------------------------------------------- scheduling
+    def _plan(self, box: tuple[int, int, int, int], mask: np.ndarray) -> None:
+        """Queue the missing pieces of `box`, centre first, replacing the queue."""
+        y0, y1, x0, x1 = box
+        h, w = y1 - y0, x1 - x0
+        covered = mask.copy()
+        with self._cond:
+            if self._closed:
+                return
+            run = self._running
+            if run is not None:  # in flight: counts as computed
+                ry0, ry1, rx0, rx1 = (
+                    max(run[0], y0),
+                    min(run[1], y1),
+                    max(run[2], x0),
+                    min(run[3], x1),
+                )
+                if ry1 > ry0 and rx1 > rx0:
+                    covered[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = True
+            pieces = []
+            if not covered.all():
+                ys = np.linspace(0, h, -(-h // self.piece) + 1).round().astype(int)
+                xs = np.linspace(0, w, -(-w // self.piece) + 1).round().astype(int)
+                for a, b in zip(ys[:-1], ys[1:]):
+                    for c, d in zip(xs[:-1], xs[1:]):
+                        sub = covered[a:b, c:d]
+                        if sub.all():
+                            continue
+                        rows = np.flatnonzero(~sub.all(axis=1))
+                        cols = np.flatnonzero(~sub.all(axis=0))
+                        pieces.append(
+                            (
+                                y0 + a + int(rows[0]),
+                                y0 + a + int(rows[-1]) + 1,
+                                x0 + c + int(cols[0]),
+                                x0 + c + int(cols[-1]) + 1,
+                            )
+                        )
+            cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+            pieces.sort(key=lambda p: ((p[0] + p[1]) / 2 - cy) ** 2 + ((p[2] + p[3]) / 2 - cx) ** 2)
+            dropped = sum(1 for p in self._queue if p not in pieces)
+            started = bool(pieces) and not self._queue and self._running is None
+            self._queue = pieces
+            if dropped:
+                with self.level0._stats_lock:
+                    self.level0.stats.live_dropped += dropped
+            if pieces:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._work, name="srgan-sqe-live", daemon=True
+                    )
+                    self._thread.start()
+                    _LIVE.add(self)
+                self._cond.notify_all()
+        if started:
+            self._notify("queued")
+
+    def _notify(self, event: str) -> None:
+        for fn in list(self.listeners):
+            try:
+                fn(event)
+            except Exception:  # noqa: BLE001 - a closed viewer, a deleted layer
+                log.debug("live SR listener failed", exc_info=True)
+
+    @property
+    def queued(self) -> int:
+        """Pieces waiting (not started)."""
+        with self._cond:
+            return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        """True while pieces are queued or one is being computed."""
+        with self._cond:
+            return bool(self._queue) or self._running is not None
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no piece is queued or running (False on timeout)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._closed or (not self._queue and self._running is None), timeout
+            )
+
+    def cancel(self, *, count: bool = True) -> None:
+        """Drop the pieces not started (nobody looks at them any more); `count` them in
+        `stats.live_dropped` (not from a garbage-collector callback: it takes a lock)."""
+        with self._cond:
+            dropped, self._queue = len(self._queue), []
+            self._cond.notify_all()
+        if dropped and count:
+            with self.level0._stats_lock:
+                self.level0.stats.live_dropped += dropped
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drop the queue and stop the worker after its current piece (waiting for it up
+        to `timeout` seconds when given)."""
+        with self._cond:
+            self._closed = True
+            self._queue = []
+            thread = self._thread
+            self._cond.notify_all()
+        if timeout is not None and thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or bool(self._queue), LIVE_IDLE_S)
+                if self._closed or not self._queue:  # closed, or idle: the next read restarts it
+                    self._thread = None
+                    return
+                piece = self._running = self._queue.pop(0)
+            ok = False
+            try:
+                self._compute(piece)
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - shown as a status, never raised in napari
+                self.error = str(exc) or type(exc).__name__
+                log.warning("SR of a view piece failed: %s", self.error)
+            finally:
+                with self._cond:
+                    self._running = None
+                    if not ok:  # do not retry in a loop: wait for the next read
+                        self._queue = []
+                    self._cond.notify_all()
+            self._notify("landed" if ok else "failed")
+
+    def _compute(self, piece: tuple[int, int, int, int]) -> None:
+        lv = self.level0
+        y0, y1, x0, x1 = piece
+        if lv.use_model is not None:  # a tile mask: whole grid tiles, through the exact path
+            idx = list(lv.grid.covering(y0, y1, x0, x1))
+            for t, tile in zip(idx, lv.tiles(idx)):
+                self.store.write(*lv.grid.bounds(*t), tile)
+            with lv._stats_lock:
+                lv.stats.live_pieces += 1
+            return
+        oy, ox = lv.origin
+        x = read_region(lv.lr, y0 + oy, y1 + oy, x0 + ox, x1 + ox, halo=lv.halo)
+        with lv._stats_lock:
+            lv.stats.pending += 1
+            lv.stats.input_px += x.shape[0] * x.shape[1]
+        try:
+            ((sr, seconds),) = lv.combiner.compute([x], lv.halo)
+        finally:
+            with lv._stats_lock:
+                lv.stats.pending -= 1
+        self.store.write(y0, y1, x0, x1, sr)
+        with lv._stats_lock:
+            lv.stats.live_pieces += 1
+            lv.stats.forward_seconds += seconds
+            lv.stats.output_mpx += sr.shape[0] * sr.shape[1] / 1e6
+
+
+_LIVE: weakref.WeakSet[LiveLevel0] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_levels() -> None:
+    """Let a running piece finish before the interpreter tears torch down."""
+    for live in list(_LIVE):
+        live.close(timeout=30)
+
+
 class SRPyramid(list):
     """The lazy SR pyramid: a list of dask arrays (finest first) with engine state.
 
     Level 0 is the model's output at s x LR level 0; level k >= 1 is LR level k - 1.
     With a `region` (x, y, w, h), level 0 is the SR of that part of LR level 0 (its
     tiles' halos read the real pixels around it) and level 1 is that LR crop.
-    `set_model` may be called from any thread.
+    `set_model` may be called from any thread. In placeholder mode (`set_placeholder`)
+    level 0 is a `LiveLevel0` (an array-like, not dask) that never blocks;
+    `exact_levels()` always gives the exact dask levels.
     """
 
     def __init__(
@@ -277,9 +633,14 @@ class SRPyramid(list):
         predictor_factory: Callable[[Any], Any],
         use_model: Callable[[int, int], bool] | None = None,
         region: tuple[int, int, int, int] | None = None,
+        placeholder: bool = False,
+        live_piece: int = LIVE_PIECE,
     ) -> None:
         super().__init__()
         self.use_model = use_model
+        self.placeholder, self.live_piece = bool(placeholder), int(live_piece)
+        self.listeners: list[Callable[[str], None]] = []
+        self.live: LiveLevel0 | None = None
         self.region = region
         self._switch_lock = threading.RLock()
         self.lr_levels = lr_levels
@@ -333,9 +694,52 @@ class SRPyramid(list):
         )
         levels = [level0.as_dask(f"srgan-sqe-sr-{model_id}-{uuid.uuid4().hex[:12]}"), *coarse]
         with self._switch_lock:
+            old = getattr(self, "live", None)
             self.model, self.predictor, self.model_id = model, predictor, model_id
             self.disk_cache, self._level0 = disk, level0
+            self._exact = levels
+            self.live = None
+            if self.placeholder:
+                self.live = self._make_live(level0, levels[0])
+                levels = [self.live, *levels[1:]]
             self[:] = levels
+            if old is not None:
+                old.close()
+
+    def _make_live(self, level0: _SRLevel0, exact0: Any) -> LiveLevel0:
+        return LiveLevel0(
+            level0,
+            exact0,
+            piece=self.live_piece,
+            max_mb=self.cache.max_bytes / 2**20,
+            listeners=self.listeners,
+        )
+
+    def set_placeholder(self, on: bool = True) -> None:
+        """Placeholder mode on or off (level 0 becomes / stops being a `LiveLevel0`).
+
+        On: reading level 0 never waits for the network; the SR of the view is made
+        in the background and `listeners` are called as it lands (a viewer refreshes
+        the layer then). Off: level 0 is the exact, blocking dask array. Give the layer
+        `list(pyramid)` again after switching.
+        """
+        with self._switch_lock:
+            if bool(on) == self.placeholder:
+                return
+            self.placeholder = bool(on)
+            if on:
+                self.live = self._make_live(self._level0, self._exact[0])
+                self[0] = self.live
+            else:
+                if self.live is not None:
+                    self.live.close()
+                self.live = None
+                self[0] = self._exact[0]
+
+    def exact_levels(self) -> list[Any]:
+        """The levels as dask arrays, level 0 exact and blocking (for readouts, export)."""
+        with self._switch_lock:
+            return list(self._exact)
 
     @property
     def scale(self) -> int:
@@ -366,6 +770,8 @@ class SRPyramid(list):
     def clear_cache(self, *, disk: bool = False) -> None:
         """Forget computed tiles in memory (and on disk for this model and source)."""
         self.cache.clear()
+        if self._level0.store is not None:
+            self._level0.store.clear()
         if disk and self.disk_cache is not None:
             self.disk_cache.clear()
 
@@ -469,6 +875,8 @@ def super_resolve(
     use_model: Callable[[int, int], bool] | None = None,
     region: tuple[int, int, int, int] | None = None,
     seed: int | None = None,
+    placeholder: bool = False,
+    live_piece: int = LIVE_PIECE,
 ) -> SRPyramid:
     """Lazy multiscale SR of a Slide, a list of levels, or one (H, W, 3) array.
 
@@ -482,8 +890,12 @@ def super_resolve(
     indices of the region's grid); `region`: (x, y, w, h) in LR level-0 px, super-
     resolve only that part, with its tiles' halos reading the real pixels around it
     (equal to the crop of the whole-slide result); `seed`: the seed of a stochastic
-    method (part of the cache key; ignored by deterministic ones). Nothing is computed
-    here.
+    method (part of the cache key; ignored by deterministic ones); `placeholder`: for
+    a viewer, level 0 is a `LiveLevel0` that answers at once with exact SR where it is
+    computed and a marked bicubic placeholder elsewhere, computing the view in the
+    background in pieces of at most `live_piece` LR px (off: level 0 is the exact,
+    blocking dask array, as export and evaluation need; `exact_levels()` gives it in
+    either mode). Nothing is computed here.
     """
     levels, slide = _levels_of(slide_levels_or_array)
     model = resolve_model(model)
@@ -525,4 +937,6 @@ def super_resolve(
         predictor_factory=make_predictor,
         use_model=use_model,
         region=region,
+        placeholder=placeholder,
+        live_piece=live_piece,
     )

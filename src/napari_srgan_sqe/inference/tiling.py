@@ -32,6 +32,7 @@ __all__ = [
     "DataError",
     "TileMask",
     "as_rgb_uint8",
+    "bicubic_preview",
     "bicubic_region",
     "TileGrid",
     "default_tile",
@@ -219,3 +220,42 @@ def bicubic_region(level: Any, y0: int, y1: int, x0: int, x1: int, *, scale: int
     m = Bicubic.halo * scale  # the margin read around the region, in HR px
     up = bicubic_upscale(read_region(level, y0, y1, x0, x1, halo=Bicubic.halo), scale)
     return np.ascontiguousarray(up[m:-m, m:-m])
+
+
+def bicubic_preview(
+    level: Any,
+    y0: int,
+    y1: int,
+    x0: int,
+    x1: int,
+    *,
+    scale: int,
+    tint: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """A fast bicubic up-sampling of an LR region (uint8), for placeholders.
+
+    torch's uint8 bicubic kernel (channels-last, about 10x faster than the float one
+    `bicubic_region` uses): the same interpolation, rounded differently (on H&E about
+    0.2 % of the values differ by more than 1 level), and seamless across regions for
+    the same reason. `tint` (r, g, b, k) blends the colour in with weight 1 / 2^k:
+    `v - (v >> k) + (c >> k)`, in uint8 without overflow.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from napari_srgan_sqe.models.blocks import Bicubic
+
+    p, s = Bicubic.halo, int(scale)
+    lr = read_region(level, y0, y1, x0, x1, halo=p)
+    x = torch.from_numpy(lr).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        y = F.interpolate(x, scale_factor=s, mode="bicubic", align_corners=False)
+    # channels-last: (H, W, 3) in memory; crop the margin as a numpy view
+    up = y[0].permute(1, 2, 0).numpy()[p * s : (y1 - y0 + p) * s, p * s : (x1 - x0 + p) * s]
+    if tint is None:
+        return np.ascontiguousarray(up)
+    *rgb, k = tint
+    out = up >> k
+    np.subtract(up, out, out=out)
+    out += np.asarray([c >> k for c in rgb], np.uint8)
+    return out
