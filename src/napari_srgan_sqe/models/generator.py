@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABCMeta, abstractmethod
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,20 +150,7 @@ class LRNet(_Generator):
 
 def build_generator(cfg: GeneratorConfig) -> SRResNet | LRNet:
     """The generator described by `cfg` (random init; seed torch before calling)."""
-    if cfg.arch == "srresnet":
-        return SRResNet(
-            scale=cfg.scale,
-            n_blocks=cfg.n_blocks,
-            channels=cfg.channels,
-            head_kernel=cfg.head_kernel,
-            tail_kernel=cfg.tail_kernel,
-            batch_norm=cfg.batch_norm,
-            bicubic_skip=cfg.bicubic_skip,
-            act=cfg.activation,
-        )
-    if cfg.activation != "relu":
-        raise ValueError("arch 'lrnet' uses ReLU; activation 'prelu' is for 'srresnet'")
-    return LRNet(
+    common: dict[str, Any] = dict(
         scale=cfg.scale,
         n_blocks=cfg.n_blocks,
         channels=cfg.channels,
@@ -171,3 +159,8 @@ def build_generator(cfg: GeneratorConfig) -> SRResNet | LRNet:
         batch_norm=cfg.batch_norm,
         bicubic_skip=cfg.bicubic_skip,
     )
+    if cfg.arch == "srresnet":
+        return SRResNet(**common, act=cfg.activation)
+    if cfg.activation != "relu":
+        raise ValueError("arch 'lrnet' uses ReLU; activation 'prelu' is for 'srresnet'")
+    return LRNet(**common)
