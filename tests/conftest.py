@@ -156,3 +156,17 @@ def he_crop(he_png: Path) -> np.ndarray:
 
     with Image.open(he_png) as im:
         return np.asarray(im.convert("RGB"))
+
+
+@pytest.fixture
+def crops(he_dir: Path, tmp_path: Path) -> Path:
+    """160 x 160 crops of the two training images of `he_dir` (real H&E), as PNG files,
+    for tiny training runs (tests/tiny_runs.py)."""
+    from PIL import Image
+
+    out = tmp_path / "hr"
+    out.mkdir()
+    for name in ("train-1.png", "train-2.png"):
+        with Image.open(he_dir / name) as im:
+            im.convert("RGB").crop((300, 300, 460, 460)).save(out / name)
+    return out

@@ -17,6 +17,7 @@ from napari_srgan_sqe.config import ModelConfig, TrainConfig, generator_preset
 from napari_srgan_sqe.io.slides import open_slide
 from napari_srgan_sqe.models.modelfile import ModelFileError, load_model, new_model, save_model
 from napari_srgan_sqe.models.predictor import NonFiniteOutputError, Predictor
+from tiny_runs import tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "src" / "napari_srgan_sqe" / "data" / "CMU-1-Small-Region.svs"
@@ -54,27 +55,10 @@ def small_png(tissue: np.ndarray, tmp_path: Path) -> Path:
 
 def train_config(crops: Path, out: Path, tmp_path: Path, **kw) -> Path:
     """A tiny run that logs (and validates) every step; returns the config file."""
-    base = dict(
-        data=[str(crops)],
-        val_data=[str(crops)],
-        model={"generator": {"arch": "lrnet", "n_blocks": 1, "channels": 8}},
-        autoencoder={"channels": [8, 4]},
-        discriminator={"channels": [8, 16]},
-        patch_size=32,
-        batch_size=2,
-        ae_steps=0,
-        warmup_steps=5,
-        gan_steps=0,
-        val_every=1,
-        val_images=1,
-        checkpoint_every=100,
-        val_crop=32,
-        num_threads=1,
-        out_dir=str(out),
-    )
-    base.update(kw)
+    run = dict(ae_steps=0, warmup_steps=5, gan_steps=0, val_every=1, val_images=1)
+    cfg = tiny_train_config(crops, out, **{**run, "val_crop": 32, "num_threads": 1, **kw})
     path = tmp_path / "cfg.json"
-    path.write_text(TrainConfig(**base).model_dump_json())
+    path.write_text(cfg.model_dump_json())
     return path
 
 

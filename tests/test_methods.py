@@ -28,10 +28,10 @@ from napari_srgan_sqe.models.blocks import bicubic_upscale
 from napari_srgan_sqe.models.method import SRNetwork
 from napari_srgan_sqe.models.modelfile import load_model, new_model, save_model
 from napari_srgan_sqe.models.predictor import Predictor
-from napari_srgan_sqe.training.data import load_rgb
 from napari_srgan_sqe.training.finetune import Finished, last_layers
 from napari_srgan_sqe.training.trainer import Trainer
 from napari_srgan_sqe.training.zero_shot import iter_zero_shot, new_zssr, zero_shot_config
+from tiny_runs import tiny_train_config
 
 SMALL = {
     "lrnet": GeneratorConfig(arch="lrnet", n_blocks=1, channels=8),
@@ -190,47 +190,18 @@ def test_zero_shot_refuses_a_model_that_is_not_zero_shot(he_crop: np.ndarray):
         iter_zero_shot([he_crop[:200, :200]], model=light)
 
 
-def _tiny_train_config(data: Path, out: Path, generator: dict, **kw: object):
-    from napari_srgan_sqe.config import TrainConfig
-
-    base: dict = dict(
-        data=[str(data)],
-        val_data=[str(data)],
-        model={"generator": generator},
-        autoencoder={"channels": [8, 4]},
-        discriminator={"channels": [8, 16], "residual": True},
-        patch_size=32,
-        batch_size=2,
-        ae_steps=2,
-        warmup_steps=3,
-        gan_steps=4,
-        val_every=4,
-        checkpoint_every=100,
-        val_crop=64,
-        out_dir=str(out),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-@pytest.fixture
-def crops(he_dir: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "hr"
-    out.mkdir()
-    for name in ("train-1.png", "train-2.png"):
-        Image.fromarray(load_rgb(he_dir / name)[300:460, 300:460]).save(out / name)
-    return out
-
-
 def test_medical_srgan_trains_with_its_residual_discriminator_and_resumes_exactly(
     crops: Path, tmp_path: Path
 ):
-    gen = SMALL["medsrgan"].model_dump()
-    straight = Trainer(_tiny_train_config(crops, tmp_path / "a", gen))
+    kw = {
+        "model": {"generator": SMALL["medsrgan"].model_dump()},
+        "discriminator": {"channels": [8, 16], "residual": True},
+    }
+    straight = Trainer(tiny_train_config(crops, tmp_path / "a", **kw))
     straight.run()
-    first = Trainer(_tiny_train_config(crops, tmp_path / "b", gen))
+    first = Trainer(tiny_train_config(crops, tmp_path / "b", **kw))
     first.run(max_steps=6)
-    resumed = Trainer(_tiny_train_config(crops, tmp_path / "b", gen))
+    resumed = Trainer(tiny_train_config(crops, tmp_path / "b", **kw))
     resumed.run(resume=True)
     for mod in ("G", "AE", "D"):
         a, b = getattr(straight, mod).state_dict(), getattr(resumed, mod).state_dict()
@@ -263,10 +234,9 @@ def test_zero_shot_cli_writes_a_zero_shot_model(he_crop: np.ndarray, tmp_path: P
 def test_srgan_without_vgg_weights_says_so_plainly(crops: Path, tmp_path: Path, capsys):
     """The paper's SRGAN recipe (PReLU SRResNet, VGG content loss) runs without the VGG
     term when no weights file is given, and says so on the console and in the model."""
-    cfg = _tiny_train_config(
+    cfg = tiny_train_config(
         crops,
         tmp_path / "run",
-        SMALL["srresnet"].model_dump(),
         model={
             "name": "srgan-tiny",
             "variant": "srgan",

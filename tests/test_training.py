@@ -17,6 +17,7 @@ from napari_srgan_sqe.models.modelfile import load_model
 from napari_srgan_sqe.training.data import DataError, PatchSampler, load_rgb, resolve_split
 from napari_srgan_sqe.training.evaluate import bicubic_upscale, evaluate
 from napari_srgan_sqe.training.trainer import Trainer
+from tiny_runs import tiny_train_config as tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,38 +28,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture
-def crops(he_dir: Path, tmp_path: Path) -> Path:
-    """160 x 160 crops of the two training images of `he_dir` (real H&E), as PNG files."""
-    out = tmp_path / "hr"
-    out.mkdir()
-    for name in ("train-1.png", "train-2.png"):
-        im = load_rgb(he_dir / name)[300:460, 300:460]
-        Image.fromarray(im).save(out / name)
-    return out
-
-
-def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=[str(data)],
-        val_data=[str(data)],
-        model={"generator": {"arch": "lrnet", "n_blocks": 1, "channels": 8}},
-        autoencoder={"channels": [8, 4]},
-        discriminator={"channels": [8, 16]},
-        patch_size=32,
-        batch_size=2,
-        ae_steps=2,
-        warmup_steps=3,
-        gan_steps=4,
-        val_every=4,
-        checkpoint_every=100,
-        val_crop=64,
-        out_dir=str(out),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def test_resume_continues_exactly(crops: Path, tmp_path: Path):

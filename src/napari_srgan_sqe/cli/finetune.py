@@ -17,21 +17,38 @@ from typing import Any, Literal
 
 from napari_srgan_sqe.cli import UserError, parse_region
 
-__all__ = ["add_arguments", "drive", "parse_region", "run"]
+__all__ = ["add_arguments", "add_region_argument", "check_common", "drive", "parse_region", "run"]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from napari_srgan_sqe.training.finetune import LOSS_PRESETS
-
-    parser.add_argument("slide", type=Path, help="the (LR) slide or image to adapt the model to")
+def add_region_argument(parser: argparse.ArgumentParser, extra_help: str = "") -> None:
+    """The repeatable, required `--region X,Y,W,H` of the commands that train on regions."""
     parser.add_argument(
         "--region",
         action="append",
         type=parse_region,
         required=True,
         metavar="X,Y,W,H",
-        help="a rectangle in LR level-0 pixels (repeat for more regions)",
+        help="a rectangle in LR level-0 pixels (repeat for more regions)" + extra_help,
     )
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """UserError for a bad --out or --threads; applies --threads to torch."""
+    if args.out.suffix != ".safetensors":
+        raise UserError(f"--out must end in .safetensors, got {args.out}")
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from napari_srgan_sqe.training.finetune import LOSS_PRESETS
+
+    parser.add_argument("slide", type=Path, help="the (LR) slide or image to adapt the model to")
+    add_region_argument(parser)
     parser.add_argument(
         "--hr", type=Path, default=None, help="HR slide of the same tissue (s x); paired mode"
     )
@@ -89,14 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_srgan_sqe.models.registry import model_for_coding
     from napari_srgan_sqe.training.finetune import cut_regions, iter_finetune
 
-    if args.out.suffix != ".safetensors":
-        raise UserError(f"--out must end in .safetensors, got {args.out}")
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    check_common(args)
     mode: Literal["paired", "self-supervised"] = (
         "paired" if args.hr is not None else "self-supervised"
     )

@@ -13,22 +13,15 @@ import json
 import threading
 from pathlib import Path
 
-from napari_srgan_sqe.cli import UserError, parse_region
+from napari_srgan_sqe.cli import UserError
+from napari_srgan_sqe.cli.finetune import add_region_argument, check_common
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slide", type=Path, help="the slide or image to train on and enhance")
-    parser.add_argument(
-        "--region",
-        action="append",
-        type=parse_region,
-        required=True,
-        metavar="X,Y,W,H",
-        help="a rectangle in LR level-0 pixels (repeat for more regions); at least "
-        "about 200 x 100 px",
-    )
+    add_region_argument(parser, "; at least about 200 x 100 px")
     parser.add_argument(
         "--degradation",
         choices=("clean", "scanner"),
@@ -64,16 +57,9 @@ def run(args: argparse.Namespace) -> int:
         zero_shot_config,
     )
 
-    if args.out.suffix != ".safetensors":
-        raise UserError(f"--out must end in .safetensors, got {args.out}")
+    check_common(args)
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     slide = open_slide(args.slide)
     degradation = args.degradation or ("scanner" if slide.coding.lossy else "clean")
     cfg = zero_shot_config(

@@ -12,7 +12,6 @@ Pillow's.
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 from collections.abc import Callable, Sequence
@@ -228,13 +227,13 @@ def _upscaler(pred: Predictor) -> Callable[[np.ndarray, LRCondition], np.ndarray
 def _zero_shot_upscaler(
     model: SRModel, device: str, steps: int, preset: str, seed: int
 ) -> Callable[[np.ndarray, LRCondition], np.ndarray]:
-    """Train a copy of `model` on the LR image, then super-resolve it."""
+    """Train `model` on the LR image (fine-tuning works on a copy), then super-resolve it."""
     from napari_srgan_sqe.training.zero_shot import zero_shot, zero_shot_config
 
     def up(lr: np.ndarray, cond: LRCondition) -> np.ndarray:
         lossy = cond.codec != "none" or preset == "scanner"
         cfg = zero_shot_config(steps, degradation="scanner" if lossy else "clean", seed=seed)
-        trained = zero_shot([lr], model=copy.deepcopy(model), config=cfg, device=device)
+        trained = zero_shot([lr], model=model, config=cfg, device=device)
         return Predictor(trained, device=device).predict_image(lr)
 
     return up

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from napari_srgan_sqe.config import (
+    ConfigError,
     Degradation,
     FinetuneConfig,
     LossConfig,
@@ -93,8 +94,6 @@ def iter_zero_shot(
 
     `model`: the ZSSR model to start from (default: a fresh one, `ZERO_SHOT_MODEL`).
     Raises ConfigError at once for a model that is not zero-shot."""
-    from napari_srgan_sqe.config import ConfigError
-
     start = load_model(model) if isinstance(model, str) else (model or new_zssr())
     if start.descriptor.kind != "zero-shot":
         raise ConfigError(
