@@ -99,7 +99,9 @@ class SRModel(nn.Module):
 
     @property
     def arch(self) -> str:
-        return self.descriptor.arch
+        """The architecture name ('bicubic' for the weight-free baseline), from the config:
+        no need to build the descriptor, which runs the network once to count its work."""
+        return "bicubic" if self.variant == "bicubic" else self.config.generator.arch
 
     def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         """Inference on float NCHW [0, 1] -> NCHW at `scale` x the size, unclamped."""
