@@ -119,9 +119,18 @@ class LiveStore:
         """(SR pixels (h s, w s, 3), covered mask (h, w)) of the LR box; zeros where missing."""
         s = self.scale
         sr = np.zeros(((y1 - y0) * s, (x1 - x0) * s, 3), np.uint8)
+        return sr, self._read(y0, y1, x0, x1, sr)
+
+    def covered(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The covered mask (h, w) of the LR box, without copying SR pixels."""
+        return self._read(y0, y1, x0, x1, None)
+
+    def _read(self, y0: int, y1: int, x0: int, x1: int, sr: np.ndarray | None) -> np.ndarray:
+        """The covered mask of the box, copying its SR pixels into `sr` when given."""
+        s = self.scale
         mask = np.zeros((y1 - y0, x1 - x0), bool)
         if y1 <= y0 or x1 <= x0:
-            return sr, mask
+            return mask
         with self._lock:
             for key, (by0, by1, bx0, bx1), (oy, ox) in self._cells_of(y0, y1, x0, x1):
                 entry = self._cells.get(key)
@@ -131,14 +140,17 @@ class LiveStore:
                 cell_sr, cell_mask = entry
                 h, w = by1 - by0, bx1 - bx0
                 mask[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = cell_mask[oy : oy + h, ox : ox + w]
-                sr[(by0 - y0) * s : (by1 - y0) * s, (bx0 - x0) * s : (bx1 - x0) * s] = cell_sr[
-                    oy * s : (oy + h) * s, ox * s : (ox + w) * s
-                ]
-        return sr, mask
+                if sr is not None:
+                    sr[(by0 - y0) * s : (by1 - y0) * s, (bx0 - x0) * s : (bx1 - x0) * s] = cell_sr[
+                        oy * s : (oy + h) * s, ox * s : (ox + w) * s
+                    ]
+        return mask
 
     def read_complete(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
         """The SR pixels of the LR box if all of them are present, else None."""
-        sr, mask = self.read(y0, y1, x0, x1)
+        if not self.covered(y0, y1, x0, x1).all():  # the usual case: no pixels copied
+            return None
+        sr, mask = self.read(y0, y1, x0, x1)  # again: a cell may have gone meanwhile
         return sr if mask.all() else None
 
     def write(self, y0: int, y1: int, x0: int, x1: int, sr: np.ndarray) -> None:

@@ -281,24 +281,31 @@ class _SRLevel0:
         if not todo:
             return out
         inputs = [read_region(self.lr, *self._lr_bounds(*t), halo=self.halo) for t in todo]
-        with self._stats_lock:
-            self.stats.pending += len(todo)
-            self.stats.input_px += sum(x.shape[0] * x.shape[1] for x in inputs)
-        try:
-            results = self.combiner.compute(inputs, self.halo)
-        finally:
-            with self._stats_lock:
-                self.stats.pending -= len(todo)
-        for t, (tile, seconds) in zip(todo, results):
+        for t, tile in zip(todo, self.forward(inputs)):
             self.cache.put(self._key(*t), tile)
             if self.disk is not None:
                 self.disk.put(*t, tile)
             out[t] = tile
             with self._stats_lock:
                 self.stats.tiles_computed += 1
-                self.stats.forward_seconds += seconds
-                self.stats.output_mpx += tile.shape[0] * tile.shape[1] / 1e6
         return out
+
+    def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The network on LR inputs read with the halo (batched with other threads'),
+        counted in `stats` (pending, input px, forward time, output Mpx)."""
+        with self._stats_lock:
+            self.stats.pending += len(inputs)
+            self.stats.input_px += sum(x.shape[0] * x.shape[1] for x in inputs)
+        try:
+            results = self.combiner.compute(inputs, self.halo)
+        finally:
+            with self._stats_lock:
+                self.stats.pending -= len(inputs)
+        with self._stats_lock:
+            for sr, seconds in results:
+                self.stats.forward_seconds += seconds
+                self.stats.output_mpx += sr.shape[0] * sr.shape[1] / 1e6
+        return [sr for sr, _ in results]
 
 
 class LiveLevel0:
@@ -394,7 +401,7 @@ class LiveLevel0:
         """SR pixels of the LR box: exact where computed, a placeholder elsewhere
         (whose computation is then queued). Never runs the network."""
         sr, mask = self.store.read(y0, y1, x0, x1)
-        if not mask.all() and self._from_tile_cache(y0, y1, x0, x1):
+        if not mask.all() and self._from_tile_cache(y0, y1, x0, x1, mask):
             sr, mask = self.store.read(y0, y1, x0, x1)
         if mask.all():
             self._plan((y0, y1, x0, x1), mask)  # nothing to do here: drops the queue
@@ -411,7 +418,7 @@ class LiveLevel0:
 
     def missing(self, y0: int, y1: int, x0: int, x1: int) -> int:
         """LR pixels of the box whose SR is not computed yet."""
-        return int((~self.store.read(y0, y1, x0, x1)[1]).sum())
+        return int((~self.store.covered(y0, y1, x0, x1)).sum())
 
     def _placeholder(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         key, last = (y0, y1, x0, x1), self._ph  # the last one: a refresh reads it again
@@ -431,58 +438,37 @@ class LiveLevel0:
         self._ph = (key, ph)
         return ph
 
-    def _from_tile_cache(self, y0: int, y1: int, x0: int, x1: int) -> bool:
-        """Copy exact grid tiles already in the memory cache into the store."""
+    def _from_tile_cache(self, y0: int, y1: int, x0: int, x1: int, mask: np.ndarray) -> bool:
+        """Copy exact grid tiles already in the memory cache into the store, those that
+        cover pixels of the box missing from `mask` (its covered mask) only."""
         lv, found = self.level0, False
         for t in lv.grid.covering(y0, y1, x0, x1):
+            ty0, ty1, tx0, tx1 = lv.grid.bounds(*t)
+            part = mask[max(ty0, y0) - y0 : ty1 - y0, max(tx0, x0) - x0 : tx1 - x0]
             key = lv._key(*t)
-            if key in lv.cache:
-                tile = lv.cache.get(key)
-                if tile is not None:
-                    self.store.write(*lv.grid.bounds(*t), tile)
-                    found = True
+            if part.all() or key not in lv.cache:
+                continue
+            tile = lv.cache.get(key)
+            if tile is not None:
+                self.store.write(ty0, ty1, tx0, tx1, tile)
+                found = True
         return found
 
     # ---------------------------------------------------------------- scheduling
     def _plan(self, box: tuple[int, int, int, int], mask: np.ndarray) -> None:
         """Queue the missing pieces of `box`, centre first, replacing the queue."""
         y0, y1, x0, x1 = box
-        h, w = y1 - y0, x1 - x0
         covered = mask.copy()
         with self._cond:
             if self._closed:
                 return
             run = self._running
             if run is not None:  # in flight: counts as computed
-                ry0, ry1, rx0, rx1 = (
-                    max(run[0], y0),
-                    min(run[1], y1),
-                    max(run[2], x0),
-                    min(run[3], x1),
-                )
+                ry0, ry1 = max(run[0], y0), min(run[1], y1)
+                rx0, rx1 = max(run[2], x0), min(run[3], x1)
                 if ry1 > ry0 and rx1 > rx0:
                     covered[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = True
-            pieces = []
-            if not covered.all():
-                ys = np.linspace(0, h, -(-h // self.piece) + 1).round().astype(int)
-                xs = np.linspace(0, w, -(-w // self.piece) + 1).round().astype(int)
-                for a, b in zip(ys[:-1], ys[1:]):
-                    for c, d in zip(xs[:-1], xs[1:]):
-                        sub = covered[a:b, c:d]
-                        if sub.all():
-                            continue
-                        rows = np.flatnonzero(~sub.all(axis=1))
-                        cols = np.flatnonzero(~sub.all(axis=0))
-                        pieces.append(
-                            (
-                                y0 + a + int(rows[0]),
-                                y0 + a + int(rows[-1]) + 1,
-                                x0 + c + int(cols[0]),
-                                x0 + c + int(cols[-1]) + 1,
-                            )
-                        )
-            cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-            pieces.sort(key=lambda p: ((p[0] + p[1]) / 2 - cy) ** 2 + ((p[2] + p[3]) / 2 - cx) ** 2)
+            pieces = _missing_pieces(covered, y0, x0, self.piece)
             dropped = sum(1 for p in self._queue if p not in pieces)
             started = bool(pieces) and not self._queue and self._running is None
             self._queue = pieces
@@ -582,19 +568,32 @@ class LiveLevel0:
             return
         oy, ox = lv.origin
         x = read_region(lv.lr, y0 + oy, y1 + oy, x0 + ox, x1 + ox, halo=lv.halo)
-        with lv._stats_lock:
-            lv.stats.pending += 1
-            lv.stats.input_px += x.shape[0] * x.shape[1]
-        try:
-            ((sr, seconds),) = lv.combiner.compute([x], lv.halo)
-        finally:
-            with lv._stats_lock:
-                lv.stats.pending -= 1
+        (sr,) = lv.forward([x])
         self.store.write(y0, y1, x0, x1, sr)
         with lv._stats_lock:
             lv.stats.live_pieces += 1
-            lv.stats.forward_seconds += seconds
-            lv.stats.output_mpx += sr.shape[0] * sr.shape[1] / 1e6
+
+
+def _missing_pieces(
+    covered: np.ndarray, y0: int, x0: int, piece: int
+) -> list[tuple[int, int, int, int]]:
+    """The box at (y0, x0) with mask `covered` cut into pieces of at most `piece` px a
+    side, each shrunk to the pixels it lacks, nearest the box's centre first."""
+    h, w = covered.shape
+    pieces: list[tuple[int, int, int, int]] = []
+    ys = np.linspace(0, h, -(-h // piece) + 1).round().astype(int)
+    xs = np.linspace(0, w, -(-w // piece) + 1).round().astype(int)
+    for a, b in zip(ys[:-1], ys[1:]):
+        for c, d in zip(xs[:-1], xs[1:]):
+            lacks = ~covered[a:b, c:d]
+            if not lacks.any():
+                continue
+            rows, cols = np.flatnonzero(lacks.any(axis=1)), np.flatnonzero(lacks.any(axis=0))
+            py0, px0 = y0 + int(a + rows[0]), x0 + int(c + cols[0])
+            pieces.append((py0, y0 + int(a + rows[-1]) + 1, px0, x0 + int(c + cols[-1]) + 1))
+    cy, cx = y0 + h / 2, x0 + w / 2
+    pieces.sort(key=lambda p: ((p[0] + p[1]) / 2 - cy) ** 2 + ((p[2] + p[3]) / 2 - cx) ** 2)
+    return pieces
 
 
 _LIVE: weakref.WeakSet[LiveLevel0] = weakref.WeakSet()
@@ -694,7 +693,7 @@ class SRPyramid(list):
         )
         levels = [level0.as_dask(f"srgan-sqe-sr-{model_id}-{uuid.uuid4().hex[:12]}"), *coarse]
         with self._switch_lock:
-            old = getattr(self, "live", None)
+            old = self.live
             self.model, self.predictor, self.model_id = model, predictor, model_id
             self.disk_cache, self._level0 = disk, level0
             self._exact = levels

@@ -85,15 +85,19 @@ def _head(path: Path, size: int) -> bytes:
         return b""
 
 
+def _is_dicom(head: bytes) -> bool:
+    return head[128:132] == b"DICM"
+
+
 def is_dicom_file(path: Path) -> bool:
     """A DICOM Part 10 file: "DICM" after the 128-byte preamble (any extension)."""
-    return _head(path, 132)[128:132] == b"DICM"
+    return _is_dicom(_head(path, 132))
 
 
 def is_dicom_wsi_file(path: Path) -> bool:
     """A DICOM file whose file meta information (at its start) names the WSI SOP class."""
     head = _head(path, 4096)
-    return head[128:132] == b"DICM" and DICOM_WSI_SOP_CLASS in head
+    return _is_dicom(head) and DICOM_WSI_SOP_CLASS in head
 
 
 def dicom_files(folder: Path, *, limit: int | None = None) -> list[Path]:
@@ -130,8 +134,10 @@ def is_supported_path(path: str | Path) -> bool:
     if p.is_dir():
         return looks_like_zarr(p) or looks_like_dicom_folder(p)
     ext = extension(p)
-    if ext == ".dcm" and is_dicom_file(p):
-        return is_dicom_wsi_file(p)
+    if ext == ".dcm":
+        head = _head(p, 4096)  # read once: is it DICOM, and a WSI
+        if _is_dicom(head):
+            return DICOM_WSI_SOP_CLASS in head
     return ext in SUPPORTED_EXTENSIONS
 
 

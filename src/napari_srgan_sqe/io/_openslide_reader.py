@@ -193,10 +193,12 @@ def _icc_profile(handle: Any) -> bytes | None:
         return None
 
 
-def open_dicom_folder(folder: Path, *, chunk: int) -> Slide:
+def open_dicom_folder(folder: Path, *, chunk: int, files: list[Path] | None = None) -> Slide:
     """Open the DICOM WSI in `folder` (one file per level) through its first DICOM file
-    that OpenSlide recognises; the Slide's path is the folder."""
-    files = _formats.dicom_files(folder)
+    that OpenSlide recognises; the Slide's path is the folder. `files`: its DICOM files
+    (`_formats.dicom_files(folder)`) when the caller has listed them already."""
+    if files is None:
+        files = _formats.dicom_files(folder)
     for file in files:
         if openslide.OpenSlide.detect_format(file) == "dicom":
             return open_vendor(file, chunk=chunk, shown_as=folder)

@@ -196,12 +196,14 @@ def page_coding(page: Any, path: Path) -> SlideCoding:
     return coding_from_tiff_page(compression, description, tables, first_tile)
 
 
+def _data_end(page: Any) -> int:
+    """The byte just past the last tile (or strip) of `page`; 0 when it has none."""
+    return max((o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n), default=0)
+
+
 def data_extent_problem(tif: Any, size: int) -> str | None:
     """Why the pixel data of a parsed TIFF cannot all be in the file (truncated), or None."""
-    end = 0
-    for page in tif.pages:
-        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
-        end = max([end, *ends])
+    end = max((_data_end(page) for page in tif.pages), default=0)
     if end > size:
         return (
             f"the file is truncated: image data extend to byte {end}, but it has only {size} bytes"
@@ -224,9 +226,7 @@ def level_problem(tif: Any, series: Any, size: int) -> str | None:
         for page in lev.pages:
             if page is None:
                 continue
-            end = max(
-                (o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n), default=0
-            )
+            end = _data_end(page)
             if end > size:
                 return (
                     f"the file is truncated: the image data of level {i} "
@@ -259,18 +259,27 @@ def subifd_problem(tif: Any, first: Any, size: int) -> str | None:
     return None
 
 
+def _tag_count(tif: Any, offset: int) -> int | None:
+    """The number of tags of the IFD at `offset` (the file handle positioned just past
+    that count), or None when the count cannot be read. Call holding the handle's lock."""
+    info = tif.tiff
+    fh = tif.filehandle
+    fh.seek(offset)
+    raw = fh.read(info.tagnosize)
+    if len(raw) < info.tagnosize:
+        return None
+    return int(struct.unpack(info.tagnoformat, raw)[0])
+
+
 def _ifd_end(tif: Any, offset: int) -> int | None:
     """The byte just past the IFD at `offset` (its tags and next-IFD pointer), or None
     when not even its tag count can be read."""
     info = tif.tiff
-    fh = tif.filehandle
-    with fh.lock:
-        fh.seek(offset)
-        raw = fh.read(info.tagnosize)
-    if len(raw) < info.tagnosize:
+    with tif.filehandle.lock:
+        n = _tag_count(tif, offset)
+    if n is None:
         return None
-    (n,) = struct.unpack(info.tagnoformat, raw)
-    return offset + info.tagnosize + int(n) * info.tagsize + info.offsetsize
+    return offset + info.tagnosize + n * info.tagsize + info.offsetsize
 
 
 _TAG_ITEM_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
@@ -282,13 +291,11 @@ def _tag_values_problem(tif: Any, offset: int, size: int) -> str | None:
     tifffile skips such a tag, e.g. the OME-XML ImageDescription written last), or None."""
     info = tif.tiff
     fh = tif.filehandle
-    with tif.filehandle.lock:
-        fh.seek(offset)
-        raw = fh.read(info.tagnosize)
-        if len(raw) < info.tagnosize:
+    with fh.lock:
+        n = _tag_count(tif, offset)
+        if n is None:
             return None
-        (n,) = struct.unpack(info.tagnoformat, raw)
-        entries = fh.read(min(int(n), 4096) * info.tagsize)
+        entries = fh.read(min(n, 4096) * info.tagsize)
     byteorder = info.tagnoformat[0]
     count_fmt = byteorder + ("Q" if info.offsetsize == 8 else "I")
     for k in range(len(entries) // info.tagsize):

@@ -113,9 +113,10 @@ class _ZarrHandle:
             return self._arrays[name]
 
     def missing_chunk(self, name: str, key: tuple[slice, ...]) -> tuple[str, str] | None:
-        """(store key, the array region it covers) of the first stored object (a chunk, or a shard of a
-        sharded array) under `key` that is absent from the store, or None. Each object
-        is looked up once (a `stat` on a local store) and remembered when present."""
+        """(store key, the array region it covers) of the first stored object (a chunk,
+        or a shard of a sharded array) under `key` that is absent from the store, or
+        None. Each object is looked up once (a `stat` on a local store) and remembered
+        when present."""
         arr = self.array(name)
         grid = getattr(arr, "shards", None) or arr.chunks
         ranges = [range(s.start // g, max(s.start, s.stop - 1) // g + 1) for s, g in zip(key, grid)]
@@ -128,7 +129,7 @@ class _ZarrHandle:
                 continue
             chunk_key = arr.metadata.encode_chunk_key(index)
             full = f"{arr.path}/{chunk_key}" if arr.path else chunk_key
-            if root is not None and isinstance(root, str | os.PathLike):
+            if isinstance(root, str | os.PathLike):
                 exists = os.path.exists(os.path.join(root, full))
             else:  # another store (fsspec, zip ...): ask it
                 from zarr.core.sync import sync

@@ -136,10 +136,15 @@ def codec_options(fmt: str, compression: str = "lossless", quality: int | None =
             "image, and napari-ome-zarr, QuPath and Bio-Formats read no lossy zarr codec; "
             "write .ome.tif to use jpeg"
         )
+    return {"compression": "jpeg", "quality": _jpeg_quality(quality)}
+
+
+def _jpeg_quality(quality: int | None) -> int:
+    """`quality` (default `DEFAULT_QUALITY`) as an int; ValueError outside 1 - 100."""
     q = DEFAULT_QUALITY if quality is None else int(quality)
     if not 1 <= q <= 100:
         raise ValueError(f"quality must be 1 to 100, got {quality}")
-    return {"compression": "jpeg", "quality": q}
+    return q
 
 
 def output_bytes(path: str | Path) -> int:
@@ -712,8 +717,9 @@ def write_ome_tiff(
     with `quality` (1 - 100) for "jpeg" (YCbCr 4:2:0; default `DEFAULT_QUALITY`).
     `layout` (`TIFF_LAYOUTS`): "both" makes the reduced levels SubIFDs of level 0 and
     also chains them after it as top-level pages, so OME readers (Bio-Formats, QuPath,
-    tifffile) and generic tiled-TIFF readers (OpenSlide) all see the pyramid; "subifd" keeps them in SubIFDs only, as the OME-TIFF specification has it
-    (OpenSlide then sees level 0 alone). `icc_profile`: an ICC profile (bytes) written
+    tifffile) and generic tiled-TIFF readers (OpenSlide) all see the pyramid; "subifd"
+    keeps them in SubIFDs only, as the OME-TIFF specification has it (OpenSlide then
+    sees level 0 alone). `icc_profile`: an ICC profile (bytes) written
     to every level's InterColorProfile tag (34675), which OpenSlide reports as the
     slide's `color_profile`.
 
@@ -791,10 +797,7 @@ def _tiff_codec(compression: str | None, quality: int | None) -> dict[str, Any]:
     if compression == "jpeg":
         # photometric "rgb" with JPEG: tifffile has the encoder store YCbCr 4:2:0 (the
         # TIFF says YCbCr), as scanners do; readers convert back to RGB
-        q = DEFAULT_QUALITY if quality is None else int(quality)
-        if not 1 <= q <= 100:
-            raise ValueError(f"quality must be 1 to 100, got {quality}")
-        options["compressionargs"] = {"level": q}
+        options["compressionargs"] = {"level": _jpeg_quality(quality)}
     elif quality is not None:
         raise ValueError(f"a quality applies to JPEG only, not to {compression}")
     return options

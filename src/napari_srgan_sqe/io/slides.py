@@ -84,10 +84,11 @@ def open_slide(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK) -> S
                 from napari_srgan_sqe.io import _zarr_reader
 
                 return _zarr_reader.open_ome_zarr(p, chunk=chunk)
-            if _formats.dicom_files(p):
+            files = _formats.dicom_files(p)
+            if files:
                 from napari_srgan_sqe.io import _openslide_reader
 
-                return _openslide_reader.open_dicom_folder(p, chunk=chunk)
+                return _openslide_reader.open_dicom_folder(p, chunk=chunk, files=files)
             raise SlideError(
                 p,
                 "a directory that is not an OME-Zarr image or a DICOM slide (no zarr "
