@@ -44,6 +44,7 @@ __all__ = [
     "find_pair",
     "find_pairs",
     "fov_box",
+    "grid_of",
     "layer_data",
     "layer_levels",
     "lr_transform",
@@ -194,23 +195,28 @@ def _unwrap(layer: Any) -> Any:
     return getattr(layer, "__wrapped__", layer)  # a plugin's viewer hands out proxies
 
 
-def attach_pyramid(sr_layer: Any, pyramid: Any, *, placeholder: bool = True) -> None:
+def attach_pyramid(sr_layer: Any, pyramid: Any) -> None:
     """Remember the `SRPyramid` behind `sr_layer` (kept alive as long as the layer).
 
-    With `placeholder` (the viewer's mode) the pyramid is switched to placeholder
-    mode: the layer shows a tinted bicubic placeholder where SR is not computed yet,
-    never waits for the network, and is refreshed as the SR of the view lands; work
-    in progress shows in napari's activity dock. The layer is given the pyramid's
-    levels if it shows others. GUI thread.
+    The pyramid is switched to placeholder mode (the viewer's): the layer shows a
+    tinted bicubic placeholder where SR is not computed yet, never waits for the
+    network, and is refreshed as the SR of the view lands; work in progress shows in
+    napari's activity dock. The layer is given the pyramid's levels if it shows
+    others. GUI thread.
     """
     layer = _unwrap(sr_layer)
     _PYRAMIDS[layer] = pyramid
-    if not placeholder or not hasattr(pyramid, "set_placeholder"):
+    if not hasattr(pyramid, "set_placeholder"):
         return
     pyramid.set_placeholder(True)
     if not any(isinstance(fn, _LiveView) and fn.layer() is layer for fn in pyramid.listeners):
         pyramid.listeners[:] = [fn for fn in pyramid.listeners if not isinstance(fn, _LiveView)]
         pyramid.listeners.append(_LiveView(layer, pyramid))
+    _show_levels(sr_layer, pyramid)
+
+
+def _show_levels(sr_layer: Any, pyramid: Any) -> None:
+    """Give the layer the pyramid's levels unless it shows them already."""
     data = layer_data(sr_layer)
     if len(data) != len(pyramid) or any(a is not b for a, b in zip(data, pyramid)):
         sr_layer.data = list(pyramid)
@@ -292,10 +298,8 @@ def show_pyramid(sr_layer: Any, pyramid: Any = None, *, model_path: Any = None) 
     pyramid = pyramid if pyramid is not None else pyramid_of(sr_layer)
     if pyramid is None:
         raise ValueError(f"layer {sr_layer.name!r} is not an SR layer made by this plugin")
-    attach_pyramid(sr_layer, pyramid)  # gives the layer the pyramid's (new) levels
-    data = layer_data(sr_layer)
-    if len(data) != len(pyramid) or any(a is not b for a, b in zip(data, pyramid)):
-        sr_layer.data = list(pyramid)
+    attach_pyramid(sr_layer, pyramid)
+    _show_levels(sr_layer, pyramid)  # a no-op when attach_pyramid gave them already
     tag = _tag(sr_layer)
     if tag:
         extra = {k: v for k, v in tag.items() if k not in ("role", "pair_id", "scale")}
@@ -359,6 +363,11 @@ def sr_transform(lr_layer: Any, scale: int) -> dict[str, Any]:
 def _camera(viewer: Any) -> Any:
     scene = getattr(viewer, "scene", None)  # napari >= 0.9
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def grid_of(viewer: Any) -> Any:
+    """napari's grid settings (`canvas.grid` on napari >= 0.9, else `viewer.grid`)."""
+    return viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
 
 
 def _viewbox_size(viewer: Any) -> tuple[float, float]:

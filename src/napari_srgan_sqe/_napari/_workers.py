@@ -33,7 +33,7 @@ from qtpy.QtWidgets import QWidget
 
 from napari_srgan_sqe._napari._dock import main_window
 
-__all__ = ["running", "start", "stop", "stop_all", "stop_on_close"]
+__all__ = ["alive", "running", "start", "stop", "stop_all", "stop_on_close"]
 
 EXIT_WAIT_S = 120.0
 """Longest wait at interpreter exit for workers that were asked to stop."""
@@ -158,6 +158,15 @@ def _try_take(pool: QThreadPool | None, worker: Any) -> bool:
 
 def _at_exit() -> None:
     stop_all(wait_s=EXIT_WAIT_S)
+
+
+def alive(widget: QWidget) -> bool:
+    """False once Qt has deleted the widget (its Python object may live on)."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------ closing the viewer

@@ -159,8 +159,7 @@ class CompareWidget(QWidget):
         self._pending = False
         self._partial: Readout | None = None
         self._hidden: list[Any] = []
-        self._arranged_once = False
-        self._arranged_pair: str | None = None
+        self._arranged_pair: str | None = None  # the pair laid out last (None: none yet)
         self._arranging = False
         self._closed = False
         self.room: bool | None = None
@@ -258,8 +257,8 @@ class CompareWidget(QWidget):
         pair = self.pair
         if pair is None or pair.sr is None:
             return
-        first = not self._arranged_once or self._arranged_pair != pair.pair_id
-        self._arranged_once, self._arranged_pair = True, pair.pair_id
+        first = self._arranged_pair != pair.pair_id
+        self._arranged_pair = pair.pair_id
         layers = self.viewer.layers
         grid = self._grid()
         camera = _layers._camera(self.viewer)
@@ -462,17 +461,19 @@ class CompareWidget(QWidget):
 
     # ---------------------------------------------------------------- layers and pairs
     def _grid(self) -> Any:
-        return self.viewer.canvas.grid if hasattr(self.viewer, "canvas") else self.viewer.grid
+        return _layers.grid_of(self.viewer)
 
     def _side_by_side_shown(self) -> bool:
         return (
-            self._arranged_once and self.mode_box.currentText() == MODES[0] and self._grid().enabled
+            self._arranged_pair is not None
+            and self.mode_box.currentText() == MODES[0]
+            and self._grid().enabled
         )
 
     def _on_grid_enabled(self, event: Any = None) -> None:
         """napari's grid was switched by someone else: follow it (grid on = side by side)."""
         self.schedule_update()
-        if self._arranging or self.pair is None or not self._arranged_once:
+        if self._arranging or self.pair is None or self._arranged_pair is None:
             return
         wanted = MODES[0] if self._grid().enabled else MODES[1]
         if self.mode_box.currentText() != wanted:
@@ -523,7 +524,7 @@ class CompareWidget(QWidget):
             self._on_pair_changed()
 
     def _on_pair_changed(self) -> None:
-        if not self._arranged_once and self.pair is not None:
+        if self._arranged_pair is None and self.pair is not None:
             self.arrange()  # first sight of a pair: lay it out
         self.schedule_update()
 

@@ -432,13 +432,13 @@ class EnhanceWidget(QWidget):
     def _run(self, gen: Generator[Any, None, Any], on_done: Any) -> None:
         from napari.qt.threading import create_worker
 
-        def alive(fn: Any) -> Any:  # the widget may be gone (napari closed) when it ends
-            return lambda *args: fn(*args) if _alive(self) else None
+        def guarded(fn: Any) -> Any:  # the widget may be gone (napari closed) when it ends
+            return lambda *args: fn(*args) if _workers.alive(self) else None
 
         worker = create_worker(_passthrough, gen, _start_thread=False)
-        worker.yielded.connect(alive(self.status.setText))
-        worker.returned.connect(alive(on_done))
-        worker.finished.connect(alive(lambda: self._worker_done(worker)))
+        worker.yielded.connect(guarded(self.status.setText))
+        worker.returned.connect(guarded(on_done))
+        worker.finished.connect(guarded(lambda: self._worker_done(worker)))
         self._workers.add(worker)
         _workers.start(worker, owner=self)
 
@@ -597,7 +597,7 @@ class EnhanceWidget(QWidget):
         """Select the model the current SR layer really uses (its file, or its bundled name)."""
         sr = self._current_sr()
         tag = getattr(sr, "metadata", {}).get(_layers.META_KEY) if sr is not None else None
-        if not isinstance(tag, dict) or not _alive(self):
+        if not isinstance(tag, dict) or not _workers.alive(self):
             return
         model = tag.get("model_path") or tag.get("model")
         if not model or self.model_box.currentData() == model:
@@ -768,15 +768,6 @@ def _is_busy(sr_layer: Any) -> bool:
     """True while the Fine-tune widget trains on this SR layer (its tag says "busy")."""
     tag = getattr(sr_layer, "metadata", {}).get(_layers.META_KEY)
     return isinstance(tag, dict) and bool(tag.get("busy"))
-
-
-def _alive(widget: QWidget) -> bool:
-    """False once Qt has deleted the widget (its Python object may live on)."""
-    try:
-        widget.objectName()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _probe_gen() -> Generator[str, None, dict[str, Any]]:

@@ -509,10 +509,8 @@ class FinetuneWidget(QWidget):
         switched off, and the Compare widget follows with its overlay layout.
         """
         layer = self.shapes_layer()
-        grid = getattr(getattr(self.viewer, "canvas", None), "grid", None) or getattr(
-            self.viewer, "grid", None
-        )
-        if grid is not None and grid.enabled:
+        grid = _layers.grid_of(self.viewer)
+        if grid.enabled:
             grid.enabled = False
         layer.visible = True
         self._raise_shapes()
@@ -530,8 +528,6 @@ class FinetuneWidget(QWidget):
 
     def start(self) -> bool:
         """Check the inputs, then train in a worker; False (with a notification) if not possible."""
-        from napari.utils.notifications import show_error
-
         from napari_srgan_sqe.config import ConfigError, FinetuneConfig, loss_preset, validate
         from napari_srgan_sqe.training.finetune import RegionError, check_regions
 
@@ -573,14 +569,20 @@ class FinetuneWidget(QWidget):
                 config=cfg,
             )
         except (RegionError, ConfigError) as exc:
-            self.status.setText("cannot start")
-            self.log.appendPlainText(f"cannot start: {exc}")
-            show_error(f"Fine-tune: {exc}")
+            self._refuse("Fine-tune", "cannot start", exc)
             return False
         hr_level = _layers.layer_levels(pair.hr)[0] if mode == "paired" else None
         what = f"{mode} fine-tuning of {pyramid.model.name!r} on {len(rects)} region(s)"
         self._launch(pair, pyramid, cfg, rects, lr_level, hr_level, zero_shot=False, what=what)
         return True
+
+    def _refuse(self, title: str, what: str, exc: Exception) -> None:
+        """Say why training cannot start: status, log and a notification."""
+        from napari.utils.notifications import show_error
+
+        self.status.setText("cannot start")
+        self.log.appendPlainText(f"{what}: {exc}")
+        show_error(f"{title}: {exc}")
 
     def _launch(
         self,
@@ -642,15 +644,9 @@ class FinetuneWidget(QWidget):
             return None
         lr = pair.lr
         height, width = (int(v) for v in _layers.layer_levels(lr)[0].shape[:2])
-        # the world rectangle one canvas cell shows: the camera's centre, the cell's size
-        # in screen px over the zoom (screen px per world unit)
-        canvas = self.viewer.canvas
-        viewbox = getattr(canvas, "viewbox_size", None)  # napari >= 0.6: a grid cell's size
-        size = viewbox(self.viewer.layers) if callable(viewbox) else canvas.size
-        half = np.asarray(size[-2:], dtype=float) / self.viewer.camera.zoom / 2
-        centre = np.asarray(self.viewer.camera.center[-2:], dtype=float)
-        lo = np.asarray(lr.world_to_data(centre - half))[-2:] + 0.5  # pixel edges
-        hi = np.asarray(lr.world_to_data(centre + half))[-2:] + 0.5
+        y_min, x_min, y_max, x_max = _layers.view_rect_world(self.viewer)  # one grid cell's
+        lo = np.asarray(lr.world_to_data((y_min, x_min)))[-2:] + 0.5  # pixel edges
+        hi = np.asarray(lr.world_to_data((y_max, x_max)))[-2:] + 0.5
         (y0, x0), (y1, x1) = np.maximum(lo, 0), np.minimum(hi, (height, width))
         cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
         h, w = min(y1 - y0, max_side), min(x1 - x0, max_side)
@@ -660,8 +656,6 @@ class FinetuneWidget(QWidget):
 
     def start_zero_shot(self) -> bool:
         """Train ZSSR on the LR in view, in a worker; the SR layer then uses it."""
-        from napari.utils.notifications import show_error
-
         from napari_srgan_sqe.config import ConfigError
         from napari_srgan_sqe.training.finetune import RegionError, check_regions
         from napari_srgan_sqe.training.zero_shot import zero_shot_config
@@ -688,9 +682,7 @@ class FinetuneWidget(QWidget):
                 [region], lr_level.shape, mode="self-supervised", scale=pyramid.scale, config=cfg
             )
         except (RegionError, ConfigError) as exc:
-            self.status.setText("cannot start")
-            self.log.appendPlainText(f"cannot start zero-shot: {exc}")
-            show_error(f"Zero-shot: {exc}")
+            self._refuse("Zero-shot", "cannot start zero-shot", exc)
             return False
         x, y, w, h = rects[0]
         self._launch(
@@ -720,10 +712,9 @@ class FinetuneWidget(QWidget):
         if isinstance(ev, Started):
             for note in ev.notes:
                 self.log.appendPlainText(f"note: {note}")
-            b = ev.before
-            self._before = b
-            self.log.appendPlainText(f"before: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}")
-            self.result_label.setText(f"before: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}")
+            self._before = ev.before
+            self.log.appendPlainText(_before_text(ev.before))
+            self.result_label.setText(_before_text(ev.before))
         elif isinstance(ev, Step):
             self.plot.add_loss(ev.step, ev.loss)
             if self._pbar is not None:
@@ -741,14 +732,9 @@ class FinetuneWidget(QWidget):
                     self.log.appendPlainText(
                         f"step {ev.step}: PSNR {ev.psnr:.2f} dB, SSIM {ev.ssim:.4f} (best so far)"
                     )
-                    before = self._before
+                    before = f"{_before_text(self._before)}\n" if self._before else ""
                     self.result_label.setText(
-                        (
-                            f"before: PSNR {before['psnr']:.2f} dB, SSIM {before['ssim']:.4f}\n"
-                            if before
-                            else ""
-                        )
-                        + f"best so far (step {ev.step}): PSNR {ev.psnr:.2f} dB, "
+                        f"{before}best so far (step {ev.step}): PSNR {ev.psnr:.2f} dB, "
                         f"SSIM {ev.ssim:.4f}"
                     )
         elif isinstance(ev, Switched):
@@ -772,20 +758,20 @@ class FinetuneWidget(QWidget):
                 _layers.show_pyramid(sr, model_path=ev.path)
                 sr.name = _layers.role_name("sr", _layers.slide_name(sr), res.model.name)
                 sr.refresh()
-            text = (
+            summary = (
                 f"PSNR {b['psnr']:.2f} -> {a['psnr']:.2f} dB, SSIM {b['ssim']:.4f} -> "
-                f"{a['ssim']:.4f} (best step {res.best_step}{stopped})\n"
-                f"saved {ev.path.name}; the SR layer now uses it"
+                f"{a['ssim']:.4f} (best step {res.best_step}{stopped})"
             )
+            self.log.appendPlainText(f"{summary}\nsaved {ev.path.name}; the SR layer now uses it")
+            # the file's name is in the log
+            self.result_label.setText(f"{summary}\nnow used by the SR layer: {res.model.name}")
         else:
             text = (
                 f"validation did not improve (PSNR {b['psnr']:.2f} dB before, SSIM "
                 f"{b['ssim']:.4f}{stopped}): the original model is kept"
             )
-        self.log.appendPlainText(text)
-        if res.improved and ev.path is not None:  # the file's name is in the log
-            text = text.split("\n")[0] + f"\nnow used by the SR layer: {res.model.name}"
-        self.result_label.setText(text)
+            self.log.appendPlainText(text)
+            self.result_label.setText(text)
         self.status.setText("done" if res.improved else "done (not improved)")
         self.finished.emit(res)
 
@@ -837,7 +823,7 @@ class FinetuneWidget(QWidget):
             self._match_units()
 
     def _first_shapes(self) -> None:
-        if _alive(self) and self._shapes is None and not self._shapes_layers():
+        if _workers.alive(self) and self._shapes is None and not self._shapes_layers():
             self.shapes_layer()
             self._refresh()
 
@@ -939,15 +925,6 @@ class FinetuneWidget(QWidget):
         self.regions_label.setText(text)
 
 
-def _alive(widget: QWidget) -> bool:
-    """False once Qt has deleted the widget (its Python object may live on)."""
-    try:
-        widget.objectName()
-    except RuntimeError:
-        return False
-    return True
-
-
 def _set_busy(layer: Any, busy: bool) -> None:
     """Mark an SR layer as being fine-tuned (`metadata["srgan_sqe"]["busy"]`)."""
     meta = dict(layer.metadata)
@@ -983,6 +960,10 @@ def _rectangles(shapes: Any, lr_layer: Any) -> dict[int, tuple[int, int, int, in
 def _breakable(path: Any) -> str:
     """A path that a word-wrapped label may break after each '/' (zero-width spaces)."""
     return str(path).replace("/", "/\u200b").replace("\\", "\\\u200b")
+
+
+def _before_text(before: dict[str, float]) -> str:
+    return f"before: PSNR {before['psnr']:.2f} dB, SSIM {before['ssim']:.4f}"
 
 
 def _fmt_s(seconds: float) -> str:
