@@ -31,10 +31,10 @@ class Counting(Predictor):
         self.calls: list[int] = []
         self._count_lock = threading.Lock()
 
-    def run(self, tiles, *, crop=0):
+    def run(self, tiles, *, crop=0, origins=None):
         with self._count_lock:
             self.calls.append(len(tiles))
-        return super().run(tiles, crop=crop)
+        return super().run(tiles, crop=crop, origins=origins)
 
 
 @pytest.fixture(scope="module")
@@ -316,10 +316,10 @@ class Gated(Predictor):
         self.open = threading.Event()
         self.calls = 0
 
-    def run(self, tiles, *, crop=0):
+    def run(self, tiles, *, crop=0, origins=None):
         self.calls += 1
         assert self.open.wait(60), "never opened"
-        return super().run(tiles, crop=crop)
+        return super().run(tiles, crop=crop, origins=origins)
 
 
 def _record_pieces(live) -> list:

@@ -67,7 +67,7 @@ def _randomised(arch: str) -> torch.nn.Module:
 
 
 def test_the_registry_covers_every_config_arch_and_nothing_else():
-    assert tuple(ARCHITECTURES) == ARCH_NAMES == ("srresnet", "lrnet", "medsrgan", "zssr")
+    assert tuple(ARCHITECTURES) == ARCH_NAMES == ("srresnet", "lrnet", "medsrgan", "zssr", "sr3")
     for name, cfg in SMALL.items():
         net = build_network(cfg)
         assert isinstance(net, SRNetwork)
@@ -204,9 +204,9 @@ def test_medical_srgan_trains_with_its_residual_discriminator_and_resumes_exactl
     resumed = Trainer(tiny_train_config(crops, tmp_path / "b", **kw))
     resumed.run(resume=True)
     for mod in ("G", "AE", "D"):
-        a, b = getattr(straight, mod).state_dict(), getattr(resumed, mod).state_dict()
+        a, b = getattr(straight.recipe, mod).state_dict(), getattr(resumed.recipe, mod).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{mod} differs after resume"
-    assert any(type(m).__name__ == "_ResidualSkip" for m in straight.D.modules())
+    assert any(type(m).__name__ == "_ResidualSkip" for m in straight.recipe.D.modules())
     model = load_model(tmp_path / "b" / "model.safetensors")
     assert model.arch == "medsrgan" and model.metadata["kind"] == "deterministic"
 

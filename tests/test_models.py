@@ -265,11 +265,11 @@ def test_predictor_halves_and_remembers_batch_on_oom(monkeypatch, oom) -> None:
     infer = model.infer_batch
     sizes: list[int] = []
 
-    def fake(x, seed=None):  # noqa: ANN001, ANN202
+    def fake(x, seed=None, origins=None):  # noqa: ANN001, ANN202
         sizes.append(x.shape[0])
         if x.shape[0] > 2:
             raise oom()
-        return infer(x, seed=seed)
+        return infer(x, seed=seed, origins=origins)
 
     monkeypatch.setattr(model, "infer_batch", fake)
     got = pred.run(tiles, crop=2)
@@ -279,7 +279,7 @@ def test_predictor_halves_and_remembers_batch_on_oom(monkeypatch, oom) -> None:
     np.testing.assert_array_equal(pred.run(tiles, crop=2), want)
     assert sizes == [2, 2, 2, 2]  # the reduced batch is remembered: no OOM next time
 
-    monkeypatch.setattr(model, "infer_batch", lambda x, seed=None: (_ for _ in ()).throw(oom()))
+    monkeypatch.setattr(model, "infer_batch", lambda x, seed=None, origins=None: (_ for _ in ()).throw(oom()))
     with pytest.raises(DeviceError, match="even for one 24 x 24 tile.*smaller tile.*CPU"):
         pred.run(tiles[:1], crop=2)
     from napari_srgan_sqe.cli import _is_user_error
@@ -289,7 +289,7 @@ def test_predictor_halves_and_remembers_batch_on_oom(monkeypatch, oom) -> None:
     except DeviceError as exc:
         assert _is_user_error(exc)
     monkeypatch.setattr(
-        model, "infer_batch", lambda x, seed=None: (_ for _ in ()).throw(RuntimeError("bug"))
+        model, "infer_batch", lambda x, seed=None, origins=None: (_ for _ in ()).throw(RuntimeError("bug"))
     )
     with pytest.raises(RuntimeError, match="^bug$"):
         pred.run(tiles[:1], crop=2)

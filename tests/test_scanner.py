@@ -344,8 +344,8 @@ def test_training_on_the_scanner_preset_resumes_exactly_and_records_it(he, tmp_p
     first.run(max_steps=4)
     resumed = Trainer(cfg("b"))
     resumed.run(resume=True)
-    for key, value in straight.G.state_dict().items():
-        assert torch.equal(value, resumed.G.state_dict()[key]), key
+    for key, value in straight.recipe.G.state_dict().items():
+        assert torch.equal(value, resumed.recipe.G.state_dict()[key]), key
     hr = straight.val_images[0]
     assert np.array_equal(straight.val_lr[0], codecs.code_image(degrade(hr, 4), "jpeg", 75))
     assert np.array_equal(validation_lr(hr, cfg("c")), straight.val_lr[0])

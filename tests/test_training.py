@@ -39,7 +39,7 @@ def test_resume_continues_exactly(crops: Path, tmp_path: Path):
     resumed.run(resume=True)
     assert resumed.step == straight.step == 9
     for mod in ("G", "AE", "D"):
-        a, b = getattr(straight, mod).state_dict(), getattr(resumed, mod).state_dict()
+        a, b = getattr(straight.recipe, mod).state_dict(), getattr(resumed.recipe, mod).state_dict()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{mod}.{key} differs after resume"
     # the finished run wrote a loadable model that carries the frozen encoder
@@ -52,29 +52,29 @@ def test_resume_continues_exactly(crops: Path, tmp_path: Path):
 def test_weight_average_is_what_validates_resumes_and_ships(crops: Path, tmp_path: Path):
     kw = dict(ema_decay=0.9, ae_steps=0, warmup_steps=2, gan_steps=2)
     t = Trainer(tiny_config(crops, tmp_path / "a", **kw))
-    w0 = {k: v.clone() for k, v in t.G.state_dict().items()}
+    w0 = {k: v.clone() for k, v in t.recipe.G.state_dict().items()}
     t.run(max_steps=1)
-    w1 = t.G.state_dict()
-    for k, v in t.G_ema.state_dict().items():  # one step: 0.9 * w0 + 0.1 * w1
+    w1 = t.recipe.G.state_dict()
+    for k, v in t.recipe.G_ema.state_dict().items():  # one step: 0.9 * w0 + 0.1 * w1
         torch.testing.assert_close(v, w0[k] + 0.1 * (w1[k] - w0[k]))
     t = Trainer(tiny_config(crops, tmp_path / "a", **kw))
     t.run(resume=True)
     straight = Trainer(tiny_config(crops, tmp_path / "b", **kw))
     straight.run()
-    for k, v in straight.G_ema.state_dict().items():  # resumed == uninterrupted, average too
-        assert torch.equal(v, t.G_ema.state_dict()[k])
+    for k, v in straight.recipe.G_ema.state_dict().items():  # resumed == uninterrupted, average too
+        assert torch.equal(v, t.recipe.G_ema.state_dict()[k])
     shipped = load_model(tmp_path / "a" / "model.safetensors").generator.state_dict()
-    for k, v in t.G_ema.state_dict().items():
+    for k, v in t.recipe.G_ema.state_dict().items():
         assert torch.equal(shipped[k], v)
-    assert any(not torch.equal(shipped[k], v) for k, v in t.G.state_dict().items())
+    assert any(not torch.equal(shipped[k], v) for k, v in t.recipe.G.state_dict().items())
 
 
 def test_training_inputs_are_8_bit_like_real_lr_images(crops: Path, tmp_path: Path):
     seen = []
     for quantize in (True, False):
         t = Trainer(tiny_config(crops, tmp_path / str(quantize), quantize_lr=quantize))
-        hook = t.G.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
-        t.train_step(t.ae_steps)  # a warm-up step
+        hook = t.recipe.G.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        t.train_step(t.recipe.ae_steps)  # a warm-up step
         hook.remove()
         x = seen[-1] * 255.0
         on_levels = torch.allclose(x, torch.round(x), atol=1e-3)
@@ -120,8 +120,8 @@ def test_a_finished_warm_up_can_be_lengthened_on_resume(crops: Path, tmp_path: P
     longer = Trainer(tiny_config(crops, tmp_path / "b", warmup_steps=5, **kw))
     longer.run(resume=True)
     assert longer.step == straight.step == 6
-    for key, value in straight.G.state_dict().items():
-        assert torch.equal(value, longer.G.state_dict()[key]), key
+    for key, value in straight.recipe.G.state_dict().items():
+        assert torch.equal(value, longer.recipe.G.state_dict()[key]), key
     # Once a GAN step has been taken under the old schedule, the warm-up is fixed.
     kw["gan_steps"] = 2
     Trainer(tiny_config(crops, tmp_path / "c", warmup_steps=2, **kw)).run(max_steps=4)
@@ -152,7 +152,7 @@ def test_warm_start_loads_checkpoint_or_model_weights(crops: Path, tmp_path: Pat
     )
     second = Trainer(cfg)
     for mod in ("G", "AE", "D"):
-        a, b = getattr(first, mod).state_dict(), getattr(second, mod).state_dict()
+        a, b = getattr(first.recipe, mod).state_dict(), getattr(second.recipe, mod).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{mod} was not loaded"
     second.run()
     model = load_model(tmp_path / "b" / "model.safetensors")
@@ -163,10 +163,11 @@ def test_warm_start_loads_checkpoint_or_model_weights(crops: Path, tmp_path: Pat
         tiny_config(crops, tmp_path / "c", init_from=str(tmp_path / "b" / "model.safetensors"))
     )
     assert all(
-        torch.equal(v, third.G.state_dict()[k]) for k, v in model.generator.state_dict().items()
+        torch.equal(v, third.recipe.G.state_dict()[k])
+        for k, v in model.generator.state_dict().items()
     )
     assert all(
-        torch.equal(v, third.AE.encoder.state_dict()[k])
+        torch.equal(v, third.recipe.AE.encoder.state_dict()[k])
         for k, v in model.encoder.state_dict().items()
     )
 
@@ -294,13 +295,13 @@ def test_resolve_split_by_name_and_its_errors(he_dir: Path, he_split: Path, tmp_
 
 def test_gan_learning_rate_decays_linearly_to_lr_final(crops: Path, tmp_path: Path):
     t = Trainer(tiny_config(crops, tmp_path / "a", lr=1e-4, lr_final=1e-5, gan_steps=10))
-    start = t.ae_steps + t.cfg.warmup_steps
-    assert t.gan_lr(start) == pytest.approx(1e-4)
-    assert t.gan_lr(start + 9) == pytest.approx(1e-5)
-    assert t.gan_lr(start + 3) == pytest.approx(1e-4 + 3 / 9 * (1e-5 - 1e-4))
+    start = t.recipe.ae_steps + t.cfg.warmup_steps
+    assert t.recipe.gan_lr(start) == pytest.approx(1e-4)
+    assert t.recipe.gan_lr(start + 9) == pytest.approx(1e-5)
+    assert t.recipe.gan_lr(start + 3) == pytest.approx(1e-4 + 3 / 9 * (1e-5 - 1e-4))
     t.train_step(start + 3)
-    assert t.opt_g.param_groups[0]["lr"] == pytest.approx(t.gan_lr(start + 3))
-    assert t.opt_d.param_groups[0]["lr"] == pytest.approx(t.gan_lr(start + 3))
+    assert t.recipe.opt_g.param_groups[0]["lr"] == pytest.approx(t.recipe.gan_lr(start + 3))
+    assert t.recipe.opt_d.param_groups[0]["lr"] == pytest.approx(t.recipe.gan_lr(start + 3))
 
 
 def test_train_cli_stops_on_sigterm_with_a_checkpoint(crops: Path, tmp_path: Path):

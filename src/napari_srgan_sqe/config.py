@@ -40,6 +40,7 @@ __all__ = [
     "TrainConfig",
     "VARIANTS",
     "ZSSRConfig",
+    "SR3Config",
     "degradation_preset",
     "generator_preset",
     "load_config",
@@ -47,7 +48,8 @@ __all__ = [
 ]
 
 Scale = Annotated[int, Field(description="Integer up-scaling factor (2, 4 or 8).")]
-Variant = Literal["srgan", "srgan_e", "srgan_qe", "srgan_sqe", "bicubic", "l1"]
+Variant = Literal["srgan", "srgan_e", "srgan_qe", "srgan_sqe", "bicubic", "l1", "sr3"]
+"""The loss presets of `loss_preset` (SPEC section 3), and "sr3" for diffusion models."""
 VARIANTS: tuple[str, ...] = ("srgan", "srgan_e", "srgan_qe", "srgan_sqe", "bicubic", "l1")
 
 
@@ -136,7 +138,28 @@ class ZSSRConfig(_Strict):
     (geometric self-ensemble); training uses the plain network."""
 
 
-ARCH_NAMES: tuple[str, ...] = ("srresnet", "lrnet", "medsrgan", "zssr")
+class SR3Config(_Strict):
+    """SR3 conditional diffusion (Saharia et al. 2021): a U-Net denoiser of the residual
+    over bicubic, conditioned on bicubic(LR), sampled with `steps` DDIM steps. Stochastic:
+    each seed gives another plausible HR image."""
+
+    arch: Literal["sr3"] = "sr3"
+    scale: int = Field(4, ge=2, le=8)
+    channels: int = Field(48, ge=8, le=256)
+    """Width of the U-Net's first level (it runs at LR resolution on unshuffled HR)."""
+    mults: tuple[int, ...] = Field((1, 2, 2), min_length=1, max_length=5)
+    """Width multiplier of each U-Net level (each further level halves the resolution)."""
+    blocks: int = Field(2, ge=1, le=8)
+    """Residual blocks per level."""
+    steps: int = Field(8, ge=1, le=1000)
+    """DDIM sampling steps (more: slower, closer to the trained distribution)."""
+    overlap: int = Field(16, ge=0, le=256)
+    """LR px read around each tile and cropped after sampling ('overlap' tiling)."""
+    residual_scale: float = Field(10.0, gt=0.0, le=1000.0)
+    """The diffused residual is (HR - bicubic(LR)) times this (about unit spread)."""
+
+
+ARCH_NAMES: tuple[str, ...] = ("srresnet", "lrnet", "medsrgan", "zssr", "sr3")
 
 
 def _arch_tag(v: Any) -> str | None:
@@ -150,15 +173,16 @@ ArchConfig = Annotated[
     Annotated[GeneratorConfig, Tag("srresnet")]
     | Annotated[GeneratorConfig, Tag("lrnet")]
     | Annotated[MedicalSRGANConfig, Tag("medsrgan")]
-    | Annotated[ZSSRConfig, Tag("zssr")],
+    | Annotated[ZSSRConfig, Tag("zssr")]
+    | Annotated[SR3Config, Tag("sr3")],
     Discriminator(
         _arch_tag,
         custom_error_type="unknown_architecture",
-        custom_error_message="unknown architecture: choose srresnet, lrnet, medsrgan or zssr",
+        custom_error_message="unknown architecture: choose srresnet, lrnet, medsrgan, zssr or sr3",
     ),
 ]
 """The network of a model: one validated config per architecture, chosen by `arch`
-('srresnet', 'lrnet', 'medsrgan', 'zssr'). A field of another architecture is refused."""
+('srresnet', 'lrnet', 'medsrgan', 'zssr', 'sr3'). A field of another architecture is refused."""
 
 
 class AutoencoderConfig(_Strict):
@@ -401,6 +425,12 @@ class TrainConfig(_Strict):
     """Fidelity-only generator steps before the GAN phase."""
     gan_steps: int = Field(2000, ge=0)
     """Alternating D / G steps (skipped when lam_a is 0: then plain generator steps)."""
+    recipe: Literal["auto", "srgan_sqe", "diffusion"] = "auto"
+    """How the model trains (`training.recipes`): 'srgan_sqe' (autoencoder, warm-up and GAN
+    phases, the fields above), 'diffusion' (SR3: `steps` steps of the denoising loss);
+    'auto' picks by the architecture ('diffusion' for arch 'sr3')."""
+    steps: int | None = Field(None, ge=0)
+    """Training steps of the single-phase recipes ('diffusion')."""
     lr: float = Field(1e-4, gt=0.0, le=1.0)
     warmup_lr: float = Field(2e-4, gt=0.0, le=1.0)
     lr_final: float | None = Field(None, gt=0.0, le=1.0)

@@ -17,10 +17,10 @@ class _Gate:
     def __init__(self, combiner):
         self.combiner, self.open, self.shapes = combiner, threading.Event(), []
 
-    def compute(self, tiles, crop):
+    def compute(self, tiles, crop, origins=None):
         self.shapes.extend(t.shape for t in tiles)
         assert self.open.wait(60), "gate never opened"
-        return self.combiner.compute(tiles, crop)
+        return self.combiner.compute(tiles, crop, origins)
 
 
 @pytest.fixture

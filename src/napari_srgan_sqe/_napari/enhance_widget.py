@@ -134,12 +134,14 @@ def prepare_enhance(
     hr_levels: list[Any] | None = None,
     expect_scale: int | None = None,
     degradation: str = "clean",
+    seed: int = 0,
 ) -> Generator[str, None, Prepared]:
     """Load `model`, simulate LR from `hr_levels` if given, and build the lazy SR pyramid.
 
     `model`: an SRModel, a bundled name or a .safetensors path; None is
     `default_model_name(preset=...)` for simulated LR, else `default_model_name()`.
     `degradation`: the preset LR is simulated with ('clean' = D_s, or 'scanner').
+    `seed`: the sample a stochastic model draws (deterministic models ignore it).
 
     Yields progress messages; returns `Prepared` (with `.error` set, never raising, so
     the GUI shows one clear notification). Touches no viewer: only arrays and files.
@@ -163,7 +165,9 @@ def prepare_enhance(
             lr_levels = _simulate_lr(hr_levels, s, degradation)
         yield f"preparing {loaded.name} on {device} ..."
         # placeholders (bicubic under a veil) until the SR of the view lands
-        pyramid = super_resolve(lr_levels, loaded, device=device, tile=tile, placeholder=True)
+        pyramid = super_resolve(
+            lr_levels, loaded, device=device, tile=tile, placeholder=True, seed=seed
+        )
         return Prepared(pyramid=pyramid, lr_levels=lr_levels)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
         log.debug("enhance failed", exc_info=True)
@@ -276,6 +280,13 @@ class EnhanceWidget(QWidget):
         self.tile_box.setSpecialValueText("auto")
         self.tile_box.setSuffix(" LR px")
         self.tile_box.setToolTip("Tile side; auto = 256 on CPU, 512 on a GPU")
+        self.seed_box = QSpinBox()
+        self.seed_box.setRange(0, 2**31 - 1)
+        self.seed_box.setToolTip(
+            "Which sample a stochastic model (e.g. SR3) draws: each seed gives another "
+            "plausible image, the same seed the same image; it is shown in the SR layer's "
+            "name. Deterministic models ignore it."
+        )
         self.enhance_button = QPushButton("Enhance")
         self.status = QLabel("no SR layer yet")
         self.status.setWordWrap(True)
@@ -287,6 +298,7 @@ class EnhanceWidget(QWidget):
         form.addRow("Model", self.model_box)
         form.addRow("Device", self.device_box)
         form.addRow("Tile", self.tile_box)
+        form.addRow("Seed", self.seed_box)
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.addLayout(form)
@@ -327,6 +339,7 @@ class EnhanceWidget(QWidget):
         model: Any = None,
         device: str | None = None,
         tile: int | None = None,
+        seed: int | None = None,
         wait: bool = False,
     ) -> Any:
         """Add (or renew) the SR layer of `lr_layer`, or of LR simulated from `simulate_from`.
@@ -371,6 +384,7 @@ class EnhanceWidget(QWidget):
             model=model,
             device=device or self.device_box.currentText().split(" ")[0],
             tile=tile if tile is not None else (self.tile_box.value() or None),
+            seed=int(seed) if seed is not None else self.seed_box.value(),
         )
         if wait:
             return self._finish(req, _drain(prepare_enhance(**kwargs)))
@@ -551,8 +565,13 @@ class EnhanceWidget(QWidget):
         return sr
 
     def _sr_name(self, sr: Any) -> str:
-        """'SR <model> · <slide>': role and model first (napari elides names in the middle)."""
-        return _layers.role_name("sr", _layers.slide_name(sr), _layers.pyramid_of(sr).model.name)
+        """'SR <model> · <slide>': role and model first (napari elides names in the middle);
+        a stochastic model's sample is named by its seed ('SR sr3-he-x4 seed 3 · ...')."""
+        pyramid = _layers.pyramid_of(sr)
+        detail = pyramid.model.name
+        if pyramid.model.descriptor.stochastic:
+            detail += f" seed {pyramid.seed}"
+        return _layers.role_name("sr", _layers.slide_name(sr), detail)
 
     def _chosen_layer(self) -> Any:
         name = self.layer_box.currentText()

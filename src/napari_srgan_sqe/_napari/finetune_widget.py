@@ -529,6 +529,7 @@ class FinetuneWidget(QWidget):
     def start(self) -> bool:
         """Check the inputs, then train in a worker; False (with a notification) if not possible."""
         from napari_srgan_sqe.config import ConfigError, FinetuneConfig, loss_preset, validate
+        from napari_srgan_sqe.models.method import StochasticModelError, require_deterministic
         from napari_srgan_sqe.training.finetune import RegionError, check_regions
 
         if self.running:
@@ -560,6 +561,7 @@ class FinetuneWidget(QWidget):
                 },
                 source="the Fine-tune settings",
             )
+            require_deterministic(pyramid.model, "Fine-tuning")
             lr_level = _layers.layer_levels(pair.lr)[0]
             rects = check_regions(
                 self.regions(),
@@ -568,7 +570,7 @@ class FinetuneWidget(QWidget):
                 scale=pyramid.scale,
                 config=cfg,
             )
-        except (RegionError, ConfigError) as exc:
+        except (RegionError, ConfigError, StochasticModelError) as exc:
             self._refuse("Fine-tune", "cannot start", exc)
             return False
         hr_level = _layers.layer_levels(pair.hr)[0] if mode == "paired" else None

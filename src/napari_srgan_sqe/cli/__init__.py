@@ -106,6 +106,7 @@ def _is_user_error(exc: BaseException) -> bool:
         "ExportError",
         "DeviceError",
         "CheckpointError",
+        "StochasticModelError",
     }
     return isinstance(exc, UserError | ConfigError) or type(exc).__name__ in names
 

@@ -105,6 +105,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pixel size of the input in micrometres per pixel, for inputs that record "
         "none (PNG, JPEG, some TIFFs) or record a wrong one; the output's is UM / scale",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="which sample of a stochastic model (e.g. sr3-he-x4: each seed gives another "
+        "plausible image; the same seed the same image; default 0, recorded in the output); "
+        "deterministic models ignore it",
+    )
 
 
 def coding_text(coding: Any) -> str:
@@ -235,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
                 tiff_layout=args.tiff_layout,
                 mpp=args.mpp,
                 ngff=args.ngff,
+                seed=args.seed,
             )
     except DataError as exc:  # also export.OutOfMemoryError
         raise UserError(str(exc)) from exc
@@ -256,6 +266,12 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     h, w = stats.get("output_shape", (0, 0))
     print(f"wrote {path}")
+    made = stats.get("provenance", {})
+    if "seed" in made:
+        print(
+            f"sample: seed {made['seed']} of the stochastic model {made['model']} "
+            f"({made['sampling_steps']} sampling steps; recorded in the output; --seed for another)"
+        )
     n_bytes = stats.get("bytes_written", 0)
     print(
         f"size: {size_text(n_bytes)} ({compression_text(path, args.compression, args.quality)}"

@@ -97,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
 
     def show(ev) -> None:
         bar.n = ev.step
-        shown = {k: f"{v:.4g}" for k, v in ev.losses.items() if k in ("g", "d", "ae", "fidelity")}
+        shown = {
+            k: f"{v:.4g}"
+            for k, v in ev.losses.items()
+            if k in ("g", "d", "ae", "fidelity", "v_mse")
+        }
         if ev.val:
             shown["val_psnr"] = f"{ev.val['val_psnr']:.2f}"
         bar.set_postfix(phase=ev.phase, **shown, refresh=False)

@@ -24,14 +24,18 @@ import numpy as np
 
 __all__ = ["Combiner", "combiner_for"]
 
+Origin = tuple[int, int]
+
 
 class Combiner:
     """Batches tiles from concurrent callers into one forward at a time (flat combining)."""
 
-    def __init__(self, run: Callable[[np.ndarray, int], np.ndarray], max_batch: int) -> None:
+    def __init__(
+        self, run: Callable[[np.ndarray, int, list[Origin]], np.ndarray], max_batch: int
+    ) -> None:
         self._run = run
         self.max_batch = max(1, int(max_batch))
-        self._queue: deque[tuple[np.ndarray, int, Future]] = deque()
+        self._queue: deque[tuple[np.ndarray, int, Origin, Future]] = deque()
         self._qlock = threading.Lock()
         self._device = threading.Lock()
         self.batches = 0  # forward calls run, and tiles in them (mean batch = ratio)
@@ -40,22 +44,31 @@ class Combiner:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def compute(self, tiles: Sequence[np.ndarray], crop: int) -> list[tuple[np.ndarray, float]]:
-        """(output, device seconds share) for each input tile, computed in batches."""
+    def compute(
+        self,
+        tiles: Sequence[np.ndarray],
+        crop: int,
+        origins: Sequence[Origin] | None = None,
+    ) -> list[tuple[np.ndarray, float]]:
+        """(output, device seconds share) for each input tile, computed in batches;
+        `origins`: each tile's top-left (y, x) in the slide's LR px (see Predictor.run)."""
         futures: list[Future] = [Future() for _ in tiles]
+        where = list(origins) if origins is not None else [(0, 0)] * len(tiles)
         with self._qlock:
-            self._queue.extend((t, crop, f) for t, f in zip(tiles, futures))
+            self._queue.extend(
+                (t, crop, o, f) for t, o, f in zip(tiles, where, futures, strict=True)
+            )
         with self._device:  # whoever holds the device runs the queue, FIFO
             while not all(f.done() for f in futures):
                 self._run_batch(self._take())
         return [f.result() for f in futures]
 
-    def _take(self) -> list[tuple[np.ndarray, int, Future]]:
+    def _take(self) -> list[tuple[np.ndarray, int, Origin, Future]]:
         with self._qlock:
             first = self._queue.popleft()
             key = (first[0].shape, first[1])
             batch = [first]
-            rest: deque[tuple[np.ndarray, int, Future]] = deque()
+            rest: deque[tuple[np.ndarray, int, Origin, Future]] = deque()
             while self._queue:
                 item = self._queue.popleft()
                 if len(batch) < self.max_batch and (item[0].shape, item[1]) == key:
@@ -65,18 +78,18 @@ class Combiner:
             self._queue.extendleft(reversed(rest))
         return batch
 
-    def _run_batch(self, batch: list[tuple[np.ndarray, int, Future]]) -> None:
+    def _run_batch(self, batch: list[tuple[np.ndarray, int, Origin, Future]]) -> None:
         t0 = time.perf_counter()
         try:
-            out = self._run(np.stack([b[0] for b in batch]), batch[0][1])
+            out = self._run(np.stack([b[0] for b in batch]), batch[0][1], [b[2] for b in batch])
         except BaseException as exc:  # every waiter gets the error, none hangs
-            for _, _, f in batch:
+            for _, _, _, f in batch:
                 f.set_exception(exc)
             return
         share = (time.perf_counter() - t0) / len(batch)
         self.batches += 1
         self.tiles += len(batch)
-        for i, (_, _, f) in enumerate(batch):
+        for i, (_, _, _, f) in enumerate(batch):
             f.set_result((out[i], share))
 
 
@@ -95,10 +108,10 @@ def combiner_for(predictor: Any, max_batch: int) -> Combiner:
         if comb is None:
             ref = weakref.ref(predictor)  # a strong reference would keep it alive forever
 
-            def run(x: np.ndarray, crop: int) -> np.ndarray:
+            def run(x: np.ndarray, crop: int, origins: list[Origin]) -> np.ndarray:
                 pred = ref()
                 assert pred is not None, "the combiner outlived its predictor"
-                return pred.run(x, crop=crop)
+                return pred.run(x, crop=crop, origins=origins)
 
             comb = Combiner(run, max_batch)
             _COMBINERS[predictor] = comb

@@ -81,6 +81,7 @@ class ChunkSpec:
     chunk_tiles: int
     batch: int
     tissue: tuple[tuple[bool, ...], ...] | None = None  # per tile: run the model?
+    seed: int | None = None  # of a stochastic model
 
 
 class ModelPlugin(WorkerPlugin):
@@ -176,6 +177,7 @@ def _build_engine(spec: ChunkSpec, model: Any) -> Any:
         cache_mb=64,
         use_model=TileMask(spec.tissue) if spec.tissue is not None else None,
         region=None if whole else (x, y, w, h),
+        seed=spec.seed,
     )
 
 

@@ -280,8 +280,10 @@ class _SRLevel0:
                 todo.append(t)
         if not todo:
             return out
-        inputs = [read_region(self.lr, *self._lr_bounds(*t), halo=self.halo) for t in todo]
-        for t, tile in zip(todo, self.forward(inputs)):
+        bounds = [self._lr_bounds(*t) for t in todo]
+        inputs = [read_region(self.lr, *b, halo=self.halo) for b in bounds]
+        origins = [(b[0] - self.halo, b[2] - self.halo) for b in bounds]
+        for t, tile in zip(todo, self.forward(inputs, origins)):
             self.cache.put(self._key(*t), tile)
             if self.disk is not None:
                 self.disk.put(*t, tile)
@@ -290,14 +292,15 @@ class _SRLevel0:
                 self.stats.tiles_computed += 1
         return out
 
-    def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def forward(self, inputs: list[np.ndarray], origins: list[tuple[int, int]]) -> list[np.ndarray]:
         """The network on LR inputs read with the halo (batched with other threads'),
-        counted in `stats` (pending, input px, forward time, output Mpx)."""
+        counted in `stats` (pending, input px, forward time, output Mpx); `origins`:
+        each input's top-left in the LR level (seeded noise is keyed to it)."""
         with self._stats_lock:
             self.stats.pending += len(inputs)
             self.stats.input_px += sum(x.shape[0] * x.shape[1] for x in inputs)
         try:
-            results = self.combiner.compute(inputs, self.halo)
+            results = self.combiner.compute(inputs, self.halo, origins)
         finally:
             with self._stats_lock:
                 self.stats.pending -= len(inputs)
@@ -568,7 +571,7 @@ class LiveLevel0:
             return
         oy, ox = lv.origin
         x = read_region(lv.lr, y0 + oy, y1 + oy, x0 + ox, x1 + ox, halo=lv.halo)
-        (sr,) = lv.forward([x])
+        (sr,) = lv.forward([x], [(y0 + oy - lv.halo, x0 + ox - lv.halo)])
         self.store.write(y0, y1, x0, x1, sr)
         with lv._stats_lock:
             lv.stats.live_pieces += 1
@@ -749,6 +752,14 @@ class SRPyramid(list):
         return int(self.predictor.halo)
 
     @property
+    def seed(self) -> int | None:
+        """The sample of a stochastic model (0 when none was given); None otherwise."""
+        if not self.model.descriptor.stochastic:
+            return None
+        seed = getattr(self.predictor, "seed", None)
+        return 0 if seed is None else int(seed)
+
+    @property
     def stats(self) -> EngineStats:
         """A snapshot of the counters (tiles computed, cache hits, pending, rates)."""
         with self._stats_lock:
@@ -814,10 +825,10 @@ def model_key(model: Any, seed: int | None) -> str:
     """The model's part of every cache key: its identity, and the seed when the method
     is stochastic. Refuses methods the halo-tiled engine cannot run exactly."""
     desc = model.descriptor
-    if desc.tiling != "halo":
+    if desc.tiling not in ("halo", "overlap"):
         raise DataError(
-            f"model {model.name!r} needs {desc.tiling!r} tiling; this engine runs methods "
-            "with a finite receptive field ('halo' tiling)"
+            f"model {model.name!r} needs {desc.tiling!r} tiling; this engine reads tiles with "
+            "a margin and crops it ('halo' or 'overlap' tiling)"
         )
     if desc.stochastic:
         return f"{model.identity}-seed{0 if seed is None else int(seed)}"

@@ -248,6 +248,7 @@ def enhance_slide(
     tiff_layout: str = "both",
     mpp: float | None = None,
     ngff: str = "0.4",
+    seed: int | None = None,
 ) -> Path:
     """Super-resolve the slide `input` and write the pyramid to `output`.
 
@@ -268,6 +269,9 @@ def enhance_slide(
     and the export records no pixel size. An OME-TIFF carries the input's ICC profile.
     `ngff`: the OME-Zarr version, "0.4" (zarr format 2; read by QuPath, Bio-Formats and
     most viewers) or "0.5" (zarr format 3, sharded: `io.pyramid.NGFF_VERSIONS`).
+    `seed`: the sample of a stochastic model (default 0; ignored by deterministic ones).
+    The output records how it was made (`export_provenance`: model, its identity, and the
+    seed of a stochastic model) in its metadata.
 
     Running out of main memory for the tiles (a huge `tile` or `batch`) raises
     `OutOfMemoryError` (a `DataError`) saying so; a `scheduler` address where no
@@ -324,7 +328,9 @@ def enhance_slide(
         full = (int(lr0.shape[0]), int(lr0.shape[1]))
         region = check_region(region if region is not None else (0, 0, full[1], full[0]), full)
         x, y, w, h = region
-        predictor = Predictor(model, device=device, max_batch=batch or 16)
+        stochastic = bool(model.descriptor.stochastic)
+        seed = (0 if seed is None else int(seed)) if stochastic else None
+        predictor = Predictor(model, device=device, max_batch=batch or 16, seed=seed)
         tile = tile or EXPORT_TILE
         mask = None
         if tissue_only:
@@ -355,8 +361,15 @@ def enhance_slide(
                 "resume": resume,
                 "overwrite": overwrite,
                 "fingerprint": export_fingerprint(
-                    model, slide, region=region, tile=tile, tissue_only=tissue_only, scale=sr.scale
+                    model,
+                    slide,
+                    region=region,
+                    tile=tile,
+                    tissue_only=tissue_only,
+                    scale=sr.scale,
+                    seed=seed,
                 ),
+                "provenance": export_provenance(model, seed),
             }
             if client is not None:  # the writer's own tasks stay in this process
                 import dask
@@ -388,6 +401,7 @@ def enhance_slide(
             stats["bytes_per_pixel"] = stats["bytes_written"] / max(1, w * h * sr.scale**2)
             stats["remote_chunks"] = pre.submitted if pre is not None else 0
             stats["coding"] = str(slide.coding)
+            stats["provenance"] = export_provenance(model, seed)
         return Path(path)
 
 
@@ -399,6 +413,7 @@ def export_fingerprint(
     tile: int,
     tissue_only: bool,
     scale: int,
+    seed: int | None = None,
 ) -> str:
     """What an export's pixels depend on, for its resume record: an interrupted export
     is resumed only by a run with the same model, source file, region and options."""
@@ -416,17 +431,33 @@ def export_fingerprint(
             }
         except OSError:
             pass
-    return json.dumps(
-        {
-            "model": str(getattr(model, "identity", getattr(model, "name", repr(model)))),
-            "source": source,
-            "region": list(region),
-            "tile": int(tile),
-            "tissue_only": bool(tissue_only),
-            "scale": int(scale),
-        },
-        sort_keys=True,
-    )
+    record: dict[str, Any] = {
+        "model": str(getattr(model, "identity", getattr(model, "name", repr(model)))),
+        "source": source,
+        "region": list(region),
+        "tile": int(tile),
+        "tissue_only": bool(tissue_only),
+        "scale": int(scale),
+    }
+    if seed is not None:  # a stochastic model's sample
+        record["seed"] = int(seed)
+    return json.dumps(record, sort_keys=True)
+
+
+def export_provenance(model: Any, seed: int | None) -> dict[str, str]:
+    """What an export records about how its pixels were made: the model's name and
+    identity, its kind, and for a stochastic model the seed of the sample."""
+    desc = model.descriptor
+    out = {
+        "model": str(model.name),
+        "model_identity": str(model.identity),
+        "method": f"{desc.arch} ({desc.kind})",
+        "scale": str(model.scale),
+    }
+    if desc.stochastic:
+        out["seed"] = str(0 if seed is None else int(seed))
+        out["sampling_steps"] = str(desc.steps)
+    return out
 
 
 def _cluster_threads(client: Any) -> int:
@@ -457,6 +488,7 @@ def _distributed_level0(
         chunk_tiles=sr.chunk_tiles,
         batch=sr.batch,
         tissue=None if mask is None else tuple(tuple(bool(v) for v in row) for row in mask),
+        seed=getattr(sr.predictor, "seed", None),
     )
     level0, pre = remote_level0(client, spec, sr.model, sr[0].chunks)
     stack.callback(pre.cancel)

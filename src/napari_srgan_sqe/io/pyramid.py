@@ -42,7 +42,7 @@ import math
 import os
 import struct
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -604,6 +604,18 @@ def _export_error(exc: OSError, path: Path, note: str) -> ExportError:
     return ExportError(exc.errno or errno.EIO, f"cannot write {path}: {reason}{note}", str(path))
 
 
+PROVENANCE_KEY = "napari-srgan-sqe"
+"""The OME-Zarr root attribute holding how an export was made (model, seed ...)."""
+
+
+def provenance_text(provenance: Mapping[str, str] | None) -> str | None:
+    """One line for an OME Description: 'super-resolved by napari-srgan-sqe: k=v; ...'."""
+    if not provenance:
+        return None
+    items = "; ".join(f"{k}={v}" for k, v in provenance.items())
+    return f"super-resolved by napari-srgan-sqe: {items}"
+
+
 @_under_export_lock
 def write_ome_zarr(
     levels: Any,
@@ -619,6 +631,7 @@ def write_ome_zarr(
     concurrency: int | None = None,
     fingerprint: str | None = None,
     ngff: str = NGFF_VERSION,
+    provenance: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a pyramid as an OME-Zarr, chunk by chunk: NGFF 0.4 in zarr format 2 (the
     default), or with `ngff="0.5"` NGFF 0.5 in zarr format 3, `SHARD_CHUNKS` x
@@ -630,6 +643,8 @@ def write_ome_zarr(
     `resume`: skip units an interrupted run with the same shapes and `fingerprint`
     recorded (a string identifying the data, e.g. model and source; an interrupted
     export with another one is restarted from scratch).
+    `provenance`: how the pixels were made (model, seed ...), stored as the root
+    group's `PROVENANCE_KEY` attribute (in an OME-TIFF: the image's OME Description).
     `overwrite`: replace an existing complete export; the new one is written into a
     hidden sibling `.NAME.overwrite.zarr` (resumable) and swapped in only when
     complete, so a failure keeps the old export. `concurrency`: units computed
@@ -662,6 +677,8 @@ def write_ome_zarr(
         )
         name = root.name.removesuffix(".zarr").removesuffix(".ome")
         group.attrs.update(_ngff_attrs(pyr, mpp, name, ngff))
+        if provenance:
+            group.attrs[PROVENANCE_KEY] = dict(provenance)
         (target / INCOMPLETE_MARKER).unlink()
         if replace:
             _replace_dir(target, root, uuid.uuid4().hex[:8])
@@ -709,6 +726,7 @@ def write_ome_tiff(
     overwrite: bool = False,
     concurrency: int | None = None,
     fingerprint: str | None = None,
+    provenance: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a pyramid as a tiled BigTIFF OME-TIFF, atomically.
 
@@ -775,6 +793,7 @@ def write_ome_tiff(
                 codec=_tiff_codec(compression, quality),
                 icc_profile=icc_profile,
                 tick=tick,
+                description=provenance_text(provenance),
             )
             if layout == "both":
                 _chain_subifds(tmp)
@@ -814,8 +833,11 @@ def _stream_tiff(
     codec: dict[str, Any],
     icc_profile: bytes | None,
     tick: Callable[[], None],
+    description: str | None = None,
 ) -> None:
     metadata: dict[str, Any] = {"axes": "YXS", "Name": name}
+    if description:
+        metadata["Description"] = description
     if mpp:
         metadata.update(
             PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm"

@@ -19,12 +19,14 @@ from napari_srgan_sqe.config import (
     ARCH_NAMES,
     GeneratorConfig,
     MedicalSRGANConfig,
+    SR3Config,
     ZSSRConfig,
 )
 from napari_srgan_sqe.models.blocks import Bicubic
 from napari_srgan_sqe.models.generator import build_generator
 from napari_srgan_sqe.models.medsrgan import build_medsrgan
 from napari_srgan_sqe.models.method import Kind, MethodDescriptor, SRNetwork, Tiling
+from napari_srgan_sqe.models.sr3 import build_sr3
 from napari_srgan_sqe.models.zssr import build_zssr
 
 __all__ = ["ARCHITECTURES", "Architecture", "build_network", "describe"]
@@ -55,6 +57,14 @@ ARCHITECTURES: dict[str, Architecture] = {
     "zssr": Architecture(
         "zssr", ZSSRConfig, build_zssr, kind="zero-shot", summary="ZSSR image-specific CNN"
     ),
+    "sr3": Architecture(
+        "sr3",
+        SR3Config,
+        build_sr3,
+        kind="stochastic",
+        tiling="overlap",
+        summary="SR3 conditional diffusion (DDIM)",
+    ),
 }
 assert tuple(ARCHITECTURES) == ARCH_NAMES, "config.ArchConfig and the registry disagree"
 
@@ -81,6 +91,8 @@ def describe(arch_name: str, net: nn.Module) -> MethodDescriptor:
         scale=int(net.scale),
         halo=int(net.halo),
         tiling=arch.tiling,
+        stochastic=arch.kind == "stochastic",
+        steps=int(getattr(net, "steps", 1)),
         kind=arch.kind,
         macs_per_pixel=int(net.macs_per_pixel()),
     )

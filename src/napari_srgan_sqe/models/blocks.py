@@ -85,7 +85,9 @@ class Bicubic(nn.Module):
         return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
 
     @torch.no_grad()
-    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+    def infer_batch(
+        self, x: torch.Tensor, *, seed: int | None = None, origins: object = None
+    ) -> torch.Tensor:
         return self(x)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

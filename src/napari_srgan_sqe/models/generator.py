@@ -76,7 +76,9 @@ class _Generator(nn.Module, metaclass=ABCMeta):
         return y
 
     @torch.no_grad()
-    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+    def infer_batch(
+        self, x: torch.Tensor, *, seed: int | None = None, origins: object = None
+    ) -> torch.Tensor:
         """One deterministic pass (the seed is ignored)."""
         return self(x)
 

@@ -84,7 +84,9 @@ class MedicalSRGAN(nn.Module):
         return y + self.skip(x) if self.skip is not None else y
 
     @torch.no_grad()
-    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+    def infer_batch(
+        self, x: torch.Tensor, *, seed: int | None = None, origins: object = None
+    ) -> torch.Tensor:
         return self(x)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

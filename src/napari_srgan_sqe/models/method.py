@@ -10,7 +10,7 @@ parameter groups.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -19,18 +19,23 @@ from torch import nn
 
 __all__ = [
     "KINDS",
+    "Origins",
     "TILINGS",
     "MethodDescriptor",
     "SRMethod",
     "SRNetwork",
     "StochasticModelError",
     "parameter_groups_by_children",
+    "require_deterministic",
 ]
 
-Tiling = Literal["halo", "blend", "whole"]
+Tiling = Literal["halo", "overlap", "whole"]
 Kind = Literal["deterministic", "stochastic", "zero-shot"]
 Speed = Literal["fast", "medium", "slow"]
-TILINGS: tuple[str, ...] = ("halo", "blend", "whole")
+TILINGS: tuple[str, ...] = ("halo", "overlap", "whole")
+Origins = Sequence[tuple[int, int]] | None
+"""Where each input window's top-left pixel lies in the slide (LR px; negative inside a
+mirrored margin), for methods whose output depends on position (seeded noise)."""
 KINDS: tuple[str, ...] = ("deterministic", "stochastic", "zero-shot")
 
 
@@ -43,9 +48,12 @@ class MethodDescriptor:
     """What inference needs to know about a method.
 
     - `tiling`: 'halo' = read each tile with a `halo` LR px margin and crop it from
-      the output (exact: tiled equals whole); 'blend' = overlapping tiles (`overlap`
-      LR px) blended with a smooth window (for networks without a finite receptive
-      field, e.g. diffusion U-Nets); 'whole' = the region in one piece.
+      the output (exact: tiled equals whole); 'overlap' = the same reading and
+      cropping with a margin (`halo` LR px) that is not the receptive field but wide
+      enough that neighbouring windows agree within a measured tolerance (diffusion
+      U-Nets, whose sampling steps widen the field; their noise is keyed to slide
+      position, so overlapping windows start from the same noise); 'whole' = the
+      region in one piece.
     - `stochastic`: the output depends on a seed (then `steps` is the number of
       sampling steps); a seed is part of every cache key.
     - `kind`: 'deterministic', 'stochastic', or 'zero-shot' (trained on the image
@@ -58,7 +66,6 @@ class MethodDescriptor:
     scale: int
     halo: int
     tiling: Tiling = "halo"
-    overlap: int = 0
     stochastic: bool = False
     steps: int = 1
     kind: Kind = "deterministic"
@@ -89,8 +96,11 @@ class SRNetwork(Protocol):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
-    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
-        """Inference on float NCHW [0, 1] -> NCHW at `scale` x, unclamped (no grad)."""
+    def infer_batch(
+        self, x: torch.Tensor, *, seed: int | None = None, origins: Origins = None
+    ) -> torch.Tensor:
+        """Inference on float NCHW [0, 1] -> NCHW at `scale` x, unclamped (no grad).
+        `origins`: each window's LR position in the slide (used by stochastic methods)."""
         ...
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -120,13 +130,26 @@ class SRMethod(Protocol):
     @property
     def identity(self) -> str: ...
 
-    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor: ...
+    def infer_batch(
+        self, x: torch.Tensor, *, seed: int | None = None, origins: Origins = None
+    ) -> torch.Tensor: ...
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]: ...
 
     def to(self, device: torch.device | str, /) -> SRMethod: ...
 
     def eval(self) -> SRMethod: ...
+
+
+def require_deterministic(model: SRMethod, what: str) -> None:
+    """StochasticModelError when `model` is stochastic and `what` needs one output per input."""
+    desc = model.descriptor
+    if desc.stochastic:
+        raise StochasticModelError(
+            f"{what} needs a deterministic model, and {model.name!r} is stochastic "
+            f"({desc.arch}: each seed gives another image); choose a deterministic model "
+            "such as srgan-sqe-he-x4"
+        )
 
 
 def parameter_groups_by_children(

@@ -36,7 +36,7 @@ from napari_srgan_sqe.io.checkpoints import (
 from napari_srgan_sqe.models.architectures import build_network, describe
 from napari_srgan_sqe.models.autoencoder import build_autoencoder
 from napari_srgan_sqe.models.blocks import Bicubic
-from napari_srgan_sqe.models.method import MethodDescriptor, SRNetwork
+from napari_srgan_sqe.models.method import MethodDescriptor, Origins, SRNetwork
 from napari_srgan_sqe.models.registry import BUNDLED_MODELS
 
 __all__ = [
@@ -103,9 +103,12 @@ class SRModel(nn.Module):
         no need to build the descriptor, which runs the network once to count its work."""
         return "bicubic" if self.variant == "bicubic" else self.config.generator.arch
 
-    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
-        """Inference on float NCHW [0, 1] -> NCHW at `scale` x the size, unclamped."""
-        return self._net.infer_batch(x, seed=seed)
+    def infer_batch(
+        self, x: torch.Tensor, *, seed: int | None = None, origins: Origins = None
+    ) -> torch.Tensor:
+        """Inference on float NCHW [0, 1] -> NCHW at `scale` x the size, unclamped;
+        `origins`: each window's LR position in the slide (see `models.method`)."""
+        return self._net.infer_batch(x, seed=seed, origins=origins)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The network's trainable groups ('all', 'last'); the encoder is never trained."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -168,7 +169,9 @@ class Predictor:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _forward(self, batch: np.ndarray, crop: int) -> np.ndarray:
+    def _forward(
+        self, batch: np.ndarray, crop: int, origins: Sequence[tuple[int, int]] | None
+    ) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
@@ -176,7 +179,7 @@ class Predictor:
         c = crop * self.scale
         with torch.inference_mode():
             with self._autocast():
-                y = self.model.infer_batch(x, seed=self.seed)
+                y = self.model.infer_batch(x, seed=self.seed, origins=origins)
             if c:
                 y = y[:, :, c : y.shape[2] - c, c : y.shape[3] - c]
             y = y.float()
@@ -202,21 +205,34 @@ class Predictor:
             f"tiles); stopped rather than write them as black pixels: {why}"
         )
 
-    def run(self, tiles: np.ndarray, *, crop: int = 0) -> np.ndarray:
-        """Super-resolve tiles (N, h, w, 3) -> uint8 (N, (h-2crop)*s, (w-2crop)*s, 3)."""
+    def run(
+        self,
+        tiles: np.ndarray,
+        *,
+        crop: int = 0,
+        origins: Sequence[tuple[int, int]] | None = None,
+    ) -> np.ndarray:
+        """Super-resolve tiles (N, h, w, 3) -> uint8 (N, (h-2crop)*s, (w-2crop)*s, 3).
+
+        `origins`: (y, x) in the slide's LR px of each tile's top-left pixel (negative in
+        a mirrored margin); stochastic methods key their noise to it, so overlapping
+        tiles agree. None: every tile at (0, 0)."""
         tiles = np.asarray(tiles)
         if tiles.ndim != 4 or tiles.shape[-1] != 3:
             raise ValueError(f"expected tiles (N, h, w, 3), got shape {tiles.shape}")
         if tiles.dtype != np.uint8 and not np.issubdtype(tiles.dtype, np.floating):
             raise ValueError(f"tiles must be uint8 or float in [0, 1], got dtype {tiles.dtype}")
         n, h, w, _ = tiles.shape
+        if origins is not None and len(origins) != n:
+            raise ValueError(f"{len(origins)} origins for {n} tiles")
         if crop < 0 or 2 * crop >= min(h, w):
             raise ValueError(f"crop {crop} leaves nothing of a {h} x {w} tile")
         out = np.empty((n, (h - 2 * crop) * self.scale, (w - 2 * crop) * self.scale, 3), np.uint8)
         batch, i = self.max_batch, 0
         while i < n:
             try:
-                out[i : i + batch] = self._forward(tiles[i : i + batch], crop)
+                part = None if origins is None else origins[i : i + batch]
+                out[i : i + batch] = self._forward(tiles[i : i + batch], crop, part)
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                 if not _is_oom(exc):
                     raise
@@ -243,7 +259,7 @@ class Predictor:
             raise ValueError(f"expected an RGB image (H, W, 3), got shape {img.shape}")
         p = self.halo
         padded = np.pad(img, ((p, p), (p, p), (0, 0)), mode="symmetric")
-        out = self.run(padded[None], crop=p)[0]
+        out = self.run(padded[None], crop=p, origins=[(-p, -p)])[0]
         if img.dtype == np.uint8:
             return out
         return out.astype(np.float32) / 255.0

@@ -62,7 +62,9 @@ class ZSSRNet(nn.Module):
         return u + self.tail(self.body(u))
 
     @torch.no_grad()
-    def infer_batch(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+    def infer_batch(
+        self, x: torch.Tensor, *, seed: int | None = None, origins: object = None
+    ) -> torch.Tensor:
         return self_ensemble(self, x) if self.ensemble else self(x)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

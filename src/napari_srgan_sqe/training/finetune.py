@@ -30,7 +30,7 @@ from napari_srgan_sqe.degradation import degrade, degrade_torch, degrade_with
 from napari_srgan_sqe.io.errors import RegionError
 from napari_srgan_sqe.losses import GeneratorObjective
 from napari_srgan_sqe.metrics import psnr, ssim
-from napari_srgan_sqe.models.method import SRNetwork
+from napari_srgan_sqe.models.method import SRNetwork, require_deterministic
 from napari_srgan_sqe.models.modelfile import SRModel
 from napari_srgan_sqe.training.regions import (
     Mode,
@@ -256,6 +256,7 @@ def iter_finetune(
     cfg = _resolve_config(config, mode, steps)
     if model.variant == "bicubic":
         raise ConfigError("the bicubic baseline has no weights to fine-tune; pick a trained model")
+    require_deterministic(model, "region fine-tuning (an L1 loss on one output)")
     data = prepare(regions, hr, cfg.mode, cfg, model.scale)
     return _run(model, data, cfg, stop_event, device, name, metadata or {})
 

@@ -1,11 +1,10 @@
-"""The SRGAN_SQE training loop: autoencoder pre-training, fidelity warm-up, GAN phase.
+"""The training loop every method trains in: `Trainer`.
 
-One global step counter runs through the three phases (SPEC section 3):
-  [0, ae_steps)                         autoencoder on HR patches (skipped if lam_e = 0)
-  [ae_steps, ae_steps + warmup_steps)    generator, fidelity term only
-  [..., + gan_steps)                    full objective; D and G alternate when lam_a > 0
-Batches depend only on (seed, step), and checkpoints hold every weight and optimizer
-moment, so `resume` continues exactly where an interrupted run stopped.
+The loop owns the data, validation, the log (`log.jsonl`), the event stream
+(`StepEvent`), checkpoints and resume; the method-specific step is a recipe
+(`training.recipes`: SRGAN_SQE's three phases, SR3's diffusion loss). Batches depend
+only on (seed, step), and checkpoints hold every weight and optimizer moment of the
+recipe, so `resume` continues exactly where an interrupted run stopped.
 """
 
 from __future__ import annotations
@@ -26,20 +25,12 @@ import torch
 from napari_srgan_sqe.config import ConfigError, TrainConfig, saved_train_config
 from napari_srgan_sqe.degradation import degrade, degrade_torch
 from napari_srgan_sqe.io.atomic import atomic_path
-from napari_srgan_sqe.io.checkpoints import (
-    CheckpointError,
-    read_safetensors,
-    read_safetensors_metadata,
-    write_safetensors,
-)
-from napari_srgan_sqe.losses import GeneratorObjective, discriminator_loss, l1_loss, quasi_norm_loss
+from napari_srgan_sqe.io.checkpoints import read_safetensors, write_safetensors
 from napari_srgan_sqe.metrics import psnr, qilv, ssim
-from napari_srgan_sqe.models.architectures import build_network
-from napari_srgan_sqe.models.autoencoder import build_autoencoder
-from napari_srgan_sqe.models.discriminator import build_discriminator
-from napari_srgan_sqe.models.modelfile import ModelFileError, SRModel, load_model, save_model
+from napari_srgan_sqe.models.modelfile import SRModel, save_model
 from napari_srgan_sqe.models.predictor import Predictor, resolve_device
 from napari_srgan_sqe.training.data import PatchSampler, load_rgb, resolve_split
+from napari_srgan_sqe.training.recipes import Recipe, TrainingBatch, make_recipe
 from napari_srgan_sqe.training.state import (
     pack_modules,
     pack_optimizers,
@@ -99,170 +90,40 @@ class Trainer:
         ]
         self.val_lr = [validation_lr(hr, cfg) for hr in self.val_images]
 
-        torch.manual_seed(cfg.seed)
-        loss = cfg.loss
-        self.G = build_network(cfg.model.generator).to(self.device)
-        self.G_ema = _frozen_copy(self.G) if cfg.ema_decay else None
-        self.AE = build_autoencoder(cfg.autoencoder).to(self.device) if loss.lam_e > 0 else None
-        self.D = build_discriminator(cfg.discriminator).to(self.device) if loss.lam_a > 0 else None
-        betas = cfg.betas
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.warmup_lr, betas=betas)
-        self.opt_ae = (
-            torch.optim.Adam(self.AE.parameters(), lr=1e-3, betas=betas) if self.AE else None
-        )
-        self.opt_d = (
-            torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas) if self.D else None
-        )
-        self.ae_steps = cfg.ae_steps if self.AE is not None else 0
-        self.total = self.ae_steps + cfg.warmup_steps + cfg.gan_steps
+        self.recipe: Recipe = make_recipe(cfg, self.device, base)
+        self.total = self.recipe.total
         self.step = 0
-        self._objective: GeneratorObjective | None = None
-        self.init_source: str | None = None
-        if cfg.init_from:
-            self._warm_start(cfg.init_from, base)
 
-    def _warm_start(self, source: str, base: Path) -> None:
-        """Load weights from a training checkpoint or a model (`TrainConfig.init_from`)."""
-        path = _resolve(base, source)
-        try:
-            if path.is_file() and _is_checkpoint(path):
-                self.init_source = self._load_checkpoint_weights(path)
-            else:
-                self.init_source = self._load_model_weights(path if path.is_file() else source)
-        except RuntimeError as exc:  # load_state_dict: names or shapes differ
-            raise ConfigError(
-                f"init_from {source}: its weights do not fit this run's architecture: "
-                f"{_first_mismatch(exc)}"
-            ) from None
-        if self.G_ema is not None:  # the average starts from the loaded weights
-            self.G_ema.load_state_dict(self.G.state_dict())
-        log.info("warm start from %s", self.init_source)
+    @property
+    def init_source(self) -> str | None:
+        return self.recipe.init_source
 
-    def _load_checkpoint_weights(self, path: Path) -> str:
-        """G, AE and D from a training checkpoint, where this run has them."""
-        tensors, _ = read_safetensors(path)
-        if any(k.startswith("G_ema.") for k in tensors):  # the weights that run exported
-            tensors = {k: v for k, v in tensors.items() if not k.startswith("G.")}
-            tensors |= {"G." + k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}
-        modules = {"G": self.G, "AE": self.AE, "D": self.D}
-        present = {n for n in modules if any(k.startswith(n + ".") for k in tensors)}
-        if "G" not in present:
-            raise ConfigError(f"init_from {path}: the checkpoint holds no generator")
-        loaded = {n: m for n, m in modules.items() if m is not None and n in present}
-        unpack_modules(tensors, loaded)
-        return f"{path.name} ({', '.join(sorted(loaded))})"
+    @property
+    def vgg_content(self) -> str | None:
+        """SRGAN's VGG content term: None when the recipe has none, else 'on (FILE)' or a
+        plain 'off' with the reason."""
+        return getattr(self.recipe, "vgg_content", None)
 
-    def _load_model_weights(self, source: str | Path) -> str:
-        """The generator (and the encoder, when the file carries one) of a model."""
-        try:
-            model = load_model(source)
-        except ModelFileError as exc:
-            raise ConfigError(f"init_from: {exc}") from None
-        self.G.load_state_dict(model.generator.state_dict(), strict=True)
-        if self.AE is not None and model.encoder is not None:
-            self.AE.encoder.load_state_dict(model.encoder.state_dict(), strict=True)
-        return model.name
-
-    # -- phases --------------------------------------------------------------
     def phase(self, step: int) -> str:
-        if step < self.ae_steps:
-            return "ae"
-        if step < self.ae_steps + self.cfg.warmup_steps:
-            return "warmup"
-        return "gan"
+        return self.recipe.phase(step)
 
-    def gan_lr(self, step: int) -> float:
-        """Learning rate of the GAN phase at `step` (constant, or linear decay)."""
-        cfg = self.cfg
-        if cfg.lr_final is None or cfg.gan_steps <= 1:
-            return cfg.lr
-        start = self.ae_steps + cfg.warmup_steps
-        t = min(max((step - start) / (cfg.gan_steps - 1), 0.0), 1.0)
-        return cfg.lr + t * (cfg.lr_final - cfg.lr)
-
-    def _fidelity(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        loss = self.cfg.loss
-        if loss.fidelity == "l1":
-            return l1_loss(sr, hr)
-        return quasi_norm_loss(sr, hr, q=loss.q, eps=loss.eps)
-
-    def objective(self) -> GeneratorObjective:
-        if self._objective is None:
-            encoder = self.AE.encoder if self.AE is not None else None
-            if encoder is not None:
-                for p in encoder.parameters():
-                    p.requires_grad_(False)
-                encoder.eval()
-            self._objective = GeneratorObjective(self.cfg.loss, encoder=encoder)
-        return self._objective
-
-    def train_step(self, step: int) -> dict[str, float]:
-        """One optimisation step of whichever phase `step` falls in."""
+    def batch(self, step: int) -> TrainingBatch:
+        """The batch of global step `step` on the device: HR and its LR."""
         batch = self.sampler.batch(step)
         hr = torch.from_numpy(batch.hr).to(self.device)
-        phase = self.phase(step)
-        if phase == "ae":
-            assert self.AE is not None and self.opt_ae is not None  # ae_steps > 0 needs AE
-            self.AE.train()
-            recon = self.AE(hr)
-            loss = l1_loss(recon, hr)
-            self.opt_ae.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_ae.step()
-            return {"ae": loss.item()}
         if batch.lr is not None:  # made by the sampler (scanner preset)
-            lr_img = torch.from_numpy(batch.lr).to(self.device)
+            lr = torch.from_numpy(batch.lr).to(self.device)
         else:
-            lr_img = degrade_torch(
+            lr = degrade_torch(
                 torch.from_numpy(batch.lr_source).to(self.device),
                 self.cfg.model.scale,
                 quantize=self.cfg.quantize_lr,
             )
-        self.G.train()
-        if phase == "warmup":
-            _set_lr(self.opt_g, self.cfg.warmup_lr)
-            sr = self.G(lr_img)
-            loss = self._fidelity(sr, hr)
-            self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_g.step()
-            self._update_ema()
-            return {"g": loss.item()}
-        lr = self.gan_lr(step)
-        _set_lr(self.opt_g, lr)
-        if self.opt_d is not None:
-            _set_lr(self.opt_d, lr)
-        out: dict[str, float] = {}
-        sr = self.G(lr_img)
-        fake_logits = None
-        if self.D is not None:
-            assert self.opt_d is not None  # made with D
-            self.D.train()
-            d_loss = discriminator_loss(self.D(hr), self.D(sr.detach()))
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_d.step()
-            out["d"] = d_loss.item()
-            fake_logits = self.D(sr)
-        total, terms = self.objective()(sr, hr, fake_logits=fake_logits)
-        self.opt_g.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt_g.step()
-        self._update_ema()
-        out["g"] = total.item()
-        out.update({k: float(v) for k, v in terms.items()})
-        return out
+        return TrainingBatch(hr=hr, lr=lr)
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        if self.G_ema is None:
-            return
-        assert self.cfg.ema_decay is not None  # G_ema exists only with a decay
-        w = 1.0 - float(self.cfg.ema_decay)
-        for avg, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
-            avg.lerp_(p.detach(), w)
-        for avg_b, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-            avg_b.copy_(b)
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimisation step of the recipe on the batch of `step`."""
+        return self.recipe.train_step(step, self.batch(step))
 
     # -- validation ----------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -277,38 +138,23 @@ class Trainer:
         for hr, lr in zip(self.val_images, self.val_lr, strict=True):
             sr = pred.predict_image(lr)
             rows.append((psnr(sr, hr), ssim(sr, hr), qilv(sr, hr)))
-        self.G.train()
         m = np.mean(rows, axis=0)
         return {"val_psnr": float(m[0]), "val_ssim": float(m[1]), "val_qilv": float(m[2])}
 
-    @property
-    def vgg_content(self) -> str | None:
-        """Whether SRGAN's VGG content term is in the objective: None when the loss has
-        no VGG weight, else 'on (FILE)' or a plain 'off' with the reason."""
-        loss = self.cfg.loss
-        if loss.lam_vgg <= 0:
-            return None
-        if loss.vgg_weights:
-            return f"on ({Path(loss.vgg_weights).name})"
-        return (
-            "off: no VGG19 weights file was given (loss.vgg_weights), so this srgan run "
-            "trains without the VGG content loss of the paper"
-        )
-
     def as_model(self, *, with_encoder: bool = True, **metadata: str) -> SRModel:
-        """The generator (and, at the end, the frozen encoder) as a model, in eval mode."""
-        encoder = self.AE.encoder if self.AE is not None and with_encoder else None
+        """The recipe's network (and, at the end, its frozen encoder) as a model, in eval
+        mode."""
+        encoder = self.recipe.encoder() if with_encoder else None
         config = self.cfg.model.model_copy(
             update={"autoencoder": self.cfg.autoencoder if encoder else None}
         )
-        generator = self.G_ema if self.G_ema is not None else self.G
-        model = SRModel(generator, config=config, encoder=encoder, metadata=metadata)
+        model = SRModel(self.recipe.network(), config=config, encoder=encoder, metadata=metadata)
         return model.eval()
 
     # -- checkpoints -----------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        tensors = pack_modules({"G": self.G, "G_ema": self.G_ema, "AE": self.AE, "D": self.D})
-        tensors |= pack_optimizers({"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d})
+        tensors = pack_modules(self.recipe.modules())
+        tensors |= pack_optimizers(self.recipe.optimizers())
         meta = {
             "step": str(self.step),
             "config": self.cfg.model_dump_json(),
@@ -332,17 +178,9 @@ class Trainer:
                 "may change)"
             )
         step = int(meta["step"])
-        if saved.warmup_steps != self.cfg.warmup_steps:
-            # A warm-up may be lengthened or shortened while the run is still in it or has
-            # just finished it: no GAN step may have been taken under the old schedule.
-            ae = self.ae_steps
-            if step > ae + min(saved.warmup_steps, self.cfg.warmup_steps):
-                raise ConfigError(
-                    f"checkpoint {path} is at step {step}, past the warm-up of one of the two "
-                    "schedules; warmup_steps can change only until the first GAN step"
-                )
-        unpack_modules(tensors, {"G": self.G, "G_ema": self.G_ema, "AE": self.AE, "D": self.D})
-        unpack_optimizers(tensors, {"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d})
+        self.recipe.check_resume(saved, step, path)
+        unpack_modules(tensors, self.recipe.modules())
+        unpack_optimizers(tensors, self.recipe.optimizers())
         self.step = step
         return self.step
 
@@ -378,7 +216,7 @@ class Trainer:
                 self.step += 1
                 val = None
                 at_val = self.step % self.cfg.val_every == 0 or self.step == self.total
-                if at_val and self.phase(self.step - 1) != "ae":
+                if at_val and self.recipe.validates(self.step - 1):
                     val = self.validate()
                 phase = self.phase(self.step - 1)
                 record = {
@@ -410,13 +248,13 @@ class Trainer:
             logf.close()
         self.save_checkpoint()
         provenance = {"initialised_from": self.init_source} if self.init_source else {}
-        if self.vgg_content is not None:
-            provenance["vgg_content"] = self.vgg_content
+        provenance |= self.recipe.provenance()
         model = self.as_model(
             with_encoder=True,  # explicit: keeps **provenance (str values) off this flag
             training_data=", ".join(p.name for p in self.train_paths)[:4000],
             steps=str(self.step),
             degradation=self.cfg.degradation.preset,
+            recipe=self.recipe.name,
             **provenance,
         )
         if self.step >= self.total:
@@ -430,6 +268,7 @@ def _schedule_free(cfg: TrainConfig) -> dict:
     for k in (
         "gan_steps",
         "warmup_steps",
+        "steps",
         "lr_final",
         "checkpoint_every",
         "val_every",
@@ -439,32 +278,6 @@ def _schedule_free(cfg: TrainConfig) -> dict:
     ):
         d.pop(k, None)
     return d
-
-
-def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
-    twin = copy.deepcopy(module)
-    twin.requires_grad_(False)
-    return twin.eval()
-
-
-def _first_mismatch(exc: RuntimeError) -> str:
-    """The first concrete line of a `load_state_dict` error (which layer does not fit)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "shape mismatch")
-    return detail if len(detail) <= 300 else detail[:297] + "..."
-
-
-def _is_checkpoint(path: Path) -> bool:
-    try:
-        meta = read_safetensors_metadata(path)
-    except CheckpointError:  # not a safetensors file: load_model explains what it is
-        return False
-    return meta.get("kind") == "training-checkpoint"
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
 
 
 def _resolve(base: Path, p: str) -> Path:

@@ -1,0 +1,429 @@
+"""Training recipes: what one step of a method's training does.
+
+`training.trainer.Trainer` is the one loop every method trains in: it owns the data
+(batches that depend only on (seed, step)), validation, the log, the event stream,
+checkpoints (safetensors: the recipe's modules and optimizer moments) and exact
+resume. A recipe owns the method-specific part, behind the `Recipe` protocol: its
+networks and optimizers (by name, for the checkpoint), its phases and step count,
+one optimisation step on a batch, and the network the model file ships.
+
+Recipes:
+- `SRGANRecipe` ('srgan_sqe'): the SRGAN family of SPEC section 3 (autoencoder
+  pre-training, fidelity warm-up, GAN phase), for srresnet / lrnet / medsrgan / zssr.
+- `DiffusionRecipe` ('diffusion'): SR3; the denoiser learns v at random noise
+  levels (one phase of `TrainConfig.steps` steps), with an EMA of its weights.
+A recipe is chosen by `TrainConfig.recipe` ('auto': by the architecture).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+
+import torch
+from torch import nn
+
+from napari_srgan_sqe.config import ConfigError, TrainConfig
+from napari_srgan_sqe.io.checkpoints import (
+    CheckpointError,
+    read_safetensors,
+    read_safetensors_metadata,
+)
+from napari_srgan_sqe.losses import GeneratorObjective, discriminator_loss, l1_loss, quasi_norm_loss
+from napari_srgan_sqe.models.architectures import build_network
+from napari_srgan_sqe.models.autoencoder import build_autoencoder
+from napari_srgan_sqe.models.discriminator import build_discriminator
+from napari_srgan_sqe.models.modelfile import ModelFileError, load_model
+from napari_srgan_sqe.models.sr3 import SR3Net
+from napari_srgan_sqe.training.state import unpack_modules
+
+__all__ = [
+    "RECIPES",
+    "DiffusionRecipe",
+    "Recipe",
+    "SRGANRecipe",
+    "TrainingBatch",
+    "make_recipe",
+    "recipe_name",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingBatch:
+    """One batch on the device: HR patches and the LR made from them (NCHW, [0, 1])."""
+
+    hr: torch.Tensor
+    lr: torch.Tensor
+
+
+class Recipe(Protocol):
+    """The method-specific part of training (see the module docstring)."""
+
+    name: str
+    total: int
+    init_source: str | None
+
+    def modules(self) -> dict[str, nn.Module | None]:
+        """Every network whose weights the checkpoint holds, by name."""
+        ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer | None]:
+        """Every optimizer whose state the checkpoint holds, by name."""
+        ...
+
+    def phase(self, step: int) -> str:
+        """The phase `step` falls in (shown in progress and the log)."""
+        ...
+
+    def validates(self, step: int) -> bool:
+        """Whether SR can be validated after `step` (not during pre-training)."""
+        ...
+
+    def train_step(self, step: int, batch: TrainingBatch) -> dict[str, float]:
+        """One optimisation step; the losses to log."""
+        ...
+
+    def network(self) -> nn.Module:
+        """The network the model file ships (the weight average when there is one)."""
+        ...
+
+    def encoder(self) -> nn.Module | None:
+        """The frozen encoder the model file carries, if any."""
+        ...
+
+    def check_resume(self, saved: TrainConfig, step: int, path: Path) -> None:
+        """ConfigError when a checkpoint at `step` of `saved` cannot continue here."""
+        ...
+
+    def provenance(self) -> dict[str, str]:
+        """Metadata the model file records about how it was trained."""
+        ...
+
+
+def recipe_name(cfg: TrainConfig) -> str:
+    """The recipe a config trains with ('auto' resolved by the architecture)."""
+    if cfg.recipe != "auto":
+        return cfg.recipe
+    return "diffusion" if cfg.model.generator.arch == "sr3" else "srgan_sqe"
+
+
+def make_recipe(cfg: TrainConfig, device: torch.device, base: Path) -> Recipe:
+    """The recipe of `cfg`, with its networks on `device` (warm-started if asked)."""
+    name = recipe_name(cfg)
+    recipe: Recipe = RECIPES[name](cfg, device)
+    if cfg.init_from:
+        recipe.init_source = warm_start(recipe, cfg.init_from, base)
+        log.info("warm start from %s", recipe.init_source)
+    return recipe
+
+
+# -- shared pieces ---------------------------------------------------------------------
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    twin = copy.deepcopy(module)
+    twin.requires_grad_(False)
+    return twin.eval()
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def _update_average(avg_net: nn.Module | None, net: nn.Module, decay: float | None) -> None:
+    """avg <- decay * avg + (1 - decay) * net, buffers copied."""
+    if avg_net is None or decay is None:
+        return
+    w = 1.0 - float(decay)
+    for avg, p in zip(avg_net.parameters(), net.parameters(), strict=True):
+        avg.lerp_(p.detach(), w)
+    for avg_b, b in zip(avg_net.buffers(), net.buffers(), strict=True):
+        avg_b.copy_(b)
+
+
+def _linear_lr(start_lr: float, final: float | None, step: int, start: int, n: int) -> float:
+    """Learning rate at `step` of a phase of `n` steps from `start` (linear to `final`)."""
+    if final is None or n <= 1:
+        return start_lr
+    t = min(max((step - start) / (n - 1), 0.0), 1.0)
+    return start_lr + t * (final - start_lr)
+
+
+def _first_mismatch(exc: RuntimeError) -> str:
+    """The first concrete line of a `load_state_dict` error (which layer does not fit)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "shape mismatch")
+    return detail if len(detail) <= 300 else detail[:297] + "..."
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a training checkpoint written by the Trainer."""
+    try:
+        meta = read_safetensors_metadata(path)
+    except CheckpointError:  # not a safetensors file: load_model explains what it is
+        return False
+    return meta.get("kind") == "training-checkpoint"
+
+
+def warm_start(recipe: Recipe, source: str, base: Path) -> str:
+    """Load weights from a training checkpoint or a model (`TrainConfig.init_from`) into
+    the recipe's networks where it has them; returns what was loaded, for provenance."""
+    q = Path(source).expanduser()
+    path = q if q.is_absolute() else base / q
+    modules = recipe.modules()
+    try:
+        if path.is_file() and is_checkpoint(path):
+            tensors, _ = read_safetensors(path)
+            if any(k.startswith("G_ema.") for k in tensors):  # the weights that run exported
+                tensors = {k: v for k, v in tensors.items() if not k.startswith("G.")}
+                tensors |= {"G." + k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}
+            present = {n for n in modules if any(k.startswith(n + ".") for k in tensors)}
+            if "G" not in present:
+                raise ConfigError(f"init_from {path}: the checkpoint holds no generator")
+            loaded = {
+                n: m for n, m in modules.items() if m is not None and n in present and n != "G_ema"
+            }
+            unpack_modules(tensors, loaded)
+            what = f"{path.name} ({', '.join(sorted(loaded))})"
+        else:
+            try:
+                model = load_model(path if path.is_file() else source)
+            except ModelFileError as exc:
+                raise ConfigError(f"init_from: {exc}") from None
+            G = modules["G"]
+            assert G is not None
+            G.load_state_dict(model.generator.state_dict(), strict=True)
+            AE = modules.get("AE")
+            if AE is not None and model.encoder is not None:
+                encoder = AE.get_submodule("encoder")
+                encoder.load_state_dict(model.encoder.state_dict(), strict=True)
+            what = model.name
+    except RuntimeError as exc:  # load_state_dict: names or shapes differ
+        raise ConfigError(
+            f"init_from {source}: its weights do not fit this run's architecture: "
+            f"{_first_mismatch(exc)}"
+        ) from None
+    G, G_ema = modules["G"], modules.get("G_ema")
+    if G_ema is not None and G is not None:  # the average starts from the loaded weights
+        G_ema.load_state_dict(G.state_dict())
+    return what
+
+
+# -- SRGAN family ----------------------------------------------------------------------
+class SRGANRecipe:
+    """SPEC section 3's schedule, one global step counter through three phases:
+    [0, ae_steps)                         autoencoder on HR patches (skipped if lam_e = 0)
+    [ae_steps, ae_steps + warmup_steps)    generator, fidelity term only
+    [..., + gan_steps)                    full objective; D and G alternate when lam_a > 0
+    """
+
+    name = "srgan_sqe"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        loss = cfg.loss
+        torch.manual_seed(cfg.seed)
+        self.G = build_network(cfg.model.generator).to(device)
+        self.G_ema = _frozen_copy(self.G) if cfg.ema_decay else None
+        self.AE = build_autoencoder(cfg.autoencoder).to(device) if loss.lam_e > 0 else None
+        self.D = build_discriminator(cfg.discriminator).to(device) if loss.lam_a > 0 else None
+        betas = cfg.betas
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.warmup_lr, betas=betas)
+        self.opt_ae = (
+            torch.optim.Adam(self.AE.parameters(), lr=1e-3, betas=betas) if self.AE else None
+        )
+        self.opt_d = (
+            torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas) if self.D else None
+        )
+        self.ae_steps = cfg.ae_steps if self.AE is not None else 0
+        self.total = self.ae_steps + cfg.warmup_steps + cfg.gan_steps
+        self.init_source: str | None = None
+        self._objective: GeneratorObjective | None = None
+
+    def modules(self) -> dict[str, nn.Module | None]:
+        return {"G": self.G, "G_ema": self.G_ema, "AE": self.AE, "D": self.D}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer | None]:
+        return {"G": self.opt_g, "AE": self.opt_ae, "D": self.opt_d}
+
+    def phase(self, step: int) -> str:
+        if step < self.ae_steps:
+            return "ae"
+        if step < self.ae_steps + self.cfg.warmup_steps:
+            return "warmup"
+        return "gan"
+
+    def validates(self, step: int) -> bool:
+        return self.phase(step) != "ae"
+
+    def gan_lr(self, step: int) -> float:
+        """Learning rate of the GAN phase at `step` (constant, or linear decay)."""
+        cfg = self.cfg
+        start = self.ae_steps + cfg.warmup_steps
+        return _linear_lr(cfg.lr, cfg.lr_final, step, start, cfg.gan_steps)
+
+    def _fidelity(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        loss = self.cfg.loss
+        if loss.fidelity == "l1":
+            return l1_loss(sr, hr)
+        return quasi_norm_loss(sr, hr, q=loss.q, eps=loss.eps)
+
+    def objective(self) -> GeneratorObjective:
+        if self._objective is None:
+            encoder = self.AE.encoder if self.AE is not None else None
+            if encoder is not None:
+                for p in encoder.parameters():
+                    p.requires_grad_(False)
+                encoder.eval()
+            self._objective = GeneratorObjective(self.cfg.loss, encoder=encoder)
+        return self._objective
+
+    def train_step(self, step: int, batch: TrainingBatch) -> dict[str, float]:
+        hr, lr_img = batch.hr, batch.lr
+        phase = self.phase(step)
+        if phase == "ae":
+            assert self.AE is not None and self.opt_ae is not None  # ae_steps > 0 needs AE
+            self.AE.train()
+            loss = l1_loss(self.AE(hr), hr)
+            self.opt_ae.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_ae.step()
+            return {"ae": loss.item()}
+        self.G.train()
+        if phase == "warmup":
+            _set_lr(self.opt_g, self.cfg.warmup_lr)
+            loss = self._fidelity(self.G(lr_img), hr)
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_g.step()
+            _update_average(self.G_ema, self.G, self.cfg.ema_decay)
+            return {"g": loss.item()}
+        lr = self.gan_lr(step)
+        _set_lr(self.opt_g, lr)
+        if self.opt_d is not None:
+            _set_lr(self.opt_d, lr)
+        out: dict[str, float] = {}
+        sr = self.G(lr_img)
+        fake_logits = None
+        if self.D is not None:
+            assert self.opt_d is not None  # made with D
+            self.D.train()
+            d_loss = discriminator_loss(self.D(hr), self.D(sr.detach()))
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            out["d"] = d_loss.item()
+            fake_logits = self.D(sr)
+        total, terms = self.objective()(sr, hr, fake_logits=fake_logits)
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_g.step()
+        _update_average(self.G_ema, self.G, self.cfg.ema_decay)
+        out["g"] = total.item()
+        out.update({k: float(v) for k, v in terms.items()})
+        return out
+
+    def network(self) -> nn.Module:
+        return self.G_ema if self.G_ema is not None else self.G
+
+    def encoder(self) -> nn.Module | None:
+        return self.AE.encoder if self.AE is not None else None
+
+    def check_resume(self, saved: TrainConfig, step: int, path: Path) -> None:
+        if saved.warmup_steps != self.cfg.warmup_steps:
+            # A warm-up may be lengthened or shortened while the run is still in it or has
+            # just finished it: no GAN step may have been taken under the old schedule.
+            if step > self.ae_steps + min(saved.warmup_steps, self.cfg.warmup_steps):
+                raise ConfigError(
+                    f"checkpoint {path} is at step {step}, past the warm-up of one of the two "
+                    "schedules; warmup_steps can change only until the first GAN step"
+                )
+
+    @property
+    def vgg_content(self) -> str | None:
+        """Whether SRGAN's VGG content term is in the objective: None when the loss has
+        no VGG weight, else 'on (FILE)' or a plain 'off' with the reason."""
+        loss = self.cfg.loss
+        if loss.lam_vgg <= 0:
+            return None
+        if loss.vgg_weights:
+            return f"on ({Path(loss.vgg_weights).name})"
+        return (
+            "off: no VGG19 weights file was given (loss.vgg_weights), so this srgan run "
+            "trains without the VGG content loss of the paper"
+        )
+
+    def provenance(self) -> dict[str, str]:
+        return {"vgg_content": self.vgg_content} if self.vgg_content is not None else {}
+
+
+# -- SR3 diffusion ---------------------------------------------------------------------
+class DiffusionRecipe:
+    """SR3's training: the denoiser predicts v at a random noise level per patch
+    (mean squared error), `TrainConfig.steps` steps at `lr` (linear decay to
+    `lr_final`), with an EMA of the weights (`ema_decay`) that the model file ships.
+    The noise of step k is drawn from a generator seeded by (seed, k), so a resumed
+    run continues exactly."""
+
+    name = "diffusion"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        if cfg.model.generator.arch != "sr3":
+            raise ConfigError(
+                f"recipe 'diffusion' trains arch 'sr3', not {cfg.model.generator.arch!r}"
+            )
+        if cfg.steps is None:
+            raise ConfigError("recipe 'diffusion' needs `steps` (its number of training steps)")
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.net = cast(SR3Net, build_network(cfg.model.generator).to(device))
+        self.G: nn.Module = self.net
+        self.G_ema = _frozen_copy(self.G) if cfg.ema_decay else None
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.total = int(cfg.steps)
+        self.init_source: str | None = None
+
+    def modules(self) -> dict[str, nn.Module | None]:
+        return {"G": self.G, "G_ema": self.G_ema}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer | None]:
+        return {"G": self.opt_g}
+
+    def phase(self, step: int) -> str:
+        return "diffusion"
+
+    def validates(self, step: int) -> bool:
+        return True
+
+    def train_step(self, step: int, batch: TrainingBatch) -> dict[str, float]:
+        cfg = self.cfg
+        _set_lr(self.opt_g, _linear_lr(cfg.lr, cfg.lr_final, step, 0, self.total))
+        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
+        self.G.train()
+        loss = self.net.training_loss(batch.lr, batch.hr, generator=gen)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        _update_average(self.G_ema, self.G, cfg.ema_decay)
+        return {"v_mse": loss.item()}
+
+    def network(self) -> nn.Module:
+        return self.G_ema if self.G_ema is not None else self.G
+
+    def encoder(self) -> nn.Module | None:
+        return None
+
+    def check_resume(self, saved: TrainConfig, step: int, path: Path) -> None:
+        return None
+
+    def provenance(self) -> dict[str, str]:
+        return {}
+
+
+RECIPES: dict[str, type] = {"srgan_sqe": SRGANRecipe, "diffusion": DiffusionRecipe}
+"""Recipe name -> class (`TrainConfig.recipe`)."""
