@@ -206,3 +206,23 @@ def test_deterministic_only_paths_refuse_a_stochastic_model_clearly(
     err = capsys.readouterr().err
     assert code == 2 and "needs a deterministic model" in err and "Traceback" not in err
     assert not (tmp_path / "ft.safetensors").exists()
+
+
+def test_evaluate_scores_samples_with_their_spread_and_their_mean(he_png: Path, tmp_path: Path):
+    from napari_srgan_sqe.training.evaluate import evaluate
+
+    model = tiny_sr3()
+    from PIL import Image
+
+    hr = np.asarray(Image.open(he_png))[:128, :160]
+    Image.fromarray(hr).save(tmp_path / "hr.png")
+    res = evaluate([model], [tmp_path / "hr.png"], device="cpu", baselines=("bicubic",), samples=3)
+    s = res.summary()
+    assert set(s) == {"bicubic", "tiny-sr3", "tiny-sr3 [mean of 3]"}
+    assert s["tiny-sr3"]["psnr_sd"] > 0  # three samples, three scores
+    assert s["bicubic"]["psnr_sd"] == 0 and s["tiny-sr3 [mean of 3]"]["psnr_sd"] == 0
+    one = evaluate([model], [tmp_path / "hr.png"], device="cpu", baselines=(), samples=1)
+    assert one.summary()["tiny-sr3"]["psnr_sd"] == 0  # one sample: seed 0, no spread
+    csv_path, _ = res.write(tmp_path / "out")
+    assert "psnr_sd" in csv_path.read_text().splitlines()[0]
+    assert "spread over samples" in res.table()

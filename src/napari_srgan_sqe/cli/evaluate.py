@@ -85,6 +85,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=300,
         help="training steps of zero-shot models (zssr-x4) on each LR image (300)",
     )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        metavar="N",
+        help="samples (seeds 0..N-1) a stochastic model (sr3-he-x4) draws per image: its "
+        "row is the mean of each metric over them, with their spread, and a row "
+        "'[mean of N]' scores the per-pixel mean of the samples (default 1: seed 0)",
+    )
 
 
 def _numbers(values: list[str] | None, kind: type, what: str) -> list:
@@ -151,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         lr_conditions=conditions,
         seed=args.seed,
         zero_shot_steps=args.zero_shot_steps,
+        samples=args.samples,
     )
     bar.close()
     print(result.table())

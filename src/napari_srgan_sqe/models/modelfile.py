@@ -40,6 +40,7 @@ from napari_srgan_sqe.models.method import MethodDescriptor, Origins, SRNetwork
 from napari_srgan_sqe.models.registry import BUNDLED_MODELS
 
 __all__ = [
+    "with_sampling_steps",
     "FORMAT",
     "FORMAT_VERSION",
     "ModelFileError",
@@ -157,6 +158,19 @@ def new_model(config: ModelConfig) -> SRModel:
     generator = build_network(config.generator)
     encoder = build_autoencoder(config.autoencoder).encoder if config.autoencoder else None
     return SRModel(generator, config, encoder=encoder)
+
+
+def with_sampling_steps(model: SRModel, steps: int) -> SRModel:
+    """The same stochastic model sampling in `steps` steps (a new model sharing the
+    weights; its config, identity and cache keys say the step count)."""
+    desc = model.descriptor
+    if not desc.stochastic:
+        raise ValueError(f"model {model.name!r} is deterministic: it has no sampling steps")
+    gen_cfg = model.config.generator.model_copy(update={"steps": int(steps)})
+    config = model.config.model_copy(update={"generator": gen_cfg})
+    network = build_network(gen_cfg).to(next(model.generator.parameters()).device)
+    network.load_state_dict(model.generator.state_dict())
+    return SRModel(network, config, encoder=model.encoder, metadata=model.metadata).eval()
 
 
 def save_model(

@@ -31,6 +31,8 @@ from napari_srgan_sqe.models.predictor import Predictor
 from napari_srgan_sqe.training.data import DataError, find_images, load_rgb
 
 METRICS = ("psnr", "ssim", "ms_ssim", "qilv", "rrmse")
+SPREADS = tuple(f"{m}_sd" for m in METRICS)
+"""Per image: the spread of each metric over a stochastic model's samples (0 otherwise)."""
 
 __all__ = ["EvalResult", "LRCondition", "bicubic_upscale", "evaluate", "lanczos_upscale"]
 
@@ -101,9 +103,9 @@ class EvalResult:
         for method in dict.fromkeys(r["method"] for r in mine):
             rows = [r for r in mine if r["method"] == method]
             out[method] = {
-                m: float(np.mean([r[m] for r in rows if r[m] is not None]))
-                for m in METRICS
-                if any(r[m] is not None for r in rows)
+                m: float(np.mean([r[m] for r in rows if r.get(m) is not None]))
+                for m in (*METRICS, *SPREADS)
+                if any(r.get(m) is not None for r in rows)
             }
         return out
 
@@ -119,7 +121,9 @@ class EvalResult:
             for method, vals in s.items():
                 cells = "".join(f"{vals.get(m, float('nan')):>9.4f}" for m in METRICS)
                 gain = f"{vals['psnr'] - base:>+11.2f}" if base is not None else ""
-                lines.append(f"{method:<28}{cells}{gain}")
+                spread = vals.get("psnr_sd", 0.0)
+                note = f"  (PSNR spread over samples {spread:.2f} dB)" if spread else ""
+                lines.append(f"{method:<28}{cells}{gain}{note}")
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks)
 
@@ -129,7 +133,9 @@ class EvalResult:
         out.mkdir(parents=True, exist_ok=True)
         csv_path, json_path = out / "evaluation.csv", out / "evaluation.json"
         with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["lr", "image", "method", *METRICS])
+            writer = csv.DictWriter(
+                f, fieldnames=["lr", "image", "method", *METRICS, "samples", *SPREADS]
+            )
             writer.writeheader()
             writer.writerows(self.rows)
         with atomic_path(json_path) as tmp:
@@ -156,6 +162,7 @@ def evaluate(
     lr_conditions: Sequence[LRCondition | tuple[str, float | None]] = (LRCondition(),),
     seed: int = 0,
     zero_shot_steps: int = 300,
+    samples: int = 1,
 ) -> EvalResult:
     """Score models and baselines on HR images (folders or files).
 
@@ -164,7 +171,13 @@ def evaluate(
     A zero-shot model (ZSSR) is trained on each LR image first (`zero_shot_steps`,
     pseudo-LR made with the clean D_s for lossless LR and the scanner chain for
     coded LR), then applied to it: the method as a user runs it on a slide.
+    A stochastic model (SR3) draws `samples` samples per image, seeds 0, 1, ...: its
+    row holds the mean of each metric over them and `<metric>_sd` their spread (with
+    one sample: the metrics of seed 0, spread 0); with more than one, a row
+    '<name> [mean of N]' scores the per-pixel mean of the samples too.
     """
+    if samples < 1:
+        raise ConfigError(f"samples must be at least 1, got {samples}")
     preset = degradation_preset(degradation)
     conds = [c if isinstance(c, LRCondition) else LRCondition(*c) for c in lr_conditions]
     if not conds:
@@ -188,9 +201,12 @@ def evaluate(
             upscalers[b] = lambda lr, _c: lanczos_upscale(lr, scale)
         else:
             raise ConfigError(f"unknown baseline {b!r}; choose bicubic or lanczos")
+    stochastic: dict[str, list[Predictor]] = {}
     for label, m in zip(_labels(models, loaded), loaded):
         if m.descriptor.kind == "zero-shot":
             upscalers[label] = _zero_shot_upscaler(m, device, zero_shot_steps, preset.preset, seed)
+        elif m.descriptor.stochastic:
+            stochastic[label] = [Predictor(m, device=device, seed=k) for k in range(samples)]
         else:
             upscalers[label] = _upscaler(Predictor(m, device=device))
 
@@ -202,15 +218,19 @@ def evaluate(
         for cond in conds:
             lr = cond.apply(base_lr)
             outputs = {name: up(lr, cond) for name, up in upscalers.items()}
-            for name, sr in outputs.items():
-                vals = all_metrics(sr, hr)
+            scores = {name: [all_metrics(sr, hr)] for name, sr in outputs.items()}
+            for name, preds in stochastic.items():
+                drawn = [p.predict_image(lr) for p in preds]
+                outputs[name] = drawn[0]  # the crops show seed 0
+                scores[name] = [all_metrics(sr, hr) for sr in drawn]
+                if len(drawn) > 1:
+                    mean: np.ndarray = np.stack(drawn).astype(np.float32).mean(axis=0)
+                    key = f"{name} [mean of {len(drawn)}]"
+                    outputs[key] = np.clip(np.round(mean), 0, 255).astype(np.uint8)
+                    scores[key] = [all_metrics(outputs[key], hr)]
+            for name, runs in scores.items():
                 result.rows.append(
-                    {
-                        "lr": cond.label,
-                        "image": path.name,
-                        "method": name,
-                        **{m: vals.get(m) for m in METRICS},
-                    }
+                    {"lr": cond.label, "image": path.name, "method": name, **_pooled(runs)}
                 )
             if crops_dir is not None:
                 stem = path.stem if len(conds) == 1 else f"{path.stem}_{cond.label}"
@@ -218,6 +238,20 @@ def evaluate(
         if progress is not None:
             progress(i + 1, len(paths))
     return result
+
+
+def _pooled(runs: Sequence[dict[str, float | None]]) -> dict[str, float | int | None]:
+    """Each metric's mean over the runs (samples of one image), its spread `<m>_sd`
+    (population standard deviation; 0 for one run) and the number of runs."""
+    out: dict[str, float | int | None] = {"samples": len(runs)}
+    for m in METRICS:
+        vals = [r.get(m) for r in runs]
+        if any(v is None for v in vals):
+            out[m] = out[f"{m}_sd"] = None
+        else:
+            arr = np.asarray(vals, dtype=float)
+            out[m], out[f"{m}_sd"] = float(arr.mean()), float(arr.std())
+    return out
 
 
 def _upscaler(pred: Predictor) -> Callable[[np.ndarray, LRCondition], np.ndarray]:
