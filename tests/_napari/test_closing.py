@@ -124,3 +124,56 @@ def test_closing_srgan_sqe_view_while_tiles_compute_is_quiet():
     out = run.stdout + run.stderr
     assert "SR layer shown: True" in run.stdout and "exit code 0" in run.stdout, out
     assert run.returncode == 0 and "Traceback" not in out and "Aborted" not in out, out
+
+
+SLOW = r"""
+import sys, time
+import numpy as np
+import napari
+import torch
+from qtpy.QtWidgets import QApplication
+from napari_srgan_sqe import open_slide
+from napari_srgan_sqe.config import ModelConfig, SR3Config
+from napari_srgan_sqe.models.modelfile import new_model
+
+sample = sys.argv[1]
+model = new_model(  # a stochastic model whose view pieces take minutes: 300 steps each
+    ModelConfig(name="slow-sr3", variant="sr3",
+                generator=SR3Config(channels=8, mults=(1, 2), blocks=1, steps=300))
+)
+lr = np.asarray(open_slide(sample).levels[0][600:1112, 600:1112])
+viewer = napari.Viewer(show=True)
+layer = viewer.add_image(lr, name="LR")
+_, enhance = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Enhance")
+sr = enhance.enhance(layer, model=model, device="cpu", wait=True)
+viewer.camera.zoom = 4  # level 0 in view: its pieces are sampled in the background
+end = time.monotonic() + 3
+while time.monotonic() < end:
+    QApplication.processEvents()
+    time.sleep(0.01)
+from napari_srgan_sqe.inference.engine import _LIVE
+print("pieces running:", sum(live.busy for live in _LIVE), flush=True)
+viewer.close()
+print("closed", time.monotonic(), flush=True)
+"""
+
+
+def test_exit_while_a_slow_stochastic_model_samples_is_prompt_and_clean(sample_path: Path):
+    """Exiting while SR3 samples a view piece stops it between sampling steps: the
+    process ends at once with status 0 (a thread left inside torch would abort it)."""
+    import time
+
+    run = subprocess.run(
+        [sys.executable, "-c", SLOW, str(sample_path)],
+        env=dict(os.environ, PYTHONFAULTHANDLER="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = run.stdout + run.stderr
+    assert "pieces running: 1" in run.stdout, out
+    closed_at = float(run.stdout.split("closed ")[1].split()[0])
+    assert run.returncode == 0 and "Aborted" not in out and "Traceback" not in out, out
+    assert "failed" not in out, out  # the stopped piece is not reported as a failure
+    # CLOCK_MONOTONIC is system-wide on Linux: the exit took seconds, not the piece's minutes
+    assert time.monotonic() - closed_at < 20, out

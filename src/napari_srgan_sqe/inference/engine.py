@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import uuid
 import weakref
@@ -549,8 +550,9 @@ class LiveLevel0:
                 self._compute(piece)
                 ok = True
             except Exception as exc:  # noqa: BLE001 - shown as a status, never raised in napari
-                self.error = str(exc) or type(exc).__name__
-                log.warning("SR of a view piece failed: %s", self.error)
+                if type(exc).__name__ != "InferenceCancelled":  # not the process exiting
+                    self.error = str(exc) or type(exc).__name__
+                    log.warning("SR of a view piece failed: %s", self.error)
             finally:
                 with self._cond:
                     self._running = None
@@ -602,11 +604,24 @@ def _missing_pieces(
 _LIVE: weakref.WeakSet[LiveLevel0] = weakref.WeakSet()
 
 
-@atexit.register
-def _close_live_levels() -> None:
-    """Let a running piece finish before the interpreter tears torch down."""
+def _stop_inference_at_exit() -> None:
+    """Stop multi-step inference (SR3 sampling, self-ensembles) at its next step, and let
+    the view's worker threads end before the interpreter tears torch down: a thread
+    still inside torch then aborts the process ('terminate called without an active
+    exception')."""
+    method = sys.modules.get("napari_srgan_sqe.models.method")
+    if method is not None:  # else no model was ever loaded: nothing runs (and no torch)
+        method.cancel_inference()
     for live in list(_LIVE):
         live.close(timeout=30)
+
+
+atexit.register(_stop_inference_at_exit)
+# Thread pools (dask's, napari's workers) are joined before atexit handlers run, so the
+# cancellation is also registered to run before that join where Python allows it.
+_register_early = getattr(threading, "_register_atexit", None)
+if _register_early is not None:
+    _register_early(_stop_inference_at_exit)
 
 
 class SRPyramid(list):

@@ -10,6 +10,7 @@ parameter groups.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, Protocol, runtime_checkable
@@ -19,6 +20,9 @@ from torch import nn
 
 __all__ = [
     "KINDS",
+    "InferenceCancelled",
+    "cancel_inference",
+    "check_cancelled",
     "Origins",
     "TILINGS",
     "MethodDescriptor",
@@ -41,6 +45,26 @@ KINDS: tuple[str, ...] = ("deterministic", "stochastic", "zero-shot")
 
 class StochasticModelError(ValueError):
     """A stochastic model was given to a path that needs a deterministic one."""
+
+
+class InferenceCancelled(RuntimeError):
+    """Inference stopped between its steps because the application is closing."""
+
+
+_CLOSING = threading.Event()
+
+
+def cancel_inference() -> None:
+    """Make every multi-pass inference (sampling steps, self-ensembles) stop at its next
+    step with `InferenceCancelled`: called when the process exits, so that no thread is
+    left inside torch while the interpreter tears it down."""
+    _CLOSING.set()
+
+
+def check_cancelled() -> None:
+    """Raise `InferenceCancelled` after `cancel_inference` (call between steps)."""
+    if _CLOSING.is_set():
+        raise InferenceCancelled("inference stopped: the application is closing")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from torch import nn
 
 from napari_srgan_sqe.config import SR3Config
 from napari_srgan_sqe.models.blocks import Bicubic, conv
+from napari_srgan_sqe.models.method import check_cancelled
 
 __all__ = [
     "NOISE_BLOCK",
@@ -250,6 +251,7 @@ class SR3Net(nn.Module):
         times = torch.linspace(_T_MAX, 0.0, n_steps + 1, device=up.device)
         x0, k = x, self.residual_scale
         for i in range(n_steps):
+            check_cancelled()  # the process is exiting: stop between steps
             t = times[i].expand(up.shape[0])
             alpha, sigma = cosine_alpha_sigma(times[i])
             v = self.denoise(x, up, t).float()

@@ -15,7 +15,7 @@ from torch import nn
 
 from napari_srgan_sqe.config import ZSSRConfig
 from napari_srgan_sqe.models.blocks import Bicubic, conv, count_macs, halo_of
-from napari_srgan_sqe.models.method import parameter_groups_by_children
+from napari_srgan_sqe.models.method import check_cancelled, parameter_groups_by_children
 
 __all__ = ["ZSSRNet", "build_zssr", "self_ensemble"]
 
@@ -26,6 +26,7 @@ def self_ensemble(fn: object, x: torch.Tensor) -> torch.Tensor:
     acc = None
     for k in range(4):
         for flip in (False, True):
+            check_cancelled()  # the process is exiting: stop between passes
             t = torch.rot90(x, k, dims=(2, 3))
             t = torch.flip(t, dims=(3,)) if flip else t
             y = fn(t)
