@@ -7,19 +7,31 @@ the GUI thread: it crops SR, HR and LR level 0, and yields one `ReadoutColumn` p
 comparison (SR vs HR, bicubic(LR) vs HR; with no HR the consistency D_s(SR) vs LR).
 Every request carries a generation number; a column of an older generation is
 dropped, so a slow result never overwrites a newer view.
+
+Honest SR (docs/honest-sr.md): "Where SR departs from the scan" adds a colour-mapped
+map layer of the pair's SR (`inference.diagnostics.LiveDeparture`: how much SR
+changes when the slide is turned, computed in the background for the view from the
+SR the viewer computed); "Uncertainty (N samples)" super-resolves the view with N
+seeds in a thread worker and adds the spread of the samples as a layer. Both layers
+carry `metadata["srgan_sqe_map"] = {"kind": "departure" | "uncertainty", "pair_id"}`,
+lie on SR's pixel grid, sit next to SR in the side-by-side grid and over it in the
+overlay, and have a legend in the widget that reads their contrast limits.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtpy.QtCore import QEvent, QSize, Qt, QTimer, Signal
-from qtpy.QtGui import QColor
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
+from qtpy.QtGui import QColor, QImage, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -27,6 +39,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSlider,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -35,7 +48,7 @@ from qtpy.QtWidgets import (
 
 from napari_srgan_sqe._napari import _dock, _layers, _workers
 
-__all__ = ["CompareWidget", "Readout", "ReadoutColumn", "compute_readouts"]
+__all__ = ["MAP_KEY", "CompareWidget", "Readout", "ReadoutColumn", "compute_readouts", "map_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +98,44 @@ HR_CAPTION = "SR and bicubic (the baseline) against HR: higher is closer, RRMSE 
 CONSISTENCY_CAPTION = "No HR: SR shrunk back to LR size against the LR (higher agrees more)."
 MODES = ("side by side", "overlay")
 DEBOUNCE_MS = 300
+
+MAP_KEY = "srgan_sqe_map"
+"""Layer metadata key of the map layers: {"kind": "departure" | "uncertainty", "pair_id"}."""
+DEPARTURE, UNCERTAINTY = "departure", "uncertainty"
+MAP_ROLES = {DEPARTURE: "Departure", UNCERTAINTY: "Uncertainty"}
+DEPARTURE_CLEAR = 1.5
+"""Departure (grey levels) at and below which the map is clear: about the 90th
+percentile on the held-out 40x images (1.4 to 1.7 for the bundled models) and just
+under the median over tissue of the bundled 20x sample (1.7) (docs/honest-sr.md);
+full colour at `diagnostics.DEPARTURE_LIMIT`."""
+MAP_OPACITY = 0.85
+SPREAD_MAX_SIDE = 2048
+"""Largest side (HR px) of the view region the uncertainty samples cover (its centre)."""
+DEPARTURE_TIP = (
+    "Colours the parts of SR that the scan does not decide. The SR is computed again "
+    "with the slide turned by 90, 180 and 270 degrees: where the scan decides the "
+    "detail, every turn gives the same picture and the map stays clear; where the "
+    "model has to make detail up, the turns disagree and the map turns teal to blue. "
+    "On held-out images SR's errors are largest where the map is blue, but the colour "
+    "is not the size of the error, and a clear map does not prove SR right."
+)
+UNCERTAINTY_TIP = (
+    "For models that draw a different picture for each random seed (stochastic "
+    "models): super-resolves the part of the slide in view N times with N seeds and "
+    "colours each pixel by how much the pictures differ. Where they differ, the model "
+    "is guessing. A deterministic model gives the same picture every time: its map is "
+    "0 everywhere. Runs in the background; Stop ends it after the current sample."
+)
+DEPARTURE_LEGEND = (
+    "Clear: SR looks the same whichever way the slide is turned, so the scan decides "
+    "it. Teal to blue: SR changes by {lo} to {hi} or more grey levels (of 255) when "
+    "the slide is turned: detail the model made up, where its errors are largest. "
+    "Not the size of the error. Computed for the view as you look."
+)
+UNCERTAINTY_LEGEND = (
+    "How much the {n} samples differ at each pixel (standard deviation, grey levels of "
+    "255): clear at 0, teal to blue up to {hi} or more. Blue: the model is guessing."
+)
 
 
 @dataclass(frozen=True)
@@ -147,6 +198,8 @@ class CompareWidget(QWidget):
 
     readout_ready = Signal(object)
     """Emitted with the `Readout` when all its columns are in."""
+    uncertainty_ready = Signal(object)
+    """Emitted with the uncertainty layer when the spread of the samples is shown."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -192,6 +245,33 @@ class CompareWidget(QWidget):
         self._setup_table()
         self._set_columns([SR_VS_HR, BICUBIC_VS_HR, "gain"])
 
+        # honest SR: the departure map and the uncertainty of stochastic models
+        self._live_maps: weakref.WeakKeyDictionary[Any, _LiveMap] = weakref.WeakKeyDictionary()
+        self._spread: _SpreadJob | None = None
+        self.last_spread: Any = None
+        """The last `SpreadResult` shown (None before the first)."""
+        self.departure_box = QCheckBox("Where SR departs from the scan")
+        self.departure_box.setToolTip(DEPARTURE_TIP)
+        self.save_map_button = QPushButton("Save...")
+        self.save_map_button.setToolTip(
+            "Save the departure map of the view as a TIFF (32-bit grey levels, one value "
+            "per LR pixel), computed for the view if it is not yet"
+        )
+        self.departure_legend = _Legend("Departure from the scan", DEPARTURE_LEGEND)
+        self.samples_box = QSpinBox()
+        self.samples_box.setRange(2, 32)
+        self.samples_box.setValue(4)
+        self.samples_box.setToolTip("N: how many samples (random seeds) to draw of the view")
+        self.uncertainty_button = QPushButton()
+        self.uncertainty_button.setToolTip(UNCERTAINTY_TIP)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("End the sampling after the current sample")
+        self.stop_button.setEnabled(False)
+        self.uncertainty_label = QLabel()
+        self.uncertainty_label.setWordWrap(True)
+        self.uncertainty_legend = _Legend("Uncertainty (spread of samples)", UNCERTAINTY_LEGEND)
+        self._on_samples(self.samples_box.value())
+
         content = QWidget()
         form = QFormLayout()
         form.addRow("Pair", self.pair_box)
@@ -205,6 +285,18 @@ class CompareWidget(QWidget):
         layout.addWidget(self.table)
         layout.addWidget(self.fov_label)
         layout.addWidget(self.caption)
+        departure_row = QHBoxLayout()
+        departure_row.addWidget(self.departure_box, 1)
+        departure_row.addWidget(self.save_map_button)
+        layout.addLayout(departure_row)
+        layout.addWidget(self.departure_legend)
+        sampling_row = QHBoxLayout()
+        sampling_row.addWidget(self.uncertainty_button, 1)
+        sampling_row.addWidget(self.samples_box)
+        sampling_row.addWidget(self.stop_button)
+        layout.addLayout(sampling_row)
+        layout.addWidget(self.uncertainty_label)
+        layout.addWidget(self.uncertainty_legend)
         layout.addStretch(1)
         self.scroll_area = _dock.scroll_contents(self, content)
         self._fit_table()
@@ -227,6 +319,12 @@ class CompareWidget(QWidget):
         self._grid().events.enabled.connect(self._on_grid_enabled)
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self._refresh_pairs)
+        self.viewer.layers.events.removed.connect(self._on_removed)
+        self.departure_box.toggled.connect(lambda on: self.show_departure(on))
+        self.save_map_button.clicked.connect(lambda: self._ask_save_departure())
+        self.samples_box.valueChanged.connect(self._on_samples)
+        self.uncertainty_button.clicked.connect(lambda: self.run_uncertainty())
+        self.stop_button.clicked.connect(lambda: self.stop_uncertainty())
         for layer in self.viewer.layers:
             self._watch(layer)
         self._refresh_pairs()
@@ -265,11 +363,12 @@ class CompareWidget(QWidget):
         center, zoom = tuple(camera.center), float(camera.zoom)
         side_by_side = self.mode_box.currentText() == MODES[0]
         if side_by_side:
-            members = pair.layers  # LR, SR, HR: the grid's cells from the left
+            members = self._members(pair)  # LR, SR, maps, HR: the grid's cells from the left
             stacking = members[::-1]  # LR ends on top of the list
         else:
-            members = [x for x in (pair.lr, pair.hr, pair.sr) if x]
-            stacking = members  # SR drawn over HR
+            maps = self._map_layers(pair.pair_id)
+            members = [x for x in (pair.lr, pair.hr, pair.sr) if x] + maps
+            stacking = members  # SR drawn over HR, the maps over SR
         self._arranging = True
         try:
             for layer in stacking:  # move to the top, in order
@@ -495,8 +594,9 @@ class CompareWidget(QWidget):
         pair = self.pair
         if pair is None or not self._side_by_side_shown():
             return
+        members = self._members(pair)
         for layer in self.viewer.layers:
-            if layer.visible and layer not in pair.layers:
+            if layer.visible and layer not in members:
                 layer.visible = False
                 self._hidden.append(layer)
 
@@ -504,6 +604,8 @@ class CompareWidget(QWidget):
         pid = self.pair_box.currentData()
         source_pid = _layers.pair_id_of(event.source)
         if source_pid is not None:
+            if _layers.role_of(event.source) == "sr" and event.type in ("data", "metadata"):
+                self._follow_sr(event.source)
             if source_pid != pid or self.pair_box.findData(source_pid) < 0:
                 self._refresh_pairs()
             else:
@@ -527,6 +629,7 @@ class CompareWidget(QWidget):
         if self._arranged_pair is None and self.pair is not None:
             self.arrange()  # first sight of a pair: lay it out
         self.schedule_update()
+        self._sync_map_controls()
 
     def _on_pair_chosen(self) -> None:
         """The user picked a pair: lay it out (its layers may be hidden, e.g. side by side)."""
@@ -544,6 +647,350 @@ class CompareWidget(QWidget):
         if pair is not None and pair.sr is not None and self.mode_box.currentText() == MODES[1]:
             pair.sr.opacity = value / 100
 
+    # ---------------------------------------------------------------- honest SR: the maps
+    def _map_layers(self, pair_id: str | None, kind: str | None = None) -> list[Any]:
+        """The map layers of a pair (departure first, then uncertainty)."""
+        if pair_id is None:
+            return []
+        found = [
+            x
+            for x in self.viewer.layers
+            if _map_tag(x).get("pair_id") == pair_id and map_kind(x) in MAP_ROLES
+        ]
+        order = list(MAP_ROLES)
+        found.sort(key=lambda x: order.index(str(map_kind(x))))
+        return [x for x in found if kind is None or map_kind(x) == kind]
+
+    def _members(self, pair: _layers.LayerPair) -> list[Any]:
+        """The layers of the side-by-side grid, left to right: LR, SR, the maps, HR."""
+        head = [x for x in (pair.lr, pair.sr) if x is not None]
+        return head + self._map_layers(pair.pair_id) + ([pair.hr] if pair.hr is not None else [])
+
+    def _map_layer(self, kind: str) -> Any:
+        pair = self.pair
+        found = self._map_layers(pair.pair_id, kind) if pair is not None else []
+        return found[0] if found else None
+
+    @property
+    def departure_layer(self) -> Any:
+        """The departure layer of the pair being compared, or None."""
+        return self._map_layer(DEPARTURE)
+
+    @property
+    def uncertainty_layer(self) -> Any:
+        """The uncertainty layer of the pair being compared, or None."""
+        return self._map_layer(UNCERTAINTY)
+
+    def departure_of(self, layer: Any) -> Any:
+        """The `LiveDeparture` behind a departure layer (None for other layers)."""
+        state = self._live_maps.get(_real(layer))
+        return state.live if state is not None else None
+
+    def show_departure(self, on: bool = True) -> Any:
+        """Add (on) or remove (off) the departure layer of the pair; returns the layer.
+
+        Refused, with the reason in the widget, when the pair's SR layer was not made
+        by this plugin or its model is stochastic (then use Uncertainty).
+        """
+        pair = self.pair
+        layer = self.departure_layer
+        if not on:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+            self._sync_map_controls()
+            return None
+        if layer is not None:
+            self._sync_map_controls()
+            return layer
+        pyramid = _layers.pyramid_of(pair.sr) if pair is not None and pair.sr is not None else None
+        why = _departure_refusal(pyramid)
+        if why is not None or pyramid is None or pair is None or pair.sr is None:
+            self.uncertainty_label.setText(why or "no SR layer yet: use Enhance")
+            self._sync_map_controls()
+            return None
+        from napari_srgan_sqe.inference.diagnostics import DEPARTURE_LIMIT, LiveDeparture
+
+        live = LiveDeparture(pyramid)
+        layer = self.viewer.add_image(
+            live.levels,
+            multiscale=True,
+            name=_map_name(DEPARTURE, pair, pyramid.model.name),
+            colormap=_map_colormap(),
+            contrast_limits=(DEPARTURE_CLEAR, DEPARTURE_LIMIT),
+            opacity=MAP_OPACITY,
+            blending="translucent",
+            metadata={MAP_KEY: {"kind": DEPARTURE, "pair_id": pair.pair_id}},
+            **_like(pair.sr),
+        )
+        self._live_maps[_real(layer)] = _LiveMap(layer, live, self._on_map_failed)
+        self._maps_changed()
+        return layer
+
+    def _on_map_failed(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.uncertainty_label.setText(f"departure map failed: {message}")
+        show_error(f"Compare: departure map failed: {message}")
+
+    def _follow_sr(self, sr: Any) -> None:
+        """The SR layer's model or pyramid changed: its departure map follows."""
+        pid = _layers.pair_id_of(sr)
+        pair = _layers.find_pair(self.viewer.layers, pid) if pid else None
+        pyramid = _layers.pyramid_of(sr)
+        for layer in self._map_layers(pid, DEPARTURE):
+            why = _departure_refusal(pyramid)
+            if why is not None or pair is None:
+                self.uncertainty_label.setText(f"departure map removed: {why}")
+                QTimer.singleShot(0, lambda x=layer: self._remove_layer(x))
+                continue
+            state = self._live_maps.get(_real(layer))
+            if state is None or state.live.pyramid is not pyramid:  # a new SR pyramid
+                from napari_srgan_sqe.inference.diagnostics import LiveDeparture
+
+                if state is not None:
+                    state.close()
+                live = LiveDeparture(pyramid)
+                self._live_maps[_real(layer)] = _LiveMap(layer, live, self._on_map_failed)
+                layer.data = live.levels
+            layer.name = _map_name(DEPARTURE, pair, pyramid.model.name)
+            layer.refresh()
+
+    def _remove_layer(self, layer: Any) -> None:
+        if layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+
+    def _on_removed(self, event: Any) -> None:
+        layer = event.value
+        state = self._live_maps.pop(_real(layer), None)
+        if state is not None:
+            state.close()
+        if _layers.role_of(layer) == "sr":  # the maps of a removed SR layer go with it
+            for other in self._map_layers(_layers.pair_id_of(layer)):
+                QTimer.singleShot(0, lambda x=other: self._remove_layer(x))
+        if map_kind(layer) in MAP_ROLES:
+            self._maps_changed()
+
+    def _maps_changed(self) -> None:
+        """A map layer came or went: controls, legends, and the grid's cells."""
+        self._sync_map_controls()
+        if self._side_by_side_shown() or (
+            self._arranged_pair is not None and self.mode_box.currentText() == MODES[1]
+        ):
+            self.arrange()
+
+    def _sync_map_controls(self) -> None:
+        """Checkbox, buttons and legends of the pair being compared."""
+        pair = self.pair
+        pyramid = _layers.pyramid_of(pair.sr) if pair is not None and pair.sr is not None else None
+        departure, uncertainty = self.departure_layer, self.uncertainty_layer
+        self.departure_box.blockSignals(True)
+        self.departure_box.setChecked(departure is not None)
+        self.departure_box.blockSignals(False)
+        why = _departure_refusal(pyramid) if pair is not None else "no SR layer yet: use Enhance"
+        self.departure_box.setEnabled(why is None or departure is not None)
+        self.departure_box.setToolTip(
+            DEPARTURE_TIP if why is None else f"{DEPARTURE_TIP}\n\n({why})"
+        )
+        self.save_map_button.setEnabled(departure is not None)
+        self.departure_legend.set_layer(departure)
+        running = self._spread is not None
+        self.uncertainty_button.setEnabled(pyramid is not None and not running)
+        self.stop_button.setEnabled(running)
+        self.samples_box.setEnabled(not running)
+        n = _map_tag(uncertainty).get("samples", self.samples_box.value()) if uncertainty else 0
+        self.uncertainty_legend.set_layer(uncertainty, n=n)
+
+    def _on_samples(self, n: int) -> None:
+        self.uncertainty_button.setText(f"Uncertainty ({n} samples)")
+
+    # ---------------------------------------------------------------- saving the departure map
+    def _ask_save_departure(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save the departure map of the view", "departure.tif", "TIFF (*.tif *.tiff)"
+        )
+        if path:
+            self.save_departure(path)
+
+    def save_departure(self, path: Any, *, wait: bool = False) -> bool:
+        """Write the departure map of the view (its centre `SPREAD_MAX_SIDE` HR px at
+        most) as a float32 TIFF, one value per LR pixel (`LiveDeparture.write_tiff`: the
+        map the viewer computed, or the exact map where it is incomplete), in a thread
+        worker (`wait`: here, at once). False when there is no map or no view."""
+        pair, layer = self.pair, self.departure_layer
+        live = self.departure_of(layer) if layer is not None else None
+        box = _layers.fov_box(self.viewer, pair, max_side=SPREAD_MAX_SIDE) if pair else None
+        if live is None or box is None or pair is None or pair.sr is None:
+            self.uncertainty_label.setText("nothing to save: show the departure map of a view")
+            return False
+        y0, y1, x0, x1 = box.lr
+        region = (x0, y0, x1 - x0, y1 - y0)
+        mpp = _um_per_px(pair.sr)
+        mpp_lr = mpp * box.scale if mpp else None
+
+        def save() -> Any:
+            return live.write_tiff(path, region, mpp=mpp_lr)
+
+        if wait:
+            self._on_saved(save())
+            return True
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(save, _start_thread=False)
+        worker.returned.connect(self._on_saved)
+        worker.errored.connect(lambda exc: self._on_map_failed(f"saving failed: {exc}"))
+        self.uncertainty_label.setText(f"saving the departure map of the view to {path} ...")
+        _workers.start(worker, owner=self)
+        return True
+
+    def _on_saved(self, path: Any) -> None:
+        self.uncertainty_label.setText(f"departure map of the view saved: {path}")
+
+    # ---------------------------------------------------------------- uncertainty
+    @property
+    def uncertainty_running(self) -> bool:
+        """True while samples of the view are being drawn."""
+        return self._spread is not None
+
+    def run_uncertainty(self, samples: int | None = None) -> bool:
+        """Draw N samples (`samples`, else the spin box's N) of the view with the SR
+        layer's model, in a thread worker, and show their spread as a layer.
+
+        The view is its centre `SPREAD_MAX_SIDE` HR px at most; the seeds are those
+        after the SR layer's own (0, 1, ... by default). `uncertainty_ready` fires with
+        the layer when it is shown. False when it cannot start.
+        """
+        if self._spread is not None:
+            return False
+        if samples is not None:
+            self.samples_box.setValue(int(samples))
+        n = self.samples_box.value()
+        pair = self.pair
+        pyramid = _layers.pyramid_of(pair.sr) if pair is not None and pair.sr is not None else None
+        if pyramid is None or pair is None:
+            self.uncertainty_label.setText("no SR layer made by Enhance to sample")
+            return False
+        box = _layers.fov_box(self.viewer, pair, max_side=SPREAD_MAX_SIDE)
+        if box is None:
+            self.uncertainty_label.setText("the view misses the image")
+            return False
+        s = box.scale
+        ox, oy = pyramid.region[:2] if pyramid.region is not None else (0, 0)
+        y0, y1, x0, x1 = box.lr
+        region = (x0 + int(ox), y0 + int(oy), x1 - x0, y1 - y0)
+        base = getattr(pyramid.predictor, "seed", None) or 0
+        seeds = tuple(range(int(base), int(base) + n))
+        model = pyramid.model
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        stop = threading.Event()
+        worker = create_worker(
+            _spread_gen,
+            pyramid.lr_levels[0],
+            model,
+            region,
+            seeds,
+            str(pyramid.predictor.device),
+            int(pyramid.tile),
+            stop,
+            _start_thread=False,
+        )
+        bar = progress(total=n, desc=f"Uncertainty: {n} samples of the view")
+        self._spread = _SpreadJob(worker, stop, box, pair.pair_id, n, model.name, bar)
+        worker.yielded.connect(self._on_spread_event)
+        worker.finished.connect(self._on_spread_finished)
+        w, h = region[2] * s, region[3] * s
+        note = "" if model.descriptor.stochastic else " (deterministic model: expect 0)"
+        self.uncertainty_label.setText(f"sampling {w} x {h} HR px: 0 of {n} done{note}")
+        self._sync_map_controls()
+        _workers.start(worker, owner=self, stop=stop.set)
+        return True
+
+    def stop_uncertainty(self) -> None:
+        """End the sampling after the current sample; nothing is shown."""
+        job = self._spread
+        if job is not None:
+            job.stop.set()
+            job.worker.quit()
+            self.uncertainty_label.setText("stopping after the current sample ...")
+            self.stop_button.setEnabled(False)
+
+    def _on_spread_event(self, ev: Any) -> None:
+        job = self._spread
+        if job is None:
+            return
+        if isinstance(ev, int):
+            self.uncertainty_label.setText(f"sampling the view: {ev} of {job.n} done")
+            job.bar.update(ev - job.bar.n)  # last: napari's bar processes Qt events
+        elif isinstance(ev, str):
+            from napari.utils.notifications import show_error
+
+            self.uncertainty_label.setText(f"uncertainty failed: {ev}")
+            show_error(f"Compare: uncertainty failed: {ev}")
+        else:
+            self._show_spread(ev, job)
+
+    def _show_spread(self, result: Any, job: _SpreadJob) -> None:
+        import numpy as np
+
+        pair = _layers.find_pair(self.viewer.layers, job.pair_id)
+        if pair is None or pair.sr is None:
+            return
+        values = result.values
+        hi = float(np.quantile(values, 0.995)) if values.size else 0.0
+        hi = max(1.0, float(np.ceil(hi)))
+        geometry = _like(pair.sr)
+        scale = np.asarray(geometry["scale"], dtype=float)
+        translate = np.asarray(geometry["translate"], dtype=float)
+        geometry["translate"] = tuple(translate + np.array([job.box.y0, job.box.x0]) * scale)
+        name = _map_name(UNCERTAINTY, pair, f"{result.model}, {job.n} samples")
+        meta = {MAP_KEY: {"kind": UNCERTAINTY, "pair_id": job.pair_id, "samples": job.n}}
+        old = self._map_layers(job.pair_id, UNCERTAINTY)
+        if old:
+            layer = old[0]
+            layer.data = values
+            layer.metadata = {**layer.metadata, **meta}
+            layer.translate, layer.scale = geometry["translate"], geometry["scale"]
+            layer.contrast_limits = (0.0, hi)
+            layer.name = name
+            self._sync_map_controls()
+        else:
+            layer = self.viewer.add_image(
+                values,
+                name=name,
+                colormap=_map_colormap(),
+                contrast_limits=(0.0, hi),
+                opacity=MAP_OPACITY,
+                blending="translucent",
+                metadata=meta,
+                **geometry,
+            )
+            self._maps_changed()
+        self.last_spread = result
+        if result.stochastic:
+            text = (
+                f"{job.n} samples of the view: mean spread {result.mean:.2f}, "
+                f"max {result.max:.1f} grey levels"
+            )
+        else:
+            text = (
+                f"{result.model} is deterministic: all {job.n} samples are the same image, "
+                f"so the spread is {result.max:g} everywhere; use the departure map for it"
+            )
+        self.uncertainty_label.setText(text)
+        self.uncertainty_ready.emit(layer)
+
+    def _on_spread_finished(self) -> None:
+        job, self._spread = self._spread, None
+        if job is not None:
+            job.bar.close()
+            if job.stop.is_set():
+                self.uncertainty_label.setText("uncertainty stopped: nothing shown")
+        if _workers.alive(self):
+            self._sync_map_controls()
+
     # ---------------------------------------------------------------- closing
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
@@ -560,11 +1007,14 @@ class CompareWidget(QWidget):
         self.room = True
 
     def _on_viewer_closed(self) -> None:
-        """The viewer window closed: no more readouts; end the one being computed."""
+        """The viewer window closed: no more readouts; end the one being computed, the
+        sampling and the departure maps' background work."""
         self._closed = True
         self._timer.stop()
         self._pending = False
         _workers.stop(self)
+        for state in list(self._live_maps.values()):
+            state.close()
 
 
 def _where(box: _layers.CropBox) -> str:
@@ -617,3 +1067,236 @@ def _fmt(key: str, value: float | None, *, signed: bool = False) -> str:
         return str(value)
     sign = "+" if signed else ""
     return f"{value:{sign}.2f}" if key == "psnr" else f"{value:{sign}.4f}"
+
+
+# ------------------------------------------------------------------ honest SR: helpers
+def _real(layer: Any) -> Any:
+    """The layer behind a plugin's proxy (the viewer hands plugins proxies), for weak keys."""
+    return getattr(layer, "__wrapped__", layer)
+
+
+def _map_tag(layer: Any) -> dict:
+    tag = getattr(layer, "metadata", {}).get(MAP_KEY) if layer is not None else None
+    return tag if isinstance(tag, dict) else {}
+
+
+def map_kind(layer: Any) -> str | None:
+    """'departure' or 'uncertainty' for this widget's map layers, else None."""
+    return _map_tag(layer).get("kind")
+
+
+def _map_name(kind: str, pair: _layers.LayerPair, detail: str) -> str:
+    """'Departure srgan-sqe-he-x4 · CMU-1', like `_layers.role_name`: the role first."""
+    slide = _layers.slide_name(pair.sr) if pair.sr is not None else ""
+    head = f"{MAP_ROLES[kind]} {detail}".strip()
+    return f"{head} · {slide}" if slide else head
+
+
+def _departure_refusal(pyramid: Any) -> str | None:
+    """Why the departure map cannot be shown for this SR pyramid (None: it can)."""
+    if pyramid is None:
+        return "no SR layer made by Enhance"
+    if pyramid.model.descriptor.stochastic:
+        return (
+            f"{pyramid.model.name} is stochastic: its samples differ anyway; use "
+            "Uncertainty to see where it is guessing"
+        )
+    return None
+
+
+def _like(layer: Any) -> dict[str, Any]:
+    """scale, translate (and units) of `layer`'s last two axes: the same pixel grid."""
+    out: dict[str, Any] = {
+        "scale": tuple(float(v) for v in layer.scale[-2:]),
+        "translate": tuple(float(v) for v in layer.translate[-2:]),
+    }
+    units = getattr(layer, "units", None)
+    if units is not None:
+        out["units"] = tuple(str(u) for u in units[-2:])
+    return out
+
+
+def _um_per_px(layer: Any) -> float | None:
+    """The layer's pixel size in um: from its units when they are a length, else a
+    scale other than 1 taken as um (napari calls every unit "pixel" unless told), as
+    the plugin's writers read it; None when unknown."""
+    from napari_srgan_sqe.io._formats import to_um
+
+    scale = float(layer.scale[-1])
+    units = getattr(layer, "units", None)
+    um = to_um(scale, str(units[-1])) if units is not None else None
+    if um:
+        return float(um)
+    return scale if scale not in (0.0, 1.0) else None
+
+
+_COLORMAP: Any = None
+
+
+def _map_colormap() -> Any:
+    """Clear at the low contrast limit, then teal to blue, more opaque as it rises: hues
+    that H&E (pink, purple, white) does not have, so the map reads over any tissue and
+    SR shows through where the map is low."""
+    global _COLORMAP
+    if _COLORMAP is None:
+        from napari.utils.colormaps import Colormap
+
+        _COLORMAP = Colormap(
+            colors=[
+                [0.0, 0.85, 0.75, 0.0],
+                [0.0, 0.85, 0.75, 0.45],
+                [0.0, 0.6, 1.0, 0.75],
+                [0.05, 0.25, 1.0, 0.95],
+            ],
+            controls=[0.0, 0.3, 0.7, 1.0],
+            name="srgan-sqe-map",
+            display_name="clear-teal-blue",
+        )
+    return _COLORMAP
+
+
+class _Legend(QWidget):
+    """A map layer's legend: colour bar over white, its range, and what it means."""
+
+    BAR = (240, 14)
+
+    def __init__(self, title: str, template: str) -> None:
+        super().__init__()
+        self.template = template
+        self.fields: dict[str, Any] = {}
+        self._layer: Any = None
+        self.title = QLabel(f"<b>{title}</b>")
+        self.bar = QLabel()
+        self.bar.setFixedSize(*self.BAR)
+        self.low, self.high = QLabel(), QLabel()
+        self.high.setAlignment(Qt.AlignmentFlag.AlignRight)
+        self.text = QLabel()
+        self.text.setWordWrap(True)
+        ends = QHBoxLayout()
+        ends.setContentsMargins(0, 0, 0, 0)
+        ends.addWidget(self.low)
+        ends.addStretch(1)
+        ends.addWidget(self.high)
+        ends_box = QWidget()
+        ends_box.setFixedWidth(self.BAR[0])
+        ends_box.setLayout(ends)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 2, 0, 2)
+        layout.setSpacing(2)
+        for w in (self.title, self.bar, ends_box, self.text):
+            layout.addWidget(w)
+        self.setVisible(False)
+
+    def set_layer(self, layer: Any, **fields: Any) -> None:
+        """Show the legend of `layer` (None hides it); follows its contrast limits."""
+        old = self._layer() if self._layer is not None else None
+        if old is not (_real(layer) if layer is not None else None):
+            if old is not None:
+                for emitter in (old.events.contrast_limits, old.events.colormap):
+                    try:
+                        emitter.disconnect(self._update)
+                    except (TypeError, ValueError, RuntimeError):
+                        pass
+            if layer is not None:
+                layer.events.contrast_limits.connect(self._update)
+                layer.events.colormap.connect(self._update)
+            self._layer = weakref.ref(_real(layer)) if layer is not None else None
+        self.fields = fields
+        self._update()
+        self.setVisible(layer is not None)
+
+    def _update(self, event: Any = None) -> None:
+        import numpy as np
+
+        layer = self._layer() if self._layer is not None else None
+        if layer is None or not _workers.alive(self):
+            return
+        lo, hi = (float(v) for v in layer.contrast_limits)
+        rgba = np.asarray(layer.colormap.map(np.linspace(0.0, 1.0, self.BAR[0])), np.float64)
+        rgb = rgba[:, :3] * rgba[:, 3:] + (1.0 - rgba[:, 3:])  # over white
+        row = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+        img = np.ascontiguousarray(np.repeat(row[None], self.BAR[1], axis=0))
+        h, w = img.shape[:2]
+        qimg = QImage(img.tobytes(), w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+        self.bar.setPixmap(QPixmap.fromImage(qimg))
+        self.low.setText(f"{lo:g}")
+        self.high.setText(f"{hi:g}+")
+        self.text.setText(self.template.format(lo=f"{lo:g}", hi=f"{hi:g}", **self.fields))
+        self.bar.setToolTip(
+            f"Colour scale of '{layer.name}': clear at {lo:g} grey levels and below, "
+            f"full colour at {hi:g} and above (change it with the layer's contrast limits)"
+        )
+
+
+class _LiveMap:
+    """A departure layer's background computation, and the relay that refreshes the
+    layer on the GUI thread as pieces of the map land."""
+
+    def __init__(self, layer: Any, live: Any, on_failed: Any) -> None:
+        class _Relay(QObject):
+            fire = Signal(str)
+
+        self.live = live
+        self.layer = weakref.ref(_real(layer))
+        self.on_failed = on_failed
+        self.relay = _Relay()
+        self.relay.fire.connect(self._on_event, Qt.ConnectionType.QueuedConnection)
+        live.listeners.append(self._emit)
+
+    def _emit(self, event: str) -> None:  # any thread
+        try:
+            self.relay.fire.emit(event)
+        except RuntimeError:  # the Qt object is gone (viewer closed)
+            pass
+
+    def _on_event(self, event: str) -> None:  # GUI thread
+        layer = self.layer()
+        if layer is None:
+            return
+        if event == "landed" and layer.visible:
+            layer.refresh(thumbnail=False, highlight=False, extent=False)
+        elif event == "failed":
+            self.on_failed(self.live.error or "unknown error")
+
+    def close(self) -> None:
+        self.live.close()
+
+
+@dataclass
+class _SpreadJob:
+    """A running uncertainty sampling: its worker, stop event, view box and progress bar."""
+
+    worker: Any
+    stop: threading.Event
+    box: _layers.CropBox
+    pair_id: str
+    n: int
+    model: str
+    bar: Any
+
+
+def _spread_gen(
+    lr0: Any,
+    model: Any,
+    region: tuple[int, int, int, int],
+    seeds: tuple[int, ...],
+    device: str,
+    tile: int,
+    stop: threading.Event,
+) -> Generator[Any, None, None]:
+    """The uncertainty worker: samples done (ints), then the `SpreadResult`; a failure
+    as a message."""
+    from napari_srgan_sqe.inference.diagnostics import iter_spread
+
+    try:
+        gen = iter_spread(lr0, model, region, seeds, device=device, tile=tile, stop=stop)
+        while True:
+            try:
+                yield next(gen)
+            except StopIteration as end:
+                if end.value is not None:
+                    yield end.value
+                return
+    except Exception as exc:  # noqa: BLE001 - shown as a notification
+        log.debug("uncertainty failed", exc_info=True)
+        yield str(exc) or type(exc).__name__
