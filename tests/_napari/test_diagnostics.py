@@ -252,4 +252,8 @@ def test_stochastic_model_has_uncertainty_and_no_departure(
     assert layer.data.mean() > 0.5
     assert "mean spread" in compare.uncertainty_label.text()
     assert tuple(layer.contrast_limits)[0] == 0.0 and layer.contrast_limits[1] >= 1.0
+    # with an HR layer each sample is scored: mean and spread of PSNR over the samples
+    scores = compare.last_spread.psnr
+    assert len(scores) == 2 and scores[0] != scores[1] and all(5 < v < 60 for v in scores)
+    assert f"{compare.last_spread.psnr_mean:.2f} ±" in compare.uncertainty_label.text()
     assert errors() == []

@@ -895,6 +895,7 @@ class CompareWidget(QWidget):
             str(pyramid.predictor.device),
             int(pyramid.tile),
             stop,
+            (_layers.layer_levels(pair.hr)[0], box) if pair.hr is not None else None,
             _start_thread=False,
         )
         bar = progress(total=n, desc=f"Uncertainty: {n} samples of the view")
@@ -974,6 +975,11 @@ class CompareWidget(QWidget):
                 f"{job.n} samples of the view: mean spread {result.mean:.2f}, "
                 f"max {result.max:.1f} grey levels"
             )
+            if result.psnr:
+                text += (
+                    f"; PSNR against HR {result.psnr_mean:.2f} ± {result.psnr_sd:.2f} dB "
+                    "(mean ± spread over the samples)"
+                )
         else:
             text = (
                 f"{result.model} is deterministic: all {job.n} samples are the same image, "
@@ -1283,13 +1289,20 @@ def _spread_gen(
     device: str,
     tile: int,
     stop: threading.Event,
+    hr_box: tuple[Any, _layers.CropBox] | None = None,
 ) -> Generator[Any, None, None]:
     """The uncertainty worker: samples done (ints), then the `SpreadResult`; a failure
-    as a message."""
+    as a message. With (HR level 0, the view's box) each sample is scored against HR."""
     from napari_srgan_sqe.inference.diagnostics import iter_spread
 
     try:
-        gen = iter_spread(lr0, model, region, seeds, device=device, tile=tile, stop=stop)
+        ref = None
+        if hr_box is not None:
+            hr0, b = hr_box
+            ref, _ = _layers.read_crop(hr0, b.y0, b.y1, b.x0, b.x1)
+        gen = iter_spread(
+            lr0, model, region, seeds, device=device, tile=tile, stop=stop, reference=ref
+        )
         while True:
             try:
                 yield next(gen)

@@ -694,6 +694,17 @@ class SpreadResult:
     seeds: tuple[int, ...]
     stochastic: bool
     model: str
+    psnr: tuple[float, ...] = ()
+    """PSNR of each sample against the reference HR (dB, all channels), when one was given."""
+
+    @property
+    def psnr_mean(self) -> float | None:
+        return float(np.mean(self.psnr)) if self.psnr else None
+
+    @property
+    def psnr_sd(self) -> float | None:
+        """The spread of the samples' PSNR (population standard deviation, dB)."""
+        return float(np.std(self.psnr)) if self.psnr else None
 
     @property
     def mean(self) -> float:
@@ -713,10 +724,14 @@ def iter_spread(
     device: str = "auto",
     tile: int | None = None,
     stop: threading.Event | None = None,
+    reference: Any = None,
 ) -> Generator[int, None, SpreadResult | None]:
     """`spread_map` step by step: yields the number of samples done after each one and
-    returns the `SpreadResult` (None when `stop` was set before the last sample)."""
+    returns the `SpreadResult` (None when `stop` was set before the last sample).
+    `reference`: the HR pixels of the region ((h s, w s, 3) uint8), to score each sample
+    (`SpreadResult.psnr`)."""
     from napari_srgan_sqe.inference.engine import resolve_model, super_resolve
+    from napari_srgan_sqe.metrics import psnr
 
     seeds = tuple(int(k) for k in seeds)
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
@@ -724,13 +739,18 @@ def iter_spread(
     model = resolve_model(model)
     x, y, w, h = (int(v) for v in region)
     n = 0
+    scores: list[float] = []
+    hr = None if reference is None else np.asarray(reference)
     mean: np.ndarray | None = None
     m2: np.ndarray | None = None
     for k in seeds:
         if stop is not None and stop.is_set():
             return None
         pyramid = super_resolve(lr, model, device=device, tile=tile, region=(x, y, w, h), seed=k)
-        sample = np.asarray(pyramid.exact_levels()[0], np.float32)
+        drawn = np.asarray(pyramid.exact_levels()[0])
+        if hr is not None:
+            scores.append(float(psnr(drawn, hr)))
+        sample = drawn.astype(np.float32)
         n += 1
         if mean is None or m2 is None:  # Welford: one pass, float32 accumulators
             mean, m2 = sample.copy(), np.zeros_like(sample)
@@ -747,6 +767,7 @@ def iter_spread(
         seeds=seeds,
         stochastic=bool(model.descriptor.stochastic),
         model=str(model.name),
+        psnr=tuple(scores),
     )
 
 
