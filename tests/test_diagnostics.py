@@ -276,24 +276,9 @@ def test_spread_of_a_stochastic_method_is_positive_and_reproducible(lr, model):
 
 
 def test_spread_of_sr3_is_positive(lr):
-    sr3 = pytest.importorskip("napari_srgan_sqe.models.sr3")
-    from napari_srgan_sqe.config import SR3Config
+    from tiny_runs import tiny_sr3
 
-    assert sr3 is not None
-    torch.manual_seed(0)
-    net = new_model(
-        ModelConfig(
-            name="tiny-sr3",
-            variant="sr3",
-            generator=SR3Config(channels=8, mults=(1, 2), blocks=1, steps=3, overlap=8),
-        )
-    )
-    with torch.no_grad():  # the output layer starts at zero: give it weights
-        for m in net.generator.modules():
-            if isinstance(m, torch.nn.Conv2d) and not m.weight.abs().sum():
-                m.weight.normal_(0, 0.05)
-                m.bias.normal_(0, 0.05)
-    net.eval()
+    net = tiny_sr3()
     assert net.descriptor.stochastic
     result = spread_map(lr, net, (20, 20, 24, 24), seeds=(0, 1, 2), device="cpu")
     assert result.stochastic and result.values.shape == (96, 96)

@@ -12,20 +12,20 @@ import torch
 import zarr
 
 from napari_srgan_sqe.cli import main
-from napari_srgan_sqe.config import ConfigError, ModelConfig, SR3Config, TrainConfig
+from napari_srgan_sqe.config import ConfigError, TrainConfig
 from napari_srgan_sqe.inference.engine import super_resolve
 from napari_srgan_sqe.inference.export import enhance_slide
 from napari_srgan_sqe.io.pyramid import PROVENANCE_KEY
 from napari_srgan_sqe.models.blocks import bicubic_upscale
 from napari_srgan_sqe.models.method import StochasticModelError
-from napari_srgan_sqe.models.modelfile import SRModel, load_model, new_model, save_model
+from napari_srgan_sqe.models.modelfile import load_model, save_model
 from napari_srgan_sqe.models.predictor import Predictor
 from napari_srgan_sqe.models.sr3 import position_noise
 from napari_srgan_sqe.training.finetune import finetune
 from napari_srgan_sqe.training.trainer import Trainer
-from tiny_runs import tiny_train_config
+from tiny_runs import TINY_SR3, tiny_sr3, tiny_train_config
 
-TINY = SR3Config(channels=8, mults=(1, 2), blocks=1, steps=3, overlap=8)
+TINY = TINY_SR3
 
 
 @pytest.fixture(autouse=True)
@@ -34,19 +34,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def tiny_sr3(name: str = "tiny-sr3") -> SRModel:
-    """A small SR3 whose zero-initialised output layer is given weights, so that the
-    U-Net's output (not only the starting noise) shapes the sample."""
-    torch.manual_seed(0)
-    model = new_model(ModelConfig(name=name, variant="sr3", generator=TINY))
-    with torch.no_grad():
-        for m in model.generator.modules():
-            if isinstance(m, torch.nn.Conv2d) and not m.weight.abs().sum():
-                m.weight.normal_(0, 0.05)
-                m.bias.normal_(0, 0.05)
-    return model.eval()
 
 
 def test_descriptor_says_stochastic_with_overlap_tiling_and_steps():

@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from napari_srgan_sqe.config import TrainConfig
+from napari_srgan_sqe.config import SR3Config, TrainConfig
+
+TINY_SR3 = SR3Config(channels=8, mults=(1, 2), blocks=1, steps=3, overlap=8)
+"""A small SR3 (8 channels, 2 levels, 3 sampling steps) for the tests."""
 
 
 def tiny_train_config(data: Path, out: Path, **kw: Any) -> TrainConfig:
@@ -30,3 +33,22 @@ def tiny_train_config(data: Path, out: Path, **kw: Any) -> TrainConfig:
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+def tiny_sr3(name: str = "tiny-sr3", steps: int = 3) -> Any:
+    """A small SR3 model whose zero-initialised output layer is given weights, so that
+    the U-Net's output (not only the starting noise) shapes each sample."""
+    import torch
+
+    from napari_srgan_sqe.config import ModelConfig
+    from napari_srgan_sqe.models.modelfile import new_model
+
+    torch.manual_seed(0)
+    config = TINY_SR3.model_copy(update={"steps": steps})
+    model = new_model(ModelConfig(name=name, variant="sr3", generator=config))
+    with torch.no_grad():
+        for m in model.generator.modules():
+            if isinstance(m, torch.nn.Conv2d) and not m.weight.abs().sum():
+                m.weight.normal_(0, 0.05)
+                m.bias.normal_(0, 0.05)
+    return model.eval()
