@@ -60,7 +60,9 @@ def main() -> None:
     precisions = ["fp32"] + (["auto"] if device.type == "cuda" else [])
 
     slide = open_slide(sample_slide_path())
-    lr = np.ascontiguousarray(np.asarray(slide.levels[0][800 : 800 + VIEW_LR, 1200 : 1200 + VIEW_LR]))
+    lr = np.ascontiguousarray(
+        np.asarray(slide.levels[0][800 : 800 + VIEW_LR, 1200 : 1200 + VIEW_LR])
+    )
     sr3 = load_model(args.model)
     base = load_model(args.baseline)
     own = sr3.descriptor.steps

@@ -52,7 +52,12 @@ def held_out_crops(out: Path) -> Path:
 
 
 def score(
-    models: list[str], data: Path, out: Path, steps: int, conditions: list[LRCondition]
+    models: list[str],
+    data: Path,
+    out: Path,
+    steps: int,
+    conditions: list[LRCondition],
+    samples: int = 1,
 ) -> dict[str, dict]:
     """by_lr summaries per model (cached per model and LR condition in out/per-model)."""
     cache = out / "per-model"
@@ -66,7 +71,12 @@ def score(
             if not path.is_file():
                 t0 = time.perf_counter()
                 res = evaluate(
-                    [model], [data], device="cpu", lr_conditions=[cond], zero_shot_steps=steps
+                    [model],
+                    [data],
+                    device="cpu",
+                    lr_conditions=[cond],
+                    zero_shot_steps=steps,
+                    samples=samples,
                 )
                 payload = {"by_lr": res.summaries(), "rows": res.rows}
                 payload["seconds"] = time.perf_counter() - t0
@@ -137,6 +147,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "eval" / "methods")
     ap.add_argument("--images", type=Path, default=None, help="folder for the crop figure")
     ap.add_argument("--zero-shot-steps", type=int, default=300)
+    ap.add_argument(
+        "--samples", type=int, default=4, help="samples of stochastic models (mean, spread)"
+    )
     ap.add_argument("--skip-score", action="store_true")
     ap.add_argument("--only", choices=[c.label for c in CONDITIONS], default=None)
     ap.add_argument("--score-only", action="store_true", help="no cost, tables or figure")
@@ -144,7 +157,9 @@ def main() -> None:
     data = held_out_crops(ROOT / "runs" / "methods-val512")
     conds = [c for c in CONDITIONS if args.only in (None, c.label)]
     steps = args.zero_shot_steps
-    scores = {} if args.skip_score else score(args.model, data, args.out, steps, conds)
+    scores = (
+        {} if args.skip_score else score(args.model, data, args.out, steps, conds, args.samples)
+    )
     if args.score_only:
         return
     costs = cost(args.model)

@@ -3,7 +3,7 @@
     python experiments/sr3.py [--model sr3-he-x4] [--steps 4 8 16] [--samples 4]
                               [--out docs/eval/sr3]
 
-1. Step count: on the held-out crops of experiments/methods.py (6 MoNuSeg validation
+1. Step count (and sampling temperature at the shipped steps): on the held-out crops of experiments/methods.py (6 MoNuSeg validation
    images, 512 px centre crops), LR = D_4(HR) lossless and JPEG Q75, `evaluate` with
    `samples` seeds per image at each step count: PSNR / SSIM of one sample (mean and
    spread over seeds) and of the per-pixel mean of the samples.
@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--model", default="sr3-he-x4")
     ap.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.8])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "eval" / "sr3")
     args = ap.parse_args()
     data = held_out_crops(ROOT / "runs" / "methods-val512")
@@ -119,6 +120,19 @@ def main() -> None:
         )
         result["steps"][str(n)] = res.summaries()
         print(json.dumps({str(n): res.summaries()}), flush=True)
+    result["temperature"] = {}
+    for temp in args.temperatures:  # at the shipped step count
+        model = with_sampling_steps(base, temperature=temp)
+        res = evaluate(
+            [model],
+            [data],
+            device="cpu",
+            baselines=("bicubic",),
+            lr_conditions=[LRCondition(), LRCondition("jpeg", 75)],
+            samples=args.samples,
+        )
+        result["temperature"][str(temp)] = res.summaries()
+        print(json.dumps({f"T={temp}": res.summaries()}), flush=True)
     img = sorted(data.glob("*.png"))[1]
     lr = LRCondition("jpeg", 75).apply(degrade(load_rgb(img), 4))[:96, :128]
     result["tiling"] = tiling(base, np.ascontiguousarray(lr), seed=0)

@@ -56,15 +56,19 @@ def test_models_listing_reads_the_files_without_torch():
         entry, model = listed[name], load_model(name)
         gen = model.config.generator
         assert entry["available"] and entry["scale"] == model.scale
+        blocks = getattr(gen, "n_blocks", None)  # SR3's U-Net has levels, not blocks
         assert (entry["arch"], entry["blocks"], entry["channels"]) == (
             gen.arch,
-            gen.n_blocks,
+            blocks,
             gen.channels,
         )
         assert entry["halo"] == model.halo
         assert entry["parameters"] == sum(p.numel() for p in model.generator.parameters())
         assert entry["degradation"] == (model.metadata.get("degradation") or None)
-        assert f"{gen.n_blocks} residual blocks x {gen.channels} channels" in entry["summary"]
+        if blocks is not None:
+            assert f"{blocks} residual blocks x {gen.channels} channels" in entry["summary"]
+        else:
+            assert f"{gen.steps} sampling steps" in entry["summary"]
     for name in ("srgan-sqe-he-x4", "srgan-sqe-he-x4-clean"):
         assert listed[name]["licence"].startswith("CC BY-NC-SA 4.0")
     assert listed["srgan-sqe-he-x4"]["degradation"] == "scanner"

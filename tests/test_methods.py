@@ -67,7 +67,11 @@ def _randomised(arch: str) -> torch.nn.Module:
 
 
 def test_the_registry_covers_every_config_arch_and_nothing_else():
-    assert tuple(ARCHITECTURES) == ARCH_NAMES == ("srresnet", "lrnet", "medsrgan", "zssr", "sr3")
+    assert (
+        tuple(ARCHITECTURES)
+        == ARCH_NAMES
+        == ("srresnet", "lrnet", "medsrgan", "zssr", "sr3", "unpaired")
+    )
     for name, cfg in SMALL.items():
         net = build_network(cfg)
         assert isinstance(net, SRNetwork)

@@ -279,7 +279,9 @@ def test_predictor_halves_and_remembers_batch_on_oom(monkeypatch, oom) -> None:
     np.testing.assert_array_equal(pred.run(tiles, crop=2), want)
     assert sizes == [2, 2, 2, 2]  # the reduced batch is remembered: no OOM next time
 
-    monkeypatch.setattr(model, "infer_batch", lambda x, seed=None, origins=None: (_ for _ in ()).throw(oom()))
+    monkeypatch.setattr(
+        model, "infer_batch", lambda x, seed=None, origins=None: (_ for _ in ()).throw(oom())
+    )
     with pytest.raises(DeviceError, match="even for one 24 x 24 tile.*smaller tile.*CPU"):
         pred.run(tiles[:1], crop=2)
     from napari_srgan_sqe.cli import _is_user_error
@@ -289,7 +291,9 @@ def test_predictor_halves_and_remembers_batch_on_oom(monkeypatch, oom) -> None:
     except DeviceError as exc:
         assert _is_user_error(exc)
     monkeypatch.setattr(
-        model, "infer_batch", lambda x, seed=None, origins=None: (_ for _ in ()).throw(RuntimeError("bug"))
+        model,
+        "infer_batch",
+        lambda x, seed=None, origins=None: (_ for _ in ()).throw(RuntimeError("bug")),
     )
     with pytest.raises(RuntimeError, match="^bug$"):
         pred.run(tiles[:1], crop=2)

@@ -37,7 +37,10 @@ __all__ = [
     "LossConfig",
     "MedicalSRGANConfig",
     "ModelConfig",
+    "RealLRSource",
     "TrainConfig",
+    "UnpairedConfig",
+    "UnpairedTrainConfig",
     "VARIANTS",
     "ZSSRConfig",
     "SR3Config",
@@ -157,9 +160,44 @@ class SR3Config(_Strict):
     """LR px read around each tile and cropped after sampling ('overlap' tiling)."""
     residual_scale: float = Field(10.0, gt=0.0, le=1000.0)
     """The diffused residual is (HR - bicubic(LR)) times this (about unit spread)."""
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    """Scale of the starting noise at inference: 1 samples as trained; lower values trade
+    the samples' diversity (and invented detail) for closeness to the LR's most likely
+    image; 0 gives one deterministic image for every seed."""
 
 
-ARCH_NAMES: tuple[str, ...] = ("srresnet", "lrnet", "medsrgan", "zssr", "sr3")
+class UnpairedConfig(_Strict):
+    """Pseudo-supervised unpaired SR (Maeda 2020): a correction network C maps the real LR
+    of a slide (scanner blur, noise, JPEG) to clean LR, then an SR network U (an
+    SRGAN-family generator) up-samples it: SR = U(C(x)). C is a residual CNN at LR
+    resolution whose last conv starts at zero, so a fresh C is the identity."""
+
+    arch: Literal["unpaired"] = "unpaired"
+    correction_layers: int = Field(7, ge=2, le=16)
+    """3x3 convs of C (ReLU between); its receptive-field radius in LR px."""
+    correction_channels: int = Field(48, ge=4, le=256)
+    """Feature channels of C."""
+    sr: GeneratorConfig = Field(
+        default_factory=lambda: GeneratorConfig(arch="lrnet", n_blocks=12, channels=48)
+    )
+    """The SR network U (default: the bundled model's lrnet 12 x 48)."""
+
+    @property
+    def scale(self) -> int:
+        return self.sr.scale
+
+    @property
+    def n_blocks(self) -> int:
+        """Residual blocks of the SR network U."""
+        return self.sr.n_blocks
+
+    @property
+    def channels(self) -> int:
+        """Trunk channels of the SR network U."""
+        return self.sr.channels
+
+
+ARCH_NAMES: tuple[str, ...] = ("srresnet", "lrnet", "medsrgan", "zssr", "sr3", "unpaired")
 
 
 def _arch_tag(v: Any) -> str | None:
@@ -174,15 +212,19 @@ ArchConfig = Annotated[
     | Annotated[GeneratorConfig, Tag("lrnet")]
     | Annotated[MedicalSRGANConfig, Tag("medsrgan")]
     | Annotated[ZSSRConfig, Tag("zssr")]
-    | Annotated[SR3Config, Tag("sr3")],
+    | Annotated[SR3Config, Tag("sr3")]
+    | Annotated[UnpairedConfig, Tag("unpaired")],
     Discriminator(
         _arch_tag,
         custom_error_type="unknown_architecture",
-        custom_error_message="unknown architecture: choose srresnet, lrnet, medsrgan, zssr or sr3",
+        custom_error_message=(
+            "unknown architecture: choose srresnet, lrnet, medsrgan, zssr, sr3 or unpaired"
+        ),
     ),
 ]
 """The network of a model: one validated config per architecture, chosen by `arch`
-('srresnet', 'lrnet', 'medsrgan', 'zssr', 'sr3'). A field of another architecture is refused."""
+('srresnet', 'lrnet', 'medsrgan', 'zssr', 'sr3', 'unpaired'). A field of another
+architecture is refused."""
 
 
 class AutoencoderConfig(_Strict):
@@ -396,6 +438,59 @@ def degradation_preset(name: str | DegradationConfig) -> DegradationConfig:
     return DegradationConfig(preset=name)
 
 
+class RealLRSource(_Strict):
+    """Real LR to adapt to: a slide (level 0 is read in small windows) or an image."""
+
+    path: str = Field(min_length=1)
+    """A slide (.svs, .ndpi, .tif, ...), an image (PNG, JPEG) or a folder of PNG / JPEG
+    images. Relative paths are resolved against the config file's folder."""
+    regions: list[tuple[int, int, int, int]] = Field(default_factory=list)
+    """Rectangles (x, y, w, h) in level-0 px to draw patches from; none: the whole image."""
+
+    @field_validator("regions")
+    @classmethod
+    def _positive(cls, v: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+        for x, y, w, h in v:
+            if x < 0 or y < 0 or w <= 0 or h <= 0:
+                raise ValueError(f"region {(x, y, w, h)}: x, y must be >= 0 and w, h > 0")
+        return v
+
+
+def _as_source(v: Any) -> Any:
+    return {"path": v} if isinstance(v, str) else v
+
+
+class UnpairedTrainConfig(_Strict):
+    """The 'unpaired' recipe (Maeda 2020): the real-LR source and the loss weights.
+
+    Clean HR patches y come from the run's `data`, their clean LR y_d = D_s(y) from the
+    loop; real LR patches x are drawn from `real_lr`. C maps real to clean LR, G_yx
+    clean to real-looking LR (training only); one discriminator per LR domain."""
+
+    real_lr: list[Annotated[RealLRSource, BeforeValidator(_as_source)]] = Field(min_length=1)
+    """Slides or images whose LR the model adapts to (a bare path is accepted)."""
+    real_patch_size: int | None = Field(None, ge=8, le=512)
+    """Side of the real-LR patches in LR px (default: patch_size / scale, the clean LR's)."""
+    real_batch_size: int | None = Field(None, ge=1, le=1024)
+    """Real-LR patches per step (default: batch_size)."""
+    max_background: float = Field(0.5, ge=0.0, le=1.0)
+    """A real patch with more than this fraction of near-white pixels is drawn again."""
+    lam_adv: float = Field(1.0, ge=0.0)
+    """Adversarial terms on both LR domains (C(x) vs y_d, G_yx(y_d) vs x)."""
+    lam_cyc: float = Field(1.0, ge=0.0)
+    """One-way cycle |C(G_yx(y_d)) - y_d|."""
+    lam_idt: float = Field(1.0, ge=0.0)
+    """Identity |C(y_d) - y_d|: C leaves clean LR alone."""
+    lam_geo: float = Field(1.0, ge=0.0)
+    """Geometric ensemble |C(x) - mean_T T^-1 C(T x)| over the 8 flips / rotations."""
+    lam_sr: float = Field(1.0, ge=0.0)
+    """L1 of U(C(G_yx(y_d))) against y (the SR net on pseudo-clean LR)."""
+    train_sr: bool = True
+    """Train the SR network U too; False trains the correction only (U stays as loaded)."""
+    d_lr: float | None = Field(None, gt=0.0, le=1.0)
+    """Learning rate of the discriminators (default: `lr`)."""
+
+
 class TrainConfig(_Strict):
     """A training run: data, model, objective, schedule."""
 
@@ -425,12 +520,16 @@ class TrainConfig(_Strict):
     """Fidelity-only generator steps before the GAN phase."""
     gan_steps: int = Field(2000, ge=0)
     """Alternating D / G steps (skipped when lam_a is 0: then plain generator steps)."""
-    recipe: Literal["auto", "srgan_sqe", "diffusion"] = "auto"
+    recipe: Literal["auto", "srgan_sqe", "diffusion", "unpaired"] = "auto"
     """How the model trains (`training.recipes`): 'srgan_sqe' (autoencoder, warm-up and GAN
-    phases, the fields above), 'diffusion' (SR3: `steps` steps of the denoising loss);
-    'auto' picks by the architecture ('diffusion' for arch 'sr3')."""
+    phases, the fields above), 'diffusion' (SR3: `steps` steps of the denoising loss),
+    'unpaired' (Maeda 2020: `steps` steps adapting to the real LR named in `unpaired`);
+    'auto' picks by the architecture ('diffusion' for arch 'sr3', 'unpaired' for arch
+    'unpaired')."""
     steps: int | None = Field(None, ge=0)
-    """Training steps of the single-phase recipes ('diffusion')."""
+    """Training steps of the single-phase recipes ('diffusion', 'unpaired')."""
+    unpaired: UnpairedTrainConfig | None = None
+    """The real LR and the loss weights of the 'unpaired' recipe."""
     lr: float = Field(1e-4, gt=0.0, le=1.0)
     warmup_lr: float = Field(2e-4, gt=0.0, le=1.0)
     lr_final: float | None = Field(None, gt=0.0, le=1.0)

@@ -6,9 +6,15 @@ pyramid to it all run in `finetune_job`, a generator in a napari thread worker t
 yields typed events; the GUI thread turns them into the progress bar, the plot, the
 labels and, at the end, `show_pyramid` on the SR layer. Nothing here imports torch.
 
+"Adapt to this slide" runs in the same worker: a correction net in front of the SR
+layer's model learns, without HR, to turn this slide's LR (the drawn rectangles, or
+the part in view) into the clean LR the model was trained on
+(`training.unpaired_data.iter_adapt`, the 'unpaired' recipe).
+
 Versions go to `models_dir()` (`$NAPARI_SRGAN_SQE_MODELS`, default
-`~/.napari-srgan-sqe/models/`) as `<parent>-ft-<YYYYmmdd-HHMMSS>.safetensors`, with
-the parent model and the regions in the file's metadata.
+`~/.napari-srgan-sqe/models/`) as `<parent>-ft-<YYYYmmdd-HHMMSS>.safetensors`
+(`<parent>-adapt-...` for an adapted model), with the parent model and the regions in
+the file's metadata.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ SHAPES_NAME = "Fine-tune regions"
 MODES = ("paired", "self-supervised")
 ZERO_SHOT_MAX_SIDE = 512
 """Zero-shot trains on at most this many LR px a side of the view (around its centre)."""
+ADAPT_MAX_SIDE = 1024
+"""Without drawn rectangles, adaptation draws its real LR from at most this many LR px
+a side of the view (around its centre)."""
 
 
 def models_dir() -> Path:
@@ -59,14 +68,15 @@ def models_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".napari-srgan-sqe" / "models"
 
 
-def version_path(folder: Path, parent_name: str) -> Path:
-    """A new, unused `<parent>-ft-<timestamp>[-n].safetensors` in `folder`."""
-    base = re.sub(r"-ft-\d{8}-\d{6}(-\d+)?$", "", parent_name) or "model"
+def version_path(folder: Path, parent_name: str, tag: str = "ft") -> Path:
+    """A new, unused `<parent>-<tag>-<timestamp>[-n].safetensors` in `folder` ('ft' for
+    fine-tuned, 'adapt' for adapted versions; an earlier version's suffix is dropped)."""
+    base = re.sub(r"-(ft|adapt)-\d{8}-\d{6}(-\d+)?$", "", parent_name) or "model"
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = folder / f"{base}-ft-{stamp}.safetensors", 1
+    path, n = folder / f"{base}-{tag}-{stamp}.safetensors", 1
     while path.exists():
         n += 1
-        path = folder / f"{base}-ft-{stamp}-{n}.safetensors"
+        path = folder / f"{base}-{tag}-{stamp}-{n}.safetensors"
     return path
 
 
@@ -102,9 +112,11 @@ def finetune_job(
     folder: Path,
     zero_shot: bool = False,
     network: Any = None,
+    adapt: Any = None,
 ) -> Generator[Any, None, None]:
     """Worker body: cut regions, fine-tune (or, with `zero_shot`, train a fresh ZSSR
-    model on the LR regions), save the new version, switch the pyramid.
+    model on the LR regions; with `adapt`, the `AdaptSettings` of an unpaired
+    adaptation to the LR regions), save the new version, switch the pyramid.
 
     Yields the library's events (Started, Step, Validated), then `Switched`, or
     `Failed` on any error (torch raises RuntimeErrors, which superqt's generator
@@ -112,15 +124,31 @@ def finetune_job(
     """
     from napari_srgan_sqe.models.modelfile import save_model
     from napari_srgan_sqe.training.finetune import Finished, cut_regions, iter_finetune
+    from napari_srgan_sqe.training.unpaired_data import iter_adapt, real_lr_image
     from napari_srgan_sqe.training.zero_shot import ZERO_SHOT_MODEL, iter_zero_shot, new_zssr
 
     try:
         model = new_zssr(name=ZERO_SHOT_MODEL, network=network) if zero_shot else pyramid.model
-        regions = cut_regions(lr_level, rects, hr=hr_level, scale=model.scale, config=config)
-        path = version_path(folder, model.name)
+        path = version_path(folder, model.name, "adapt" if adapt is not None else "ft")
         meta = {"finetune_regions": json.dumps([dict(zip("xywh", r, strict=True)) for r in rects])}
         device = str(getattr(pyramid.predictor, "device", "auto"))
-        if zero_shot:
+        if adapt is None:  # adaptation reads its real LR from the level in patches
+            regions = cut_regions(lr_level, rects, hr=hr_level, scale=model.scale, config=config)
+        if adapt is not None:
+            meta["training_data"] = (
+                f"adapted (unpaired) to {len(rects)} region(s) of the slide in view; clean LR "
+                "from the bundled sample slide"
+            )
+            events = iter_adapt(
+                model,
+                [real_lr_image(lr_level, rects, "the slide in view")],
+                settings=adapt,
+                stop_event=stop_event,
+                device=device,
+                name=path.stem,
+                metadata=meta,
+            )
+        elif zero_shot:
             meta["training_data"] = f"zero-shot on {len(rects)} region(s) of the slide in view"
             events = iter_zero_shot(
                 regions,
@@ -342,6 +370,10 @@ class FinetuneWidget(QWidget):
         """FinetuneConfig fields not in the form (batch_size, patch_size, val_every, seed)."""
         self.zssr_network: Any = None
         """The ZSSRConfig of "Zero-shot on this view" (None: the paper's 8 x 64)."""
+        self.adapt_config: dict[str, Any] = {}
+        """`AdaptSettings` fields of "Adapt to this slide" not in the form (batch_size,
+        patch_size, correction_layers, correction_channels, lr, val_every)."""
+        self._adapting = False
         self._job: _Job | None = None
         self._pbar: Any = None
         self._shapes: Any = None
@@ -390,6 +422,13 @@ class FinetuneWidget(QWidget):
             "around its centre), for Steps steps; the SR layer then uses it. Slow: "
             "ZSSR runs 8 passes per tile"
         )
+        self.adapt_button = QPushButton("Adapt to this slide")
+        self.adapt_button.setToolTip(
+            "Learn, without HR, a correction of this slide's LR (scanner blur, noise, "
+            "JPEG) into the clean LR the SR layer's model expects (unpaired, Maeda 2020), "
+            "from the drawn rectangles or the part in view (up to 1024 x 1024 LR px), for "
+            "Steps steps; the SR layer then uses the corrected model"
+        )
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         self.status = QLabel("")
@@ -432,6 +471,7 @@ class FinetuneWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.zero_shot_button)
+        buttons.addWidget(self.adapt_button)
         buttons.addWidget(self.stop_button)
         content = QWidget()
         layout = QVBoxLayout(content)
@@ -453,6 +493,7 @@ class FinetuneWidget(QWidget):
         self.draw_button.clicked.connect(self.draw_mode)
         self.start_button.clicked.connect(lambda: self.start())
         self.zero_shot_button.clicked.connect(lambda: self.start_zero_shot())
+        self.adapt_button.clicked.connect(lambda: self.start_adapt())
         self.stop_button.clicked.connect(self.stop)
         self.mode_box.activated.connect(self._on_mode_chosen)  # user actions only
         for ev in ("inserted", "removed", "moved"):
@@ -597,8 +638,10 @@ class FinetuneWidget(QWidget):
         *,
         zero_shot: bool,
         what: str,
+        adapt: bool = False,
     ) -> None:
-        """Start the training worker and set the widget to its running state."""
+        """Start the training worker and set the widget to its running state (`adapt`:
+        `cfg` is the `AdaptSettings` of an unpaired adaptation)."""
         from napari.qt.threading import create_worker
         from napari.utils import progress
 
@@ -614,6 +657,7 @@ class FinetuneWidget(QWidget):
             self.folder,
             zero_shot,
             self.zssr_network if zero_shot else None,
+            cfg if adapt else None,
             _start_thread=False,
         )
         job.worker = worker
@@ -623,7 +667,9 @@ class FinetuneWidget(QWidget):
         self.destroyed.connect(job.shutdown)  # the widget closed or napari quit mid-run
         self._job, self._sr = job, pair.sr
         _set_busy(pair.sr, True)  # the Enhance widget must not switch its model meanwhile
-        self._pbar = progress(total=cfg.steps, desc="Zero-shot" if zero_shot else "Fine-tune")
+        self._adapting = adapt
+        title = "Adapt" if adapt else "Zero-shot" if zero_shot else "Fine-tune"
+        self._pbar = progress(total=cfg.steps, desc=title)
         self.plot.clear()
         self._eta_marks, self._t_start = [], time.perf_counter()
         self._max_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
@@ -633,6 +679,7 @@ class FinetuneWidget(QWidget):
         self.log.appendPlainText(what)
         self.start_button.setEnabled(False)
         self.zero_shot_button.setEnabled(False)
+        self.adapt_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         _workers.start(worker, owner=self, stop=job.stop_event.set)
 
@@ -699,6 +746,64 @@ class FinetuneWidget(QWidget):
         )
         return True
 
+    def start_adapt(self) -> bool:
+        """Adapt the SR layer's model to this slide's LR (drawn rectangles, else the
+        view) in a worker; the SR layer then uses the adapted model."""
+        from napari_srgan_sqe.config import ConfigError
+        from napari_srgan_sqe.models.method import StochasticModelError
+        from napari_srgan_sqe.training.finetune import RegionError
+        from napari_srgan_sqe.training.unpaired_data import (
+            AdaptSettings,
+            check_adaptable,
+            check_real_regions,
+        )
+
+        if self.running:
+            return False
+        pair = self._pair()
+        pyramid = _layers.pyramid_of(pair.sr) if pair is not None and pair.sr else None
+        try:
+            if pyramid is None or pair is None:
+                raise RegionError("no SR layer: run Enhance first (its model is adapted)")
+            check_adaptable(pyramid.model)
+            settings = AdaptSettings(
+                **{
+                    "steps": self.steps_box.value(),
+                    "max_minutes": self.minutes_box.value() or None,
+                    "seed": int(self.extra_config.get("seed", 0)),
+                    **self.adapt_config,
+                }
+            )
+            drawn = self.regions()
+            wanted = drawn
+            if not drawn:
+                view = self.view_region(ADAPT_MAX_SIDE)
+                if view is None:
+                    raise RegionError("no LR layer in view")
+                wanted = [view]
+            lr_level = _layers.layer_levels(pair.lr)[0]
+            rects = check_real_regions(wanted, lr_level.shape, settings.patch_size)
+        except (RegionError, ConfigError, StochasticModelError, TypeError) as exc:
+            self._refuse("Adapt", "cannot adapt", exc)
+            return False
+        where = (
+            f"{len(rects)} drawn region(s)"
+            if drawn
+            else "the view ({} x {} LR px)".format(*rects[0][2:])
+        )
+        self._launch(
+            pair,
+            pyramid,
+            settings,
+            rects,
+            lr_level,
+            None,
+            zero_shot=False,
+            adapt=True,
+            what=f"adapting {pyramid.model.name!r} to this slide's LR in {where} (unpaired)",
+        )
+        return True
+
     def stop(self) -> None:
         """End training within one step; the best model so far is kept."""
         if self._job is not None:
@@ -727,7 +832,10 @@ class FinetuneWidget(QWidget):
             self.eta_label.setText(f"step {ev.step}/{total or '?'}, ETA {shown}")
         elif isinstance(ev, Validated):
             self.plot.add_val(ev.step, ev.psnr)
-            if ev.step > 0:
+            if ev.step > 0 and self._adapting:  # no HR of the slide: a check, not a score
+                within = "within tolerance" if ev.best else "below tolerance"
+                self.status.setText(f"clean check {ev.psnr:.2f} dB ({within})")
+            elif ev.step > 0:
                 best = "best so far" if ev.best else "not better"
                 self.status.setText(f"val PSNR {ev.psnr:.2f} dB ({best})")
                 if ev.best:
@@ -752,6 +860,9 @@ class FinetuneWidget(QWidget):
         res = ev.result
         b, a = res.before, res.after
         stopped = f", stopped after {res.steps_done} steps" if res.stopped else ""
+        if res.mode == "unpaired":
+            for note in res.notes[2:]:  # the first two were shown when it started
+                self.log.appendPlainText(f"note: {note}")
         if res.improved and ev.path is not None:
             sr = self._sr
             if sr is not None and sr in self.viewer.layers:
@@ -760,13 +871,16 @@ class FinetuneWidget(QWidget):
                 _layers.show_pyramid(sr, model_path=ev.path)
                 sr.name = _layers.role_name("sr", _layers.slide_name(sr), res.model.name)
                 sr.refresh()
+            check = "clean check " if res.mode == "unpaired" else ""
             summary = (
-                f"PSNR {b['psnr']:.2f} -> {a['psnr']:.2f} dB, SSIM {b['ssim']:.4f} -> "
+                f"{check}PSNR {b['psnr']:.2f} -> {a['psnr']:.2f} dB, SSIM {b['ssim']:.4f} -> "
                 f"{a['ssim']:.4f} (best step {res.best_step}{stopped})"
             )
             self.log.appendPlainText(f"{summary}\nsaved {ev.path.name}; the SR layer now uses it")
             # the file's name is in the log
             self.result_label.setText(f"{summary}\nnow used by the SR layer: {res.model.name}")
+        elif res.mode == "unpaired":
+            text = f"{res.notes[-1]}{stopped}"
         else:
             text = (
                 f"validation did not improve (PSNR {b['psnr']:.2f} dB before, SSIM "
@@ -811,8 +925,10 @@ class FinetuneWidget(QWidget):
             _set_busy(self._sr, False)
         self.start_button.setEnabled(True)
         self.zero_shot_button.setEnabled(True)
+        self.adapt_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self.eta_label.setText("")
+        self._adapting = False
 
     def _on_inserted(self, event: Any) -> None:
         """Keep the regions layer above new image layers (else rectangles hide under them),

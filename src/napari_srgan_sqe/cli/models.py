@@ -83,6 +83,9 @@ def network_info(path: Path) -> dict[str, Any]:
     parts = [arch]
     if blocks is not None and channels is not None:
         parts.append(f"{blocks} residual blocks x {channels} channels")
+    if arch == "sr3" and channels is not None:  # a diffusion U-Net: levels and steps
+        widths = "/".join(str(channels * m) for m in gen.get("mults", (1, 2, 2)))
+        parts.append(f"U-Net {widths} channels, {gen.get('steps', 8)} sampling steps")
     if gen.get("bicubic_skip"):
         parts.append("bicubic skip")
     if gen.get("batch_norm"):

@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SHOWN_LOSSES = ("g", "d", "ae", "fidelity", "v_mse", "adv", "cyc", "idt", "geo", "sr")
+"""Loss terms shown in the progress bar: the SRGAN family's generator, discriminator,
+autoencoder and fidelity terms, SR3's v_mse, and the 'unpaired' recipe's adversarial,
+cycle, identity, geometric-ensemble and SR terms."""
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     """SIGTERM and SIGINT (which background jobs ignore) ask the trainer to stop between
     two steps; it then writes a checkpoint, so `--resume` continues exactly."""
@@ -97,11 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     def show(ev) -> None:
         bar.n = ev.step
-        shown = {
-            k: f"{v:.4g}"
-            for k, v in ev.losses.items()
-            if k in ("g", "d", "ae", "fidelity", "v_mse")
-        }
+        shown = {k: f"{v:.4g}" for k, v in ev.losses.items() if k in SHOWN_LOSSES}
         if ev.val:
             shown["val_psnr"] = f"{ev.val['val_psnr']:.2f}"
         bar.set_postfix(phase=ev.phase, **shown, refresh=False)

@@ -156,6 +156,8 @@ class _SRLevel0:
         self.predictor = predictor
         self.scale = int(predictor.scale)
         self.halo = int(predictor.halo)
+        desc = getattr(predictor, "descriptor", None)
+        self.alignment = max(1, int(getattr(desc, "alignment", 1)))
         # window (x, y, w, h): the tile grid covers only this part of `lr`, but halos
         # read the real pixels around it (mirrored only at the border of `lr`)
         x, y, w, h = window if window is not None else (0, 0, lr.shape[1], lr.shape[0])
@@ -282,9 +284,7 @@ class _SRLevel0:
         if not todo:
             return out
         bounds = [self._lr_bounds(*t) for t in todo]
-        inputs = [read_region(self.lr, *b, halo=self.halo) for b in bounds]
-        origins = [(b[0] - self.halo, b[2] - self.halo) for b in bounds]
-        for t, tile in zip(todo, self.forward(inputs, origins)):
+        for t, tile in zip(todo, self.forward_regions(bounds)):
             self.cache.put(self._key(*t), tile)
             if self.disk is not None:
                 self.disk.put(*t, tile)
@@ -292,6 +292,20 @@ class _SRLevel0:
             with self._stats_lock:
                 self.stats.tiles_computed += 1
         return out
+
+    def forward_regions(self, bounds: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
+        """SR of LR regions (y0, y1, x0, x1) of the level, each read with the halo. A
+        window starts at the phase of the whole-image reference modulo the model's
+        `alignment` (extended up and left by up to alignment - 1 px, cropped after), so
+        windows of a strided network agree wherever they start."""
+        a = self.alignment
+        inputs, origins, extra = [], [], []
+        for y0, y1, x0, x1 in bounds:
+            ey, ex = y0 % a, x0 % a
+            inputs.append(read_region(self.lr, y0 - ey, y1, x0 - ex, x1, halo=self.halo))
+            origins.append((y0 - ey - self.halo, x0 - ex - self.halo))
+            extra.append((ey * self.scale, ex * self.scale))
+        return [sr[ey:, ex:] for sr, (ey, ex) in zip(self.forward(inputs, origins), extra)]
 
     def forward(self, inputs: list[np.ndarray], origins: list[tuple[int, int]]) -> list[np.ndarray]:
         """The network on LR inputs read with the halo (batched with other threads'),
@@ -572,8 +586,7 @@ class LiveLevel0:
                 lv.stats.live_pieces += 1
             return
         oy, ox = lv.origin
-        x = read_region(lv.lr, y0 + oy, y1 + oy, x0 + ox, x1 + ox, halo=lv.halo)
-        (sr,) = lv.forward([x], [(y0 + oy - lv.halo, x0 + ox - lv.halo)])
+        (sr,) = lv.forward_regions([(y0 + oy, y1 + oy, x0 + ox, x1 + ox)])
         self.store.write(y0, y1, x0, x1, sr)
         with lv._stats_lock:
             lv.stats.live_pieces += 1

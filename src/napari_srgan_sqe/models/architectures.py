@@ -20,6 +20,7 @@ from napari_srgan_sqe.config import (
     GeneratorConfig,
     MedicalSRGANConfig,
     SR3Config,
+    UnpairedConfig,
     ZSSRConfig,
 )
 from napari_srgan_sqe.models.blocks import Bicubic
@@ -27,6 +28,7 @@ from napari_srgan_sqe.models.generator import build_generator
 from napari_srgan_sqe.models.medsrgan import build_medsrgan
 from napari_srgan_sqe.models.method import Kind, MethodDescriptor, SRNetwork, Tiling
 from napari_srgan_sqe.models.sr3 import build_sr3
+from napari_srgan_sqe.models.unpaired import build_unpaired
 from napari_srgan_sqe.models.zssr import build_zssr
 
 __all__ = ["ARCHITECTURES", "Architecture", "build_network", "describe"]
@@ -65,6 +67,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         tiling="overlap",
         summary="SR3 conditional diffusion (DDIM)",
     ),
+    "unpaired": Architecture(
+        "unpaired", UnpairedConfig, build_unpaired, summary="correction net + SR net (Maeda 2020)"
+    ),
 }
 assert tuple(ARCHITECTURES) == ARCH_NAMES, "config.ArchConfig and the registry disagree"
 
@@ -95,4 +100,5 @@ def describe(arch_name: str, net: nn.Module) -> MethodDescriptor:
         steps=int(getattr(net, "steps", 1)),
         kind=arch.kind,
         macs_per_pixel=int(net.macs_per_pixel()),
+        alignment=int(getattr(net, "alignment", 1)),
     )

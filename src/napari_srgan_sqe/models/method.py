@@ -95,6 +95,10 @@ class MethodDescriptor:
     kind: Kind = "deterministic"
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
     macs_per_pixel: int = 0
+    alignment: int = 1
+    """Windows agree only when their LR origins are congruent modulo this (strided
+    layers, e.g. a U-Net's down-sampling): the engine starts every window at the same
+    phase as the whole-image reference (origin -halo)."""
 
     @property
     def speed_class(self) -> Speed:

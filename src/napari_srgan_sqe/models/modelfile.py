@@ -160,13 +160,20 @@ def new_model(config: ModelConfig) -> SRModel:
     return SRModel(generator, config, encoder=encoder)
 
 
-def with_sampling_steps(model: SRModel, steps: int) -> SRModel:
-    """The same stochastic model sampling in `steps` steps (a new model sharing the
-    weights; its config, identity and cache keys say the step count)."""
+def with_sampling_steps(
+    model: SRModel, steps: int | None = None, *, temperature: float | None = None
+) -> SRModel:
+    """The same stochastic model sampling in `steps` steps and/or at `temperature` (a
+    new model with the same weights; its config, identity and cache keys say so)."""
     desc = model.descriptor
     if not desc.stochastic:
         raise ValueError(f"model {model.name!r} is deterministic: it has no sampling steps")
-    gen_cfg = model.config.generator.model_copy(update={"steps": int(steps)})
+    update: dict[str, float | int] = {}
+    if steps is not None:
+        update["steps"] = int(steps)
+    if temperature is not None:
+        update["temperature"] = float(temperature)
+    gen_cfg = model.config.generator.model_copy(update=update)
     config = model.config.model_copy(update={"generator": gen_cfg})
     network = build_network(gen_cfg).to(next(model.generator.parameters()).device)
     network.load_state_dict(model.generator.state_dict())
@@ -296,6 +303,9 @@ def arch_summary(cfg: Any) -> str:
     """'lrnet (12 blocks x 48 ch, x4)', 'zssr (8 layers x 64 ch, x4)', ..."""
     if cfg.arch == "zssr":
         return f"zssr ({cfg.n_layers} layers x {cfg.channels} ch, x{cfg.scale})"
+    if cfg.arch == "sr3":
+        levels = "/".join(str(cfg.channels * m) for m in cfg.mults)
+        return f"sr3 (U-Net {levels} ch, {cfg.steps} steps, x{cfg.scale})"
     return f"{cfg.arch} ({cfg.n_blocks} blocks x {cfg.channels} ch, x{cfg.scale})"
 
 

@@ -182,16 +182,19 @@ class SR3Net(nn.Module):
         steps: int = 8,
         overlap: int = 16,
         residual_scale: float = 10.0,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.scale = int(scale)
         self.steps = int(steps)
         self.halo = int(overlap)  # the margin read around each tile (not exact)
         self.residual_scale = float(residual_scale)
+        self.temperature = float(temperature)
         self.up = Bicubic(self.scale)
         s2 = self.scale * self.scale
         self.unet = _UNet(6 * s2, 3 * s2, channels, mults, blocks)
         self.multiple = 2 ** (len(mults) - 1)  # LR sides the U-Net needs (padded inside)
+        self.alignment = self.multiple  # windows agree when their origins agree modulo this
 
     # -- training ----------------------------------------------------------------
     def denoise(self, x_t: torch.Tensor, up: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -246,7 +249,7 @@ class SR3Net(nn.Module):
     ) -> torch.Tensor:
         """An HR sample for LR (N, 3, h, w) in [0, 1]: DDIM (eta 0) in `steps` steps."""
         up = self.up(lr.float())
-        x = self.start_noise(up.shape, seed, origins).to(up.device, up.dtype)
+        x = self.start_noise(up.shape, seed, origins).to(up.device, up.dtype) * self.temperature
         n_steps = int(steps or self.steps)
         times = torch.linspace(_T_MAX, 0.0, n_steps + 1, device=up.device)
         x0, k = x, self.residual_scale
@@ -316,4 +319,5 @@ def build_sr3(cfg: SR3Config) -> SR3Net:
         steps=cfg.steps,
         overlap=cfg.overlap,
         residual_scale=cfg.residual_scale,
+        temperature=cfg.temperature,
     )

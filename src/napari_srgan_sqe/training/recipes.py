@@ -12,6 +12,9 @@ Recipes:
   pre-training, fidelity warm-up, GAN phase), for srresnet / lrnet / medsrgan / zssr.
 - `DiffusionRecipe` ('diffusion'): SR3; the denoiser learns v at random noise
   levels (one phase of `TrainConfig.steps` steps), with an EMA of its weights.
+- `UnpairedRecipe` ('unpaired'): pseudo-supervised unpaired SR (Maeda 2020) for arch
+  'unpaired': a correction net learns real LR (patches of the slides in
+  `TrainConfig.unpaired`) -> clean LR, the SR net learns on pseudo-clean LR.
 A recipe is chosen by `TrainConfig.recipe` ('auto': by the architecture).
 """
 
@@ -26,19 +29,28 @@ from typing import Protocol, cast
 import torch
 from torch import nn
 
-from napari_srgan_sqe.config import ConfigError, TrainConfig
+from napari_srgan_sqe.config import ConfigError, GeneratorConfig, TrainConfig, UnpairedConfig
 from napari_srgan_sqe.io.checkpoints import (
     CheckpointError,
     read_safetensors,
     read_safetensors_metadata,
 )
-from napari_srgan_sqe.losses import GeneratorObjective, discriminator_loss, l1_loss, quasi_norm_loss
+from napari_srgan_sqe.losses import (
+    GeneratorObjective,
+    discriminator_loss,
+    l1_loss,
+    mse_loss,
+    quasi_norm_loss,
+)
 from napari_srgan_sqe.models.architectures import build_network
 from napari_srgan_sqe.models.autoencoder import build_autoencoder
 from napari_srgan_sqe.models.discriminator import build_discriminator
 from napari_srgan_sqe.models.modelfile import ModelFileError, load_model
 from napari_srgan_sqe.models.sr3 import SR3Net
+from napari_srgan_sqe.models.unpaired import DegradationNet, PatchDiscriminator, UnpairedSR
+from napari_srgan_sqe.models.zssr import self_ensemble
 from napari_srgan_sqe.training.state import unpack_modules
+from napari_srgan_sqe.training.unpaired_data import RealLRSampler, open_real_lr
 
 __all__ = [
     "RECIPES",
@@ -46,6 +58,7 @@ __all__ = [
     "Recipe",
     "SRGANRecipe",
     "TrainingBatch",
+    "UnpairedRecipe",
     "make_recipe",
     "recipe_name",
 ]
@@ -109,13 +122,18 @@ def recipe_name(cfg: TrainConfig) -> str:
     """The recipe a config trains with ('auto' resolved by the architecture)."""
     if cfg.recipe != "auto":
         return cfg.recipe
-    return "diffusion" if cfg.model.generator.arch == "sr3" else "srgan_sqe"
+    arch = cfg.model.generator.arch
+    return {"sr3": "diffusion", "unpaired": "unpaired"}.get(arch, "srgan_sqe")
 
 
 def make_recipe(cfg: TrainConfig, device: torch.device, base: Path) -> Recipe:
     """The recipe of `cfg`, with its networks on `device` (warm-started if asked)."""
     name = recipe_name(cfg)
-    recipe: Recipe = RECIPES[name](cfg, device)
+    cls = RECIPES[name]
+    # a recipe reading files named in the config resolves them against its folder
+    recipe: Recipe = (
+        cls(cfg, device, base) if getattr(cls, "reads_files", False) else cls(cfg, device)
+    )
     if cfg.init_from:
         recipe.init_source = warm_start(recipe, cfg.init_from, base)
         log.info("warm start from %s", recipe.init_source)
@@ -175,6 +193,8 @@ def warm_start(recipe: Recipe, source: str, base: Path) -> str:
     the recipe's networks where it has them; returns what was loaded, for provenance."""
     q = Path(source).expanduser()
     path = q if q.is_absolute() else base / q
+    if isinstance(recipe, UnpairedRecipe):
+        return recipe.warm_start(path, source)
     modules = recipe.modules()
     try:
         if path.is_file() and is_checkpoint(path):
@@ -425,5 +445,251 @@ class DiffusionRecipe:
         return {}
 
 
-RECIPES: dict[str, type] = {"srgan_sqe": SRGANRecipe, "diffusion": DiffusionRecipe}
+# -- pseudo-supervised unpaired SR ------------------------------------------------------
+def _lsgan(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Least-squares GAN term: mean (logit - 1)^2 for `real`, mean logit^2 otherwise."""
+    return mse_loss(logits, torch.ones_like(logits) if real else torch.zeros_like(logits))
+
+
+class UnpairedRecipe:
+    """Maeda 2020's losses for arch 'unpaired' (SR = U(C(x))), one phase of
+    `TrainConfig.steps` steps. Per step, with y the clean HR batch, y_d = D_s(y) its clean
+    LR (both from the loop) and x a batch of real LR (`RealLRSampler`, by (seed, step)):
+
+    - C (x -> clean LR) and G_yx (y_d + noise -> real-looking LR) learn from
+      adversarial terms on both LR domains (D_clean: C(x) vs y_d; D_real: G_yx(y_d) vs
+      x), the one-way cycle |C(G_yx(y_d)) - y_d|, the identity |C(y_d) - y_d| and the
+      geometric ensemble |C(x) - mean_T T^-1 C(T x)| (8 flips / rotations);
+    - U learns L1 |U(C(G_yx(y_d))) - y| on the pseudo-clean LR, detached: C stays a
+      correction of the LR defined by the translation losses alone (the SR loss
+      cannot pull its output away from the clean-LR domain towards whatever features
+      U prefers, so C also works with a U trained elsewhere), and U learns to cope
+      with C's residual errors, as it will meet them on real slides;
+    - then both discriminators step. The adversarial terms are least-squares (LSGAN:
+      logits pushed to 1 for the domain's own patches, 0 for translated ones), whose
+      gradients stay useful when a patch discriminator wins early.
+
+    With `unpaired.train_sr` False only C (and G_yx) train and U stays as loaded.
+    The noise of G_yx at step k comes from a generator seeded by (seed, k) and the
+    real batch from `default_rng([seed, k, ...])`, so a resumed run continues exactly.
+    """
+
+    name = "unpaired"
+    reads_files = True
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        device: torch.device,
+        base: Path | None = None,
+        *,
+        real: RealLRSampler | None = None,
+    ) -> None:
+        arch = cfg.model.generator
+        if not isinstance(arch, UnpairedConfig):
+            raise ConfigError(
+                f"recipe 'unpaired' trains arch 'unpaired' (model.generator.arch), not "
+                f"{arch.arch!r}"
+            )
+        if cfg.unpaired is None:
+            raise ConfigError(
+                "recipe 'unpaired' needs the real LR it adapts to: add a section "
+                '"unpaired": {"real_lr": ["slide.svs", ...]} naming the slides or images '
+                "(optionally with regions: x, y, w, h in level-0 px)"
+            )
+        if cfg.steps is None:
+            raise ConfigError("recipe 'unpaired' needs `steps` (its number of training steps)")
+        if cfg.degradation.preset != "clean":
+            raise ConfigError(
+                "recipe 'unpaired' makes its clean LR with D_s: set degradation to 'clean' "
+                "(the real LR's degradation is what the correction net learns)"
+            )
+        self.cfg, self.opts, self.device = cfg, cfg.unpaired, device
+        s = arch.scale
+        if real is None:
+            real = RealLRSampler(
+                open_real_lr(self.opts.real_lr, base),
+                patch_size=self.opts.real_patch_size or cfg.patch_size // s,
+                batch_size=self.opts.real_batch_size or cfg.batch_size,
+                seed=cfg.seed,
+                augment=cfg.augment,
+                max_background=self.opts.max_background,
+            )
+        self.real = real
+        torch.manual_seed(cfg.seed)
+        self.G = cast(UnpairedSR, build_network(arch).to(device))
+        self.G_yx = DegradationNet(arch.correction_layers, arch.correction_channels).to(device)
+        self.D_clean = PatchDiscriminator().to(device)
+        self.D_real = PatchDiscriminator().to(device)
+        self.G_ema = _frozen_copy(self.G) if cfg.ema_decay else None
+        self.train_sr = self.opts.train_sr and self.opts.lam_sr > 0
+        if not self.train_sr:
+            self.G.sr.requires_grad_(False)
+        params = [p for p in self.G.parameters() if p.requires_grad]
+        self.opt_g = torch.optim.Adam(
+            params + list(self.G_yx.parameters()), lr=cfg.lr, betas=cfg.betas
+        )
+        self.opt_d = torch.optim.Adam(
+            list(self.D_clean.parameters()) + list(self.D_real.parameters()),
+            lr=self.opts.d_lr or cfg.lr,
+            betas=cfg.betas,
+        )
+        self.total = int(cfg.steps)
+        self.init_source: str | None = None
+
+    def modules(self) -> dict[str, nn.Module | None]:
+        return {
+            "G": self.G,
+            "G_ema": self.G_ema,
+            "G_yx": self.G_yx,
+            "D_clean": self.D_clean,
+            "D_real": self.D_real,
+        }
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer | None]:
+        return {"G": self.opt_g, "D": self.opt_d}
+
+    def phase(self, step: int) -> str:
+        return "unpaired"
+
+    def validates(self, step: int) -> bool:
+        return True
+
+    def noise(self, step: int, like: torch.Tensor) -> torch.Tensor:
+        """G_yx's noise map of step `step` (N, 1, H, W), drawn from (seed, step) alone."""
+        gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + step)
+        n, _, h, w = like.shape
+        return torch.randn(n, 1, h, w, generator=gen).to(like.device)
+
+    def train_step(self, step: int, batch: TrainingBatch) -> dict[str, float]:
+        o, cfg = self.opts, self.cfg
+        lr = _linear_lr(cfg.lr, cfg.lr_final, step, 0, self.total)
+        _set_lr(self.opt_g, lr)
+        _set_lr(self.opt_d, _linear_lr(o.d_lr or cfg.lr, cfg.lr_final, step, 0, self.total))
+        y, y_d = batch.hr, batch.lr
+        x = torch.from_numpy(self.real.batch(step)).to(y_d.device)
+        C, U = self.G.correction, self.G.sr
+        self.G.train()
+        self.G_yx.train()
+        if not self.train_sr:
+            U.eval()
+        discriminators = (self.D_clean, self.D_real)
+        for d in discriminators:
+            d.requires_grad_(False)
+
+        fake_x = self.G_yx(y_d, self.noise(step, y_d))  # clean -> real-looking
+        pseudo = C(fake_x)  # pseudo-clean LR
+        cx = C(x)  # the corrected real LR
+        out: dict[str, float] = {}
+        terms = {
+            "cyc": l1_loss(pseudo, y_d),
+            "idt": l1_loss(C(y_d), y_d),
+            "geo": l1_loss(cx, self_ensemble(C, x)),
+        }
+        weights = {"cyc": o.lam_cyc, "idt": o.lam_idt, "geo": o.lam_geo}
+        if o.lam_adv > 0:
+            terms["adv"] = _lsgan(self.D_clean(cx), True) + _lsgan(self.D_real(fake_x), True)
+            weights["adv"] = o.lam_adv
+        if self.train_sr:
+            terms["sr"] = l1_loss(U(pseudo.detach()), y)
+            weights["sr"] = o.lam_sr
+        total = sum(weights[k] * v for k, v in terms.items())
+        assert isinstance(total, torch.Tensor)
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_g.step()
+        _update_average(self.G_ema, self.G, cfg.ema_decay)
+        out["g"] = total.item()
+        out.update({k: v.item() for k, v in terms.items()})
+
+        if o.lam_adv > 0:
+            for d in discriminators:
+                d.requires_grad_(True)
+                d.train()
+            d_loss = 0.5 * (
+                _lsgan(self.D_clean(y_d), True)
+                + _lsgan(self.D_clean(cx.detach()), False)
+                + _lsgan(self.D_real(x), True)
+                + _lsgan(self.D_real(fake_x.detach()), False)
+            )
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            out["d"] = d_loss.item()
+        return out
+
+    def network(self) -> nn.Module:
+        return self.G_ema if self.G_ema is not None else self.G
+
+    def encoder(self) -> nn.Module | None:
+        return None
+
+    def check_resume(self, saved: TrainConfig, step: int, path: Path) -> None:
+        return None
+
+    def provenance(self) -> dict[str, str]:
+        names = ", ".join(im.name for im in self.real.images)
+        return {
+            "real_lr": names[:2000],
+            "unpaired_sr_trained": "true" if self.train_sr else "false",
+        }
+
+    def warm_start(self, path: Path, source: str) -> str:
+        """`init_from` for this recipe: an 'unpaired' model or checkpoint loads C and U
+        (and, from a checkpoint, G_yx and the discriminators); an SRGAN-family
+        generator (lrnet, srresnet: a model file, or the G of an 'srgan_sqe' training
+        checkpoint) loads into U, and C starts as the identity."""
+        try:
+            if path.is_file() and is_checkpoint(path):
+                tensors, _ = read_safetensors(path)
+                prefix = "G_ema." if any(k.startswith("G_ema.") for k in tensors) else "G."
+                g = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+                if not g:
+                    raise ConfigError(f"init_from {path}: the checkpoint holds no generator")
+                if any(k.startswith(("correction.", "sr.")) for k in g):
+                    self.G.load_state_dict(g, strict=True)
+                    parts = {
+                        n: m
+                        for n, m in self.modules().items()
+                        if n in ("G_yx", "D_clean", "D_real")
+                        and m is not None
+                        and any(k.startswith(n + ".") for k in tensors)
+                    }
+                    unpack_modules(tensors, parts)
+                    what = f"{path.name} ({', '.join(['G', *sorted(parts)])})"
+                else:
+                    self.G.sr.load_state_dict(g, strict=True)
+                    what = f"{path.name} (its generator as the SR net)"
+            else:
+                try:
+                    model = load_model(path if path.is_file() else source)
+                except ModelFileError as exc:
+                    raise ConfigError(f"init_from: {exc}") from None
+                if isinstance(model.config.generator, UnpairedConfig):
+                    self.G.load_state_dict(model.generator.state_dict(), strict=True)
+                    what = model.name
+                elif isinstance(model.config.generator, GeneratorConfig):
+                    self.G.sr.load_state_dict(model.generator.state_dict(), strict=True)
+                    what = f"{model.name} (as the SR net)"
+                else:
+                    raise ConfigError(
+                        f"init_from {source}: its network is {model.arch!r}; the unpaired "
+                        "recipe starts its SR net from an lrnet or srresnet generator, or "
+                        "from an 'unpaired' model"
+                    )
+        except RuntimeError as exc:  # load_state_dict: names or shapes differ
+            raise ConfigError(
+                f"init_from {source}: its weights do not fit this run's architecture: "
+                f"{_first_mismatch(exc)}"
+            ) from None
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(self.G.state_dict())
+        return what
+
+
+RECIPES: dict[str, type] = {
+    "srgan_sqe": SRGANRecipe,
+    "diffusion": DiffusionRecipe,
+    "unpaired": UnpairedRecipe,
+}
 """Recipe name -> class (`TrainConfig.recipe`)."""
