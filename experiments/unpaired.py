@@ -155,13 +155,30 @@ def _consistency(sr: np.ndarray, lr: np.ndarray) -> tuple[float, float]:
     return float(np.abs(back.astype(np.int16) - lr.astype(np.int16)).mean()), psnr(back, lr)
 
 
-def score_slide(models: dict[str, str], images: Path | None) -> dict[str, object]:
-    """Consistency on the sample slide read natively, and the crop figure."""
-    level = open_slide(SAMPLE).levels[0]
+def tissue_crops(level: object, side: int = 256, n: int = 4) -> list[tuple[int, int, int]]:
+    """The `n` crops of a `side`-px grid of a slide level with the most tissue (the
+    darkest mean, away from glass), as (x, y, side)."""
+    lv = np.asarray(level)
+    cells = []
+    for y in range(0, lv.shape[0] - side + 1, side):
+        for x in range(0, lv.shape[1] - side + 1, side):
+            cells.append((float(lv[y : y + side, x : x + side].mean()), x, y))
+    return [(x, y, side) for _, x, y in sorted(cells)[:n]]
+
+
+def score_slide(
+    models: dict[str, str],
+    images: Path | None,
+    slide: Path = SAMPLE,
+    crops: list[tuple[int, int, int]] | None = None,
+) -> dict[str, object]:
+    """Consistency on a slide read natively (default: the sample, and its crop figure)."""
+    level = open_slide(slide).levels[0]
+    crops = crops if crops is not None else SLIDE_CROPS
     preds = _predictors(models)
     rows: dict[str, list[tuple[float, float]]] = {n: [] for n in models}
     change: dict[str, list[float]] = {}
-    for x, y, side in SLIDE_CROPS:
+    for x, y, side in crops:
         lr = np.asarray(level[y : y + side, x : x + side])
         for name, pred in preds.items():
             rows[name].append(_consistency(_sr(pred, lr), lr))
@@ -170,7 +187,8 @@ def score_slide(models: dict[str, str], images: Path | None) -> dict[str, object
                 diff = np.abs(fixed.astype(np.int16) - lr.astype(np.int16))
                 change.setdefault(name, []).append(float(diff.mean()))
     result: dict[str, object] = {
-        "crops": [list(c) for c in SLIDE_CROPS],
+        "slide": slide.name,
+        "crops": [list(c) for c in crops],
         "correction_vs_lr_mean_abs_levels": {
             n: round(float(np.mean(v)), 4) for n, v in change.items()
         },
@@ -179,7 +197,7 @@ def score_slide(models: dict[str, str], images: Path | None) -> dict[str, object
         },
         "psnr_db": {n: round(float(np.mean([r[1] for r in v])), 3) for n, v in rows.items()},
     }
-    if images is not None:
+    if images is not None and slide == SAMPLE:
         result["figure"] = str(figure(preds, images / "unpaired-cmu.png"))
     return result
 
@@ -241,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the run whose SR net started from the clean model (a checkpoint is fine)",
     )
     ap.add_argument("--cmu-model", default=str(ROOT / "runs/unpaired-cmu/model.safetensors"))
+    ap.add_argument("--tcga-model", default=str(ROOT / "runs/unpaired-tcga/model.safetensors"))
+    ap.add_argument("--only-tcga", action="store_true", help="score the TCGA slide alone")
     ap.add_argument("--images", type=Path, default=None, help="write the figure here")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -261,6 +281,18 @@ def main(argv: list[str] | None = None) -> int:
         "adapted to the slide (unpaired-cmu)": args.cmu_model,
         "C (from the slide run) + the default": f"{args.cmu_model} + srgan-sqe-he-x4",
     }
+    tcga = base | {
+        "adapted to the slide (unpaired-tcga)": args.tcga_model,
+        "C (from the slide run) + the default": f"{args.tcga_model} + srgan-sqe-he-x4",
+    }
+    tcga_path = ROOT.parent / "shared" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+    tcga_crops = tissue_crops(open_slide(tcga_path).levels[1], side=256)
+    tcga_crops = [(2 * x, 2 * y, side) for x, y, side in tcga_crops]  # level 0 px
+    tcga_report = score_slide(tcga, None, slide=tcga_path, crops=tcga_crops)
+    if args.only_tcga:
+        json.dump({"tcga_slide": tcga_report}, sys.stdout, indent=2)
+        print()
+        return 0
     report = {
         "models": {
             name: {"source": src, "steps": _load(src).metadata.get("steps", "")}
@@ -269,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "monuseg_held_out": score_monuseg(monuseg),
         "sample_slide": score_slide(slide, args.images),
+        "tcga_slide": tcga_report,
     }
     json.dump(report, sys.stdout, indent=2)
     print()
