@@ -90,7 +90,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         name="sr3-he-x4",
         file="weights/sr3-he-x4.safetensors",
         description="SR3 conditional diffusion (Saharia et al. 2021), U-Net of 2.6 M "
-        "parameters, 8 DDIM steps, 4x: each seed samples another plausible HR image; "
+        "parameters, 4 DDIM steps, 4x: each seed samples another plausible HR image; "
         "scanner degradation of MoNuSeg 2018 H&E at 40x and 20x (6000 steps)",
         licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg; non-commercial use)",
         arch="sr3",
