@@ -147,11 +147,14 @@ layer = viewer.add_image(lr, name="LR")
 _, enhance = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Enhance")
 sr = enhance.enhance(layer, model=model, device="cpu", wait=True)
 viewer.camera.zoom = 4  # level 0 in view: its pieces are sampled in the background
-end = time.monotonic() + 3
-while time.monotonic() < end:
+from napari_srgan_sqe.inference.engine import _LIVE
+end = time.monotonic() + 120
+while time.monotonic() < end and not any(live.busy for live in _LIVE):
     QApplication.processEvents()
     time.sleep(0.01)
-from napari_srgan_sqe.inference.engine import _LIVE
+for _ in range(100):  # let the piece get into its sampling steps
+    QApplication.processEvents()
+    time.sleep(0.01)
 print("pieces running:", sum(live.busy for live in _LIVE), flush=True)
 viewer.close()
 print("closed", time.monotonic(), flush=True)
