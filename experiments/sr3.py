@@ -108,8 +108,8 @@ def main() -> None:
     data = held_out_crops(ROOT / "runs" / "methods-val512")
     base = load_model(args.model)
     result: dict = {"model": base.name, "shipped_steps": base.descriptor.steps, "steps": {}}
-    for n in args.steps:
-        model = with_sampling_steps(base, n)
+
+    def score(model) -> dict:
         res = evaluate(
             [model],
             [data],
@@ -118,21 +118,15 @@ def main() -> None:
             lr_conditions=[LRCondition(), LRCondition("jpeg", 75)],
             samples=args.samples,
         )
-        result["steps"][str(n)] = res.summaries()
-        print(json.dumps({str(n): res.summaries()}), flush=True)
+        return res.summaries()
+
+    for n in args.steps:
+        result["steps"][str(n)] = score(with_sampling_steps(base, n))
+        print(json.dumps({str(n): result["steps"][str(n)]}), flush=True)
     result["temperature"] = {}
     for temp in args.temperatures:  # at the shipped step count
-        model = with_sampling_steps(base, temperature=temp)
-        res = evaluate(
-            [model],
-            [data],
-            device="cpu",
-            baselines=("bicubic",),
-            lr_conditions=[LRCondition(), LRCondition("jpeg", 75)],
-            samples=args.samples,
-        )
-        result["temperature"][str(temp)] = res.summaries()
-        print(json.dumps({f"T={temp}": res.summaries()}), flush=True)
+        result["temperature"][str(temp)] = score(with_sampling_steps(base, temperature=temp))
+        print(json.dumps({f"T={temp}": result["temperature"][str(temp)]}), flush=True)
     img = sorted(data.glob("*.png"))[1]
     lr = LRCondition("jpeg", 75).apply(degrade(load_rgb(img), 4))[:96, :128]
     result["tiling"] = tiling(base, np.ascontiguousarray(lr), seed=0)

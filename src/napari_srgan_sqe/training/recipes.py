@@ -24,7 +24,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -235,7 +235,28 @@ def warm_start(recipe: Recipe, source: str, base: Path) -> str:
 
 
 # -- SRGAN family ----------------------------------------------------------------------
-class SRGANRecipe:
+class _RecipeBase:
+    """What most recipes share: the shipped network is the weight average when there is
+    one, no encoder, any schedule change may resume, nothing extra to record."""
+
+    G: Any  # each recipe's network, typed by the recipe
+    G_ema: Any
+
+    def network(self) -> nn.Module:
+        net: nn.Module = self.G_ema if self.G_ema is not None else self.G
+        return net
+
+    def encoder(self) -> nn.Module | None:
+        return None
+
+    def check_resume(self, saved: TrainConfig, step: int, path: Path) -> None:
+        return None
+
+    def provenance(self) -> dict[str, str]:
+        return {}
+
+
+class SRGANRecipe(_RecipeBase):
     """SPEC section 3's schedule, one global step counter through three phases:
     [0, ae_steps)                         autoencoder on HR patches (skipped if lam_e = 0)
     [ae_steps, ae_steps + warmup_steps)    generator, fidelity term only
@@ -348,9 +369,6 @@ class SRGANRecipe:
         out.update({k: float(v) for k, v in terms.items()})
         return out
 
-    def network(self) -> nn.Module:
-        return self.G_ema if self.G_ema is not None else self.G
-
     def encoder(self) -> nn.Module | None:
         return self.AE.encoder if self.AE is not None else None
 
@@ -383,7 +401,7 @@ class SRGANRecipe:
 
 
 # -- SR3 diffusion ---------------------------------------------------------------------
-class DiffusionRecipe:
+class DiffusionRecipe(_RecipeBase):
     """SR3's training: the denoiser predicts v at a random noise level per patch
     (mean squared error), `TrainConfig.steps` steps at `lr` (linear decay to
     `lr_final`), with an EMA of the weights (`ema_decay`) that the model file ships.
@@ -432,18 +450,6 @@ class DiffusionRecipe:
         _update_average(self.G_ema, self.G, cfg.ema_decay)
         return {"v_mse": loss.item()}
 
-    def network(self) -> nn.Module:
-        return self.G_ema if self.G_ema is not None else self.G
-
-    def encoder(self) -> nn.Module | None:
-        return None
-
-    def check_resume(self, saved: TrainConfig, step: int, path: Path) -> None:
-        return None
-
-    def provenance(self) -> dict[str, str]:
-        return {}
-
 
 # -- pseudo-supervised unpaired SR ------------------------------------------------------
 def _lsgan(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -451,7 +457,7 @@ def _lsgan(logits: torch.Tensor, real: bool) -> torch.Tensor:
     return mse_loss(logits, torch.ones_like(logits) if real else torch.zeros_like(logits))
 
 
-class UnpairedRecipe:
+class UnpairedRecipe(_RecipeBase):
     """Maeda 2020's losses for arch 'unpaired' (SR = U(C(x))), one phase of
     `TrainConfig.steps` steps. Per step, with y the clean HR batch, y_d = D_s(y) its clean
     LR (both from the loop) and x a batch of real LR (`RealLRSampler`, by (seed, step)):
@@ -617,15 +623,6 @@ class UnpairedRecipe:
             self.opt_d.step()
             out["d"] = d_loss.item()
         return out
-
-    def network(self) -> nn.Module:
-        return self.G_ema if self.G_ema is not None else self.G
-
-    def encoder(self) -> nn.Module | None:
-        return None
-
-    def check_resume(self, saved: TrainConfig, step: int, path: Path) -> None:
-        return None
 
     def provenance(self) -> dict[str, str]:
         names = ", ".join(im.name for im in self.real.images)
