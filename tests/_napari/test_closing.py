@@ -87,7 +87,9 @@ def test_closing_while_workers_run_exits_cleanly(how, sample_path: Path, tiny_mo
     )
     out = run.stdout + run.stderr
     running = [line for line in run.stdout.splitlines() if line.startswith("running workers:")]
-    assert running and int(running[0].split(":")[1]) >= 2, out  # work was going on
+    # work was going on: the training at least (it runs until stopped); the readout may
+    # already have finished on a fast machine
+    assert running and int(running[0].split(":")[1]) >= 1, out
     assert "closed" in run.stdout and "end of script" in run.stdout, out
     assert run.returncode == 0, out
     assert "has been deleted" not in out and "Aborted" not in out, out
