@@ -283,3 +283,17 @@ def test_spread_of_sr3_is_positive(lr):
     result = spread_map(lr, net, (20, 20, 24, 24), seeds=(0, 1, 2), device="cpu")
     assert result.stochastic and result.values.shape == (96, 96)
     assert result.mean > 0.5 and np.isfinite(result.values).all()
+
+
+def test_spread_pooled_per_block_keeps_shape_and_block_means():
+    from napari_srgan_sqe.inference.diagnostics import SpreadResult
+
+    rng = np.random.default_rng(0)
+    values = rng.random((10, 7)).astype(np.float32)
+    res = SpreadResult(values=values, region=(0, 0, 3, 3), seeds=(0, 1), stochastic=True, model="m")
+    pooled = res.pooled(4)
+    assert pooled.shape == values.shape
+    assert pooled[0, 0] == pytest.approx(values[:4, :4].mean())
+    assert pooled[9, 6] == pytest.approx(values[8:, 4:].mean())  # a partial edge block
+    assert np.all(pooled[:4, :4] == pooled[0, 0])
+    np.testing.assert_array_equal(res.pooled(1), values)

@@ -117,6 +117,10 @@ def test_departure_with_asynchronous_slicing(async_viewer, qtbot, sample_hr, tin
     assert np.abs(values[mask] - expected[mask]).max() <= TOL
     qtbot.waitUntil(lambda: all(x.loaded for x in viewer.layers), timeout=30000)
     assert errors() == []
+    # let the map's and the slicer's threads finish before the viewer is torn down
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: not live.busy, timeout=30000)
+    viewer._layer_slicer.shutdown()
 
 
 def test_departure_follows_the_model_and_the_layer_list(viewer, qtbot, sample_hr, tiny_model):

@@ -133,8 +133,9 @@ DEPARTURE_LEGEND = (
     "Not the size of the error. Computed for the view as you look."
 )
 UNCERTAINTY_LEGEND = (
-    "How much the {n} samples differ at each pixel (standard deviation, grey levels of "
-    "255): clear at 0, teal to blue up to {hi} or more. Blue: the model is guessing."
+    "How much the {n} samples differ, per LR pixel (the standard deviation of each HR "
+    "pixel, in grey levels of 255, averaged over the LR pixel): clear at 0, teal to blue "
+    "up to {hi} or more. Blue: the model is guessing."
 )
 
 
@@ -939,7 +940,7 @@ class CompareWidget(QWidget):
         pair = _layers.find_pair(self.viewer.layers, job.pair_id)
         if pair is None or pair.sr is None:
             return
-        values = result.values
+        values = result.pooled(job.box.scale)  # per LR pixel: the grain averages out
         hi = float(np.quantile(values, 0.995)) if values.size else 0.0
         hi = max(1.0, float(np.ceil(hi)))
         geometry = _like(pair.sr)

@@ -710,6 +710,23 @@ class SpreadResult:
     def mean(self) -> float:
         return float(self.values.mean()) if self.values.size else 0.0
 
+    def pooled(self, block: int) -> np.ndarray:
+        """`values` averaged over `block` x `block` px blocks (partial at the edges) and
+        spread back over them: same shape. Per pixel the spread of a few samples is
+        mostly sampling grain; per block (one LR pixel at `block` = the scale) it shows
+        where the samples disagree."""
+        v, b = self.values, max(1, int(block))
+        if b == 1 or not v.size:
+            return v
+        h, w = v.shape
+        H, W = -(-h // b) * b, -(-w // b) * b
+        padded = np.pad(v, ((0, H - h), (0, W - w)))
+        counts = np.pad(np.ones_like(v), ((0, H - h), (0, W - w)))
+        sums = padded.reshape(H // b, b, W // b, b).sum(axis=(1, 3))
+        n = counts.reshape(H // b, b, W // b, b).sum(axis=(1, 3))
+        means = (sums / n).astype(np.float32)
+        return np.repeat(np.repeat(means, b, axis=0), b, axis=1)[:h, :w]
+
     @property
     def max(self) -> float:
         return float(self.values.max()) if self.values.size else 0.0
