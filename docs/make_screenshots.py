@@ -7,7 +7,9 @@ Writes docs/images/enhance.png, docs/images/compare.png (a 1600 x 980 window) an
 docs/images/finetune-widget.png (the Fine-tune widget after a short paired run): LR
 simulated from the sample with the scanner degradation, and the model for scanned
 slides. `--sr3` instead writes docs/images/sr3-uncertainty.png: the same view with
-`sr3-he-x4` side by side and its Uncertainty map of 4 samples. Uses the bundled trained
+`sr3-he-x4` side by side and its Uncertainty map of 4 samples; `--departure` writes
+docs/images/departure.png: the overlay of SR and its "where SR departs from the scan"
+map, legend in view. Uses the bundled trained
 model when its weights are installed, otherwise the
 bicubic model (then SR and the bicubic baseline agree, the gain column is about zero,
 and there is nothing to fine-tune). Re-run after training.
@@ -93,9 +95,49 @@ def sr3_uncertainty() -> int:
     return 0
 
 
+def departure() -> int:
+    """SR in overlay under its departure map, the Compare widget's legend in view."""
+    display = _display()
+    import napari
+
+    from napari_srgan_sqe._napari.enhance_widget import default_model_name
+    from napari_srgan_sqe._napari.launch import show_slide
+    from napari_srgan_sqe.io.sample import sample_slide_path
+    from napari_srgan_sqe.io.slides import open_slide
+
+    OUT.mkdir(exist_ok=True)
+    viewer = napari.Viewer(title="napari-srgan-sqe")
+    viewer.window.resize(*WINDOW)
+    hr = show_slide(viewer, open_slide(sample_slide_path()))
+    _, enhance = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Enhance")
+    _wait(lambda: not enhance.busy)
+    model = default_model_name(preset="scanner")
+    if enhance.enhance(simulate_from=hr, degradation="scanner", model=model, wait=True) is None:
+        raise SystemExit("enhancing the sample failed; see the notification above")
+    mpp = float(hr.scale[-1])
+    _, compare = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Compare")
+    compare.arrange("overlay")
+    layer = compare.show_departure()
+    camera = viewer.scene.camera
+    camera.center = (CENTRE_HR_PX[0] * mpp, CENTRE_HR_PX[1] * mpp)
+    camera.zoom = viewer.canvas.size[1] / (2 * VIEW_HR_PX * mpp)
+    live = compare.departure_of(layer)
+    _settle(2.0)
+    _wait(lambda: not live.busy and not compare.busy, timeout=600)
+    _settle(3.0)
+    viewer.screenshot(str(OUT / "departure.png"), canvas_only=False)
+    print(f"wrote {OUT / 'departure.png'}")
+    viewer.close()
+    if display is not None:
+        display.stop()
+    return 0
+
+
 def main() -> int:
     if "--sr3" in sys.argv[1:]:
         return sr3_uncertainty()
+    if "--departure" in sys.argv[1:]:
+        return departure()
     display = _display()
     import napari
 
