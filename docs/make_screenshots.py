@@ -56,9 +56,10 @@ def _settle(seconds: float = 1.0) -> None:
     _wait(lambda: time.monotonic() > end, timeout=seconds + 1)
 
 
-def sr3_uncertainty() -> int:
-    """LR | SR3 (seed 0) | its Uncertainty of 4 samples | HR, side by side."""
-    display = _display()
+def _enhanced_sample(model: str, *, set_simulate: bool = False, **kw) -> tuple:
+    """A napari window (`WINDOW`) showing the bundled sample as HR, LR simulated from it
+    with the scanner degradation and SR of `model` (Enhance's `kw`: e.g. seed); returns
+    (viewer, HR layer, SR layer, HR um/px). `set_simulate`: Enhance's box shows it too."""
     import napari
 
     from napari_srgan_sqe._napari.launch import show_slide
@@ -70,18 +71,33 @@ def sr3_uncertainty() -> int:
     viewer.window.resize(*WINDOW)
     hr = show_slide(viewer, open_slide(sample_slide_path()))
     _, enhance = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Enhance")
-    _wait(lambda: not enhance.busy)
-    sr = enhance.enhance(
-        simulate_from=hr, degradation="scanner", model="sr3-he-x4", seed=0, wait=True
-    )
+    _wait(lambda: not enhance.busy)  # models listed, auto device known
+    if set_simulate:
+        enhance.set_simulate("scanner")
+    sr = enhance.enhance(simulate_from=hr, degradation="scanner", model=model, wait=True, **kw)
     if sr is None:
         raise SystemExit("enhancing the sample failed; see the notification above")
-    mpp = float(hr.scale[-1])
-    _, compare = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Compare")
-    compare.arrange("side by side")
+    return viewer, hr, sr, float(hr.scale[-1])
+
+
+def _aim(viewer, mpp: float, *, grid: bool) -> None:
+    """Centre the camera on `CENTRE_HR_PX`, `VIEW_HR_PX` HR px across one grid cell
+    (`grid`: side by side) or `2 * VIEW_HR_PX` across the canvas."""
     camera = viewer.scene.camera
     camera.center = (CENTRE_HR_PX[0] * mpp, CENTRE_HR_PX[1] * mpp)
-    camera.zoom = viewer.canvas.viewbox_size(viewer.layers)[1] / (VIEW_HR_PX * mpp)
+    if grid:
+        camera.zoom = viewer.canvas.viewbox_size(viewer.layers)[1] / (VIEW_HR_PX * mpp)
+    else:
+        camera.zoom = viewer.canvas.size[1] / (2 * VIEW_HR_PX * mpp)
+
+
+def sr3_uncertainty() -> int:
+    """LR | SR3 (seed 0) | its Uncertainty of 4 samples | HR, side by side."""
+    display = _display()
+    viewer, _, _, mpp = _enhanced_sample("sr3-he-x4", seed=0)
+    _, compare = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Compare")
+    compare.arrange("side by side")
+    _aim(viewer, mpp, grid=True)
     _wait(lambda: compare.last_readout is not None and not compare.busy, timeout=600)
     compare.run_uncertainty(samples=4)
     _wait(lambda: compare.last_spread is not None and not compare.uncertainty_running, 900)
@@ -98,29 +114,13 @@ def sr3_uncertainty() -> int:
 def departure() -> int:
     """SR in overlay under its departure map, the Compare widget's legend in view."""
     display = _display()
-    import napari
-
     from napari_srgan_sqe._napari.enhance_widget import default_model_name
-    from napari_srgan_sqe._napari.launch import show_slide
-    from napari_srgan_sqe.io.sample import sample_slide_path
-    from napari_srgan_sqe.io.slides import open_slide
 
-    OUT.mkdir(exist_ok=True)
-    viewer = napari.Viewer(title="napari-srgan-sqe")
-    viewer.window.resize(*WINDOW)
-    hr = show_slide(viewer, open_slide(sample_slide_path()))
-    _, enhance = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Enhance")
-    _wait(lambda: not enhance.busy)
-    model = default_model_name(preset="scanner")
-    if enhance.enhance(simulate_from=hr, degradation="scanner", model=model, wait=True) is None:
-        raise SystemExit("enhancing the sample failed; see the notification above")
-    mpp = float(hr.scale[-1])
+    viewer, _, _, mpp = _enhanced_sample(default_model_name(preset="scanner"))
     _, compare = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Compare")
     compare.arrange("overlay")
     layer = compare.show_departure()
-    camera = viewer.scene.camera
-    camera.center = (CENTRE_HR_PX[0] * mpp, CENTRE_HR_PX[1] * mpp)
-    camera.zoom = viewer.canvas.size[1] / (2 * VIEW_HR_PX * mpp)
+    _aim(viewer, mpp, grid=False)
     live = compare.departure_of(layer)
     _settle(2.0)
     _wait(lambda: not live.busy and not compare.busy, timeout=600)
@@ -139,36 +139,16 @@ def main() -> int:
     if "--departure" in sys.argv[1:]:
         return departure()
     display = _display()
-    import napari
-
     from napari_srgan_sqe._napari.enhance_widget import default_model_name
-    from napari_srgan_sqe._napari.launch import show_slide
-    from napari_srgan_sqe.io.sample import sample_slide_path
-    from napari_srgan_sqe.io.slides import open_slide
 
-    OUT.mkdir(exist_ok=True)
-    slide = open_slide(sample_slide_path())
     # LR simulated as a scanner stores it (blur, noise, JPEG / JPEG 2000; seed 0), and
     # the model for such input, as the widget chooses it.
     model = default_model_name(preset="scanner")
     print(f"model: {model}")
-
-    viewer = napari.Viewer(title="napari-srgan-sqe")
-    viewer.window.resize(*WINDOW)
-    hr = show_slide(viewer, slide)
-    _, enhance = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Enhance")
-    _wait(lambda: not enhance.busy)  # models listed, auto device known
-    enhance.set_simulate("scanner")
-    sr = enhance.enhance(simulate_from=hr, degradation="scanner", model=model, wait=True)
-    if sr is None:
-        raise SystemExit("enhancing the sample failed; see the notification above")
-
-    mpp = float(hr.scale[-1])
-    camera = viewer.scene.camera
+    viewer, hr, sr, mpp = _enhanced_sample(model, set_simulate=True)
     for layer in viewer.layers:
         layer.visible = layer == sr
-    camera.center = (CENTRE_HR_PX[0] * mpp, CENTRE_HR_PX[1] * mpp)
-    camera.zoom = viewer.canvas.size[1] / (2 * VIEW_HR_PX * mpp)
+    _aim(viewer, mpp, grid=False)
     _settle(2.0)
     viewer.screenshot(str(OUT / "enhance.png"), canvas_only=False)
     print(f"wrote {OUT / 'enhance.png'}")
@@ -177,8 +157,7 @@ def main() -> int:
         layer.visible = True
     _, compare = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Compare")
     compare.arrange("side by side")
-    camera.center = (CENTRE_HR_PX[0] * mpp, CENTRE_HR_PX[1] * mpp)
-    camera.zoom = viewer.canvas.viewbox_size(viewer.layers)[1] / (VIEW_HR_PX * mpp)
+    _aim(viewer, mpp, grid=True)
     _wait(lambda: compare.last_readout is not None and not compare.busy)
     _settle(2.0)
     viewer.screenshot(str(OUT / "compare.png"), canvas_only=False)

@@ -46,6 +46,19 @@ APERIO_J2K = "Aperio Image Library v11.0.37\r\n{w}x{h} (256x256) J2K/KDU Q=70|Ap
 APERIO_J2K_LEVEL = "Aperio Image Library v11.0.37\r\n{w}x{h} (256x256) -> {w1}x{h1} J2K/KDU Q=70"
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread during the test, its thread count restored after. Modules
+    that train or run models use it for every test:
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path | None:
     """The shared data folder (../shared/data) where present, else None. Only for extra

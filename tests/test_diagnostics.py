@@ -24,6 +24,8 @@ from napari_srgan_sqe.inference.diagnostics import (
 from napari_srgan_sqe.inference.engine import super_resolve
 from napari_srgan_sqe.models.modelfile import load_model, new_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TOL_MAX = 0.5
 """Largest difference (grey levels) between a tile's map and the whole-image map: a
 uint8 SR pixel may round the other way in a tile (float summation order), which moves
@@ -33,14 +35,6 @@ a std over 4 results of 16 HR px by at most 0.5 / 4 per pixel and channel."""
 def tiny(seed: int = 0):
     torch.manual_seed(seed)
     return new_model(ModelConfig(name=f"tiny{seed}", generator=generator_preset("tiny", 4)))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

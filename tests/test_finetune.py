@@ -30,15 +30,9 @@ from napari_srgan_sqe.training.finetune import (
     run_finetune,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAST = FinetuneConfig(patch_size=48, batch_size=4, lr=1e-3, val_every=10, seed=0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

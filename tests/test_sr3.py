@@ -25,15 +25,9 @@ from napari_srgan_sqe.training.finetune import finetune
 from napari_srgan_sqe.training.trainer import Trainer
 from tiny_runs import TINY_SR3, tiny_sr3, tiny_train_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = TINY_SR3
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_descriptor_says_stochastic_with_overlap_tiling_and_steps():

@@ -19,15 +19,9 @@ from napari_srgan_sqe.training.evaluate import bicubic_upscale, evaluate
 from napari_srgan_sqe.training.trainer import Trainer
 from tiny_runs import tiny_train_config as tiny_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_resume_continues_exactly(crops: Path, tmp_path: Path):

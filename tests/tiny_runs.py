@@ -52,3 +52,30 @@ def tiny_sr3(name: str = "tiny-sr3", steps: int = 3) -> Any:
                 m.weight.normal_(0, 0.05)
                 m.bias.normal_(0, 0.05)
     return model.eval()
+
+
+def halo_probe(net: Any) -> tuple[dict[tuple[int, int], bool], dict[tuple[int, int], bool]]:
+    """Whether a bump of one LR pixel changes the SR block of the centre pixel of a random
+    float64 image, for LR pixels just outside `net.halo` (first dict) and on it (second),
+    keyed by their offset (rows, columns) from the centre. `net` is in float64, eval mode."""
+    import torch
+
+    h, s = net.halo, net.scale
+    size = 2 * h + 9
+    x = torch.rand(1, 3, size, size, dtype=torch.float64)
+    i = j = size // 2
+    block = (slice(None), slice(None), slice(i * s, (i + 1) * s), slice(j * s, (j + 1) * s))
+
+    def changes(offsets: list[tuple[int, int]]) -> dict[tuple[int, int], bool]:
+        out = {}
+        for di, dj in offsets:
+            xp = x.clone()
+            xp[:, :, i + di, j + dj] += 5.0
+            out[(di, dj)] = not torch.equal(net.infer_batch(xp)[block], ref)
+        return out
+
+    with torch.no_grad():
+        ref = net.infer_batch(x)[block]
+        outside = changes([(h + 1, 0), (-h - 1, 0), (0, h + 1), (h + 1, -h - 1)])
+        edge = changes([(h, 0), (-h, 0), (0, h), (0, -h)])
+    return outside, edge

@@ -9,20 +9,10 @@ import pytest
 
 from napari_srgan_sqe.models.modelfile import load_model
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 
 PLUGIN = "napari-srgan-sqe"
 FAST = {"patch_size": 32, "batch_size": 2, "val_every": 4, "seed": 0}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

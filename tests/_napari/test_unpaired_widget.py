@@ -7,7 +7,7 @@ import pytest
 
 from napari_srgan_sqe.models.modelfile import load_model
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 
 PLUGIN = "napari-srgan-sqe"
 TINY_ADAPT = {
@@ -17,16 +17,6 @@ TINY_ADAPT = {
     "correction_channels": 16,
     "val_every": 3,
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -575,12 +575,9 @@ class FinetuneWidget(QWidget):
 
         if self.running:
             return False
-        pair = self._pair()
-        pyramid = _layers.pyramid_of(pair.sr) if pair is not None and pair.sr else None
         mode = self.mode_box.currentText()
         try:
-            if pyramid is None:
-                raise RegionError("no SR layer: run Enhance first (its model is fine-tuned)")
+            pair, pyramid = self._sr_source("its model is fine-tuned")
             if pyramid.model.variant == "bicubic":
                 raise RegionError("the SR layer uses bicubic (no weights): Enhance with a model")
             if mode == "paired" and pair.hr is None:
@@ -618,6 +615,26 @@ class FinetuneWidget(QWidget):
         what = f"{mode} fine-tuning of {pyramid.model.name!r} on {len(rects)} region(s)"
         self._launch(pair, pyramid, cfg, rects, lr_level, hr_level, zero_shot=False, what=what)
         return True
+
+    def _sr_source(self, use: str) -> tuple[Any, Any]:
+        """The layer pair and its SR layer's pyramid; RegionError without an SR layer
+        (`use`: what training does with the SR layer's model)."""
+        from napari_srgan_sqe.training.finetune import RegionError
+
+        pair = self._pair()
+        pyramid = _layers.pyramid_of(pair.sr) if pair is not None and pair.sr else None
+        if pyramid is None or pair is None:
+            raise RegionError(f"no SR layer: run Enhance first ({use})")
+        return pair, pyramid
+
+    def _view_or_refuse(self, max_side: int) -> tuple[int, int, int, int]:
+        """`view_region(max_side)`; RegionError without an LR layer."""
+        from napari_srgan_sqe.training.finetune import RegionError
+
+        region = self.view_region(max_side)
+        if region is None:
+            raise RegionError("no LR layer in view")
+        return region
 
     def _refuse(self, title: str, what: str, exc: Exception) -> None:
         """Say why training cannot start: status, log and a notification."""
@@ -711,14 +728,9 @@ class FinetuneWidget(QWidget):
 
         if self.running:
             return False
-        pair = self._pair()
-        pyramid = _layers.pyramid_of(pair.sr) if pair is not None and pair.sr else None
         try:
-            if pyramid is None or pair is None:
-                raise RegionError("no SR layer: run Enhance first (ZSSR then replaces its model)")
-            region = self.view_region()
-            if region is None:
-                raise RegionError("no LR layer in view")
+            pair, pyramid = self._sr_source("ZSSR then replaces its model")
+            region = self._view_or_refuse(ZERO_SHOT_MAX_SIDE)
             cfg = zero_shot_config(
                 self.steps_box.value(),
                 # pseudo-LR made like the slide's LR: the current model was chosen for it
@@ -760,11 +772,8 @@ class FinetuneWidget(QWidget):
 
         if self.running:
             return False
-        pair = self._pair()
-        pyramid = _layers.pyramid_of(pair.sr) if pair is not None and pair.sr else None
         try:
-            if pyramid is None or pair is None:
-                raise RegionError("no SR layer: run Enhance first (its model is adapted)")
+            pair, pyramid = self._sr_source("its model is adapted")
             check_adaptable(pyramid.model)
             settings = AdaptSettings(
                 **{
@@ -777,10 +786,7 @@ class FinetuneWidget(QWidget):
             drawn = self.regions()
             wanted = drawn
             if not drawn:
-                view = self.view_region(ADAPT_MAX_SIDE)
-                if view is None:
-                    raise RegionError("no LR layer in view")
-                wanted = [view]
+                wanted = [self._view_or_refuse(ADAPT_MAX_SIDE)]
             lr_level = _layers.layer_levels(pair.lr)[0]
             rects = check_real_regions(wanted, lr_level.shape, settings.patch_size)
         except (RegionError, ConfigError, StochasticModelError, TypeError) as exc:

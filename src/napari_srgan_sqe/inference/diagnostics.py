@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_srgan_sqe.inference.engine import full_index, index_box
+
 __all__ = [
     "DEPARTURE_LIMIT",
     "ROTATIONS",
@@ -120,11 +122,7 @@ def departure_region(
     """
     from napari_srgan_sqe.inference.tiling import read_region
 
-    if predictor.descriptor.stochastic:
-        raise ValueError(
-            f"the departure map is for deterministic models; {predictor.model.name!r} is "
-            "stochastic: use the spread of its samples (spread_map)"
-        )
+    _check_deterministic(predictor.model)
     x = read_region(lr0, y0, y1, x0, x1, halo=int(predictor.halo))
     members = []
     for k in rotations:
@@ -166,10 +164,11 @@ def _lr_source(pyramid: Any) -> tuple[Any, int, int]:
     return pyramid.lr_levels[0], y, x
 
 
-def _check_deterministic(pyramid: Any) -> None:
-    if pyramid.model.descriptor.stochastic:
+def _check_deterministic(model: Any) -> None:
+    """ValueError for a stochastic model (the departure map is for deterministic ones)."""
+    if model.descriptor.stochastic:
         raise ValueError(
-            f"the departure map is for deterministic models; {pyramid.model.name!r} is "
+            f"the departure map is for deterministic models; {model.name!r} is "
             "stochastic: use the spread of its samples (spread_map)"
         )
 
@@ -185,7 +184,7 @@ def departure_map(pyramid: Any) -> Any:
     """
     import dask.array as da
 
-    _check_deterministic(pyramid)
+    _check_deterministic(pyramid.model)
     grid, predictor = pyramid.grid, pyramid.predictor
     lr0, oy, ox = _lr_source(pyramid)
     t = grid.tile
@@ -362,35 +361,6 @@ class _MapStore:
             self._cells.clear()
 
 
-def _bounds(key: Any, shape: Sequence[int]) -> tuple[list[tuple[int, int]], list[Any]] | None:
-    """The bounding box [lo, hi) per axis of a 2-D index, and the index within it;
-    None when it selects nothing."""
-    if not isinstance(key, tuple):
-        key = (key,)
-    if any(k is Ellipsis for k in key):
-        i = key.index(Ellipsis)
-        key = key[:i] + (slice(None),) * (2 - len(key) + 1) + key[i + 1 :]
-    key = key + (slice(None),) * (2 - len(key))
-    bounds: list[tuple[int, int]] = []
-    local: list[Any] = []
-    for k, n in zip(key[:2], shape[:2]):
-        idx = np.arange(n)[k]
-        if np.ndim(idx) == 0:
-            idx = np.asarray([int(idx)])
-            bounds.append((int(idx[0]), int(idx[0]) + 1))
-            local.append(0)
-            continue
-        if idx.size == 0:
-            return None
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        bounds.append((lo, hi))
-        if isinstance(k, slice) and k.step in (None, 1):
-            local.append(slice(int(idx[0]) - lo, int(idx[-1]) - lo + 1))
-        else:
-            local.append(idx - lo)
-    return bounds, local
-
-
 class _MapLevel:
     """One level of the viewer's map, an array-like (2-D float32) for napari."""
 
@@ -409,7 +379,7 @@ class _MapLevel:
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        found = _bounds(key, self.shape)
+        found = index_box(full_index(key, 2), self.shape)
         if found is None:
             return np.empty((0, 0), np.float32)
         ((y0, y1), (x0, x1)), local = found
@@ -447,7 +417,7 @@ class LiveDeparture:
     """
 
     def __init__(self, pyramid: Any, *, piece: int = PIECE, max_mb: float = 64) -> None:
-        _check_deterministic(pyramid)
+        _check_deterministic(pyramid.model)
         self.pyramid = pyramid
         self.piece = max(16, int(piece))
         self.scale = int(pyramid.scale)

@@ -387,24 +387,11 @@ class LiveLevel0:
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (4 - len(key)) + key[i + 1 :]
-        key = key + (slice(None),) * (3 - len(key))
-        bounds, local = [], []
-        for k, n in zip(key[:2], self.shape[:2]):
-            idx = np.arange(n)[k]
-            if idx.size == 0:
-                return np.empty((0, 0, 3), np.uint8)[(slice(None), slice(None), key[2])]
-            lo, hi = int(idx.min()), int(idx.max()) + 1
-            bounds.append((lo, hi))
-            if isinstance(k, slice) and k.step in (None, 1):
-                local.append(slice(int(idx[0]) - lo, int(idx[-1]) - lo + 1))
-            else:
-                local.append(idx - lo)
-        (hy0, hy1), (hx0, hx1) = bounds
+        key = full_index(key, 3)
+        found = index_box(key, self.shape)
+        if found is None:
+            return np.empty((0, 0, 3), np.uint8)[(slice(None), slice(None), key[2])]
+        ((hy0, hy1), (hx0, hx1)), local = found
         s = self.scale
         ly0, ly1, lx0, lx1 = hy0 // s, -(-hy1 // s), hx0 // s, -(-hx1 // s)
         region = self.region(ly0, ly1, lx0, lx1)
@@ -590,6 +577,41 @@ class LiveLevel0:
         self.store.write(y0, y1, x0, x1, sr)
         with lv._stats_lock:
             lv.stats.live_pieces += 1
+
+
+def full_index(key: Any, ndim: int) -> tuple[Any, ...]:
+    """An index of an `ndim`-D array as one entry per axis (Ellipsis expanded, padded)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
+    return key + (slice(None),) * (ndim - len(key))
+
+
+def index_box(
+    key: tuple[Any, ...], shape: Sequence[int]
+) -> tuple[list[tuple[int, int]], list[Any]] | None:
+    """For the first two axes of a `full_index` key: the bounding box [lo, hi) per axis
+    and the index within it; None when it selects nothing (array-like levels read the
+    box, then index it)."""
+    bounds: list[tuple[int, int]] = []
+    local: list[Any] = []
+    for k, n in zip(key[:2], shape[:2]):
+        idx = np.arange(n)[k]
+        if np.ndim(idx) == 0:
+            bounds.append((int(idx), int(idx) + 1))
+            local.append(0)
+            continue
+        if idx.size == 0:
+            return None
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        bounds.append((lo, hi))
+        if isinstance(k, slice) and k.step in (None, 1):
+            local.append(slice(int(idx[0]) - lo, int(idx[-1]) - lo + 1))
+        else:
+            local.append(idx - lo)
+    return bounds, local
 
 
 def _missing_pieces(

@@ -328,8 +328,7 @@ def enhance_slide(
         full = (int(lr0.shape[0]), int(lr0.shape[1]))
         region = check_region(region if region is not None else (0, 0, full[1], full[0]), full)
         x, y, w, h = region
-        stochastic = bool(model.descriptor.stochastic)
-        seed = (0 if seed is None else int(seed)) if stochastic else None
+        seed = (0 if seed is None else int(seed)) if model.descriptor.stochastic else None
         predictor = Predictor(model, device=device, max_batch=batch or 16, seed=seed)
         tile = tile or EXPORT_TILE
         mask = None
@@ -354,6 +353,7 @@ def enhance_slide(
                     stack, scheduler, slide, sr, region, device, mask
                 )
             chunk = writer_chunk(sr.tile * sr.scale, tiff=fmt == "tiff")
+            provenance = export_provenance(model, seed)
             kwargs = {
                 "mpp": _scaled_mpp(mpp, sr.scale),
                 **codec,
@@ -369,7 +369,7 @@ def enhance_slide(
                     scale=sr.scale,
                     seed=seed,
                 ),
-                "provenance": export_provenance(model, seed),
+                "provenance": provenance,
             }
             if client is not None:  # the writer's own tasks stay in this process
                 import dask
@@ -401,7 +401,7 @@ def enhance_slide(
             stats["bytes_per_pixel"] = stats["bytes_written"] / max(1, w * h * sr.scale**2)
             stats["remote_chunks"] = pre.submitted if pre is not None else 0
             stats["coding"] = str(slide.coding)
-            stats["provenance"] = export_provenance(model, seed)
+            stats["provenance"] = dict(provenance)
         return Path(path)
 
 

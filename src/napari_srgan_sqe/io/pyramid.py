@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import dask
 import dask.array as da
@@ -328,46 +328,23 @@ def _read_record(marker: Path) -> tuple[dict[str, Any] | None, set[str]]:
     return header, set(lines[1:])
 
 
-def _write_levels(
-    pyr: _Pyramid,
-    root: Path,
-    *,
-    chunk: int,
-    compressor: Any,
-    progress: Progress | None,
-    resume: bool,
-    concurrency: int | None,
-    extra_total: int = 0,
-    fingerprint: str | None = None,
-    zarr_format: Literal[2, 3] = 2,
-    shard: int | None = None,
-) -> tuple[Any, int]:
-    """Write every level into the zarr group `root`, resumably; return (group, units).
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-    `fingerprint` identifies what is written (model, source, region ...): a record
-    left by an interrupted export with another fingerprint is not resumed. `shard`
-    (zarr format 3): the shard edge, a multiple of `chunk`; units then cover whole
-    shards, so a shard file is only ever written whole (a unit redone after a kill
-    rewrites all of it). A failure lets zarr's pending writes settle before it is
-    raised (`_settle_zarr`).
-    """
-    try:
-        return _write_levels_unsettled(
-            pyr,
-            root,
-            chunk=chunk,
-            compressor=compressor,
-            progress=progress,
-            resume=resume,
-            concurrency=concurrency,
-            extra_total=extra_total,
-            fingerprint=fingerprint,
-            zarr_format=zarr_format,
-            shard=shard,
-        )
-    except BaseException:
-        _settle_zarr()
-        raise
+
+def _settling_zarr(write: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A zarr writer that, when it fails, lets zarr's pending writes settle before the
+    failure is raised (`_settle_zarr`)."""
+
+    @functools.wraps(write)
+    def settled(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return write(*args, **kwargs)
+        except BaseException:
+            _settle_zarr()
+            raise
+
+    return settled
 
 
 def _settle_zarr(timeout: float = _SETTLE_SECONDS) -> None:
@@ -424,7 +401,8 @@ def _v3_compressor(compressor: Any) -> Any:
     return compressor  # a zarr 3 codec already, or None
 
 
-def _write_levels_unsettled(
+@_settling_zarr
+def _write_levels(
     pyr: _Pyramid,
     root: Path,
     *,
@@ -433,11 +411,20 @@ def _write_levels_unsettled(
     progress: Progress | None,
     resume: bool,
     concurrency: int | None,
-    extra_total: int,
-    fingerprint: str | None,
-    zarr_format: Literal[2, 3],
-    shard: int | None,
+    extra_total: int = 0,
+    fingerprint: str | None = None,
+    zarr_format: Literal[2, 3] = 2,
+    shard: int | None = None,
 ) -> tuple[Any, int]:
+    """Write every level into the zarr group `root`, resumably; return (group, units).
+
+    `fingerprint` identifies what is written (model, source, region ...): a record
+    left by an interrupted export with another fingerprint is not resumed. `shard`
+    (zarr format 3): the shard edge, a multiple of `chunk`; units then cover whole
+    shards, so a shard file is only ever written whole (a unit redone after a kill
+    rewrites all of it). A failure lets zarr's pending writes settle before it is
+    raised (`_settle_zarr`).
+    """
     plan = _plan(pyr, shard or chunk)
     total = sum(len(units) for units in plan)
     record_header = {

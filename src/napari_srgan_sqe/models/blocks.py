@@ -8,7 +8,7 @@ instead of being written down by hand.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ __all__ = [
     "conv",
     "count_macs",
     "halo_of",
+    "plain_convs",
 ]
 
 
@@ -40,6 +41,21 @@ def conv(
 ) -> nn.Conv2d:
     """A 'same' zero-padded convolution (odd kernel)."""
     return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=bias)
+
+
+def plain_convs(c_in: int, channels: int, n_layers: int) -> tuple[nn.Sequential, nn.Conv2d]:
+    """`n_layers` 3x3 convs with ReLU between, as (body, tail): the body maps `c_in` to
+    `channels`, the tail `channels` to 3 and starts at zero, so a residual branch
+    tail(body(x)) adds nothing until trained (ZSSR, the unpaired correction net)."""
+    layers: list[nn.Module] = [conv(c_in, channels), nn.ReLU(inplace=True)]
+    for _ in range(n_layers - 2):
+        layers += [conv(channels, channels), nn.ReLU(inplace=True)]
+    tail = conv(channels, 3)
+    assert tail.bias is not None  # conv() layers have a bias
+    with torch.no_grad():
+        tail.weight.zero_()
+        tail.bias.zero_()
+    return nn.Sequential(*layers), tail
 
 
 class ResidualBlock(nn.Module):
@@ -143,25 +159,37 @@ def halo_of(ops: Sequence[tuple[str, int]], scale: int) -> int:
     return worst
 
 
-def count_macs(net: nn.Module, scale: int, size: int = 16) -> int:
-    """Multiply-adds per output pixel of `net`'s convolutions (one forward pass of a
-    `size` x `size` input, counted by hooks; interpolation and activations excluded)."""
+def count_macs(
+    net: nn.Module,
+    scale: int,
+    size: int = 16,
+    *,
+    run: Callable[[torch.Tensor], object] | None = None,
+) -> int:
+    """Multiply-adds per output pixel of `net`'s convolutions and linear layers (one
+    forward pass of a `size` x `size` input, counted by hooks; interpolation and
+    activations excluded). `run(x)` replaces `net(x)` for a network whose pass to count
+    is not its forward (e.g. one denoiser step of a diffusion sampler)."""
     total = 0
 
     def hook(mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
         nonlocal total
-        assert isinstance(mod, nn.Conv2d)
-        k = mod.kernel_size[0] * mod.kernel_size[1]
-        total += out[0].numel() * (mod.in_channels // mod.groups) * k
+        if isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1]
+            total += out[0].numel() * (mod.in_channels // mod.groups) * k
+        else:
+            assert isinstance(mod, nn.Linear)
+            total += out[0].numel() * mod.in_features
 
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    handles = [m.register_forward_hook(hook) for m in layers]
     was_training = net.training
     net.eval()  # BatchNorm statistics stay as they are
     try:
         param = next(net.parameters(), None)
         x = torch.zeros(1, 3, size, size, device=param.device if param is not None else "cpu")
         with torch.no_grad():
-            net(x)
+            (run or net)(x)
     finally:
         net.train(was_training)
         for h in handles:

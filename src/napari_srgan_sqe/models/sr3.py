@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_srgan_sqe.config import SR3Config
-from napari_srgan_sqe.models.blocks import Bicubic, conv
+from napari_srgan_sqe.models.blocks import Bicubic, conv, count_macs
 from napari_srgan_sqe.models.method import check_cancelled
 
 __all__ = [
@@ -193,8 +193,9 @@ class SR3Net(nn.Module):
         self.up = Bicubic(self.scale)
         s2 = self.scale * self.scale
         self.unet = _UNet(6 * s2, 3 * s2, channels, mults, blocks)
-        self.multiple = 2 ** (len(mults) - 1)  # LR sides the U-Net needs (padded inside)
-        self.alignment = self.multiple  # windows agree when their origins agree modulo this
+        # LR sides the U-Net needs (padded inside); windows agree when their origins
+        # agree modulo this
+        self.alignment = 2 ** (len(mults) - 1)
 
     # -- training ----------------------------------------------------------------
     def denoise(self, x_t: torch.Tensor, up: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -203,7 +204,7 @@ class SR3Net(nn.Module):
         s = self.scale
         inp = F.pixel_unshuffle(torch.cat([x_t, up * 2.0 - 1.0], dim=1), s)
         h, w = inp.shape[-2:]
-        m = self.multiple
+        m = self.alignment
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:  # replicate to the U-Net's multiple, cropped after
             inp = F.pad(inp, (0, pw, 0, ph), mode="replicate")
@@ -285,28 +286,12 @@ class SR3Net(nn.Module):
 
     def macs_per_pixel(self) -> int:
         """Multiply-adds of one denoiser pass per output pixel (x `steps` per sample)."""
-        total = 0
 
-        def hook(mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
-            nonlocal total
-            if isinstance(mod, nn.Conv2d):
-                k = mod.kernel_size[0] * mod.kernel_size[1]
-                total += out[0].numel() * (mod.in_channels // mod.groups) * k
-            elif isinstance(mod, nn.Linear):
-                total += mod.in_features * mod.out_features
+        def one_pass(lr: torch.Tensor) -> None:
+            hr = self.up(lr)  # zeros at HR size: the noisy residual and its condition
+            self.denoise(hr, hr, torch.zeros(1, device=lr.device))
 
-        mods = [m for m in self.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-        handles = [m.register_forward_hook(hook) for m in mods]
-        size = 16
-        try:
-            p = next(self.parameters())
-            hr = torch.zeros(1, 3, size * self.scale, size * self.scale, device=p.device)
-            with torch.no_grad():
-                self.denoise(hr, hr, torch.zeros(1, device=p.device))
-        finally:
-            for hd in handles:
-                hd.remove()
-        return round(total / (size * self.scale) ** 2)
+        return count_macs(self, self.scale, run=one_pass)
 
 
 def build_sr3(cfg: SR3Config) -> SR3Net:

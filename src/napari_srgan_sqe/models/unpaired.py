@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from napari_srgan_sqe.config import UnpairedConfig
-from napari_srgan_sqe.models.blocks import conv, count_macs
+from napari_srgan_sqe.models.blocks import conv, count_macs, plain_convs
 from napari_srgan_sqe.models.generator import build_generator
 from napari_srgan_sqe.models.method import SRNetwork
 
@@ -47,15 +47,7 @@ class CorrectionNet(nn.Module):
         super().__init__()
         if n_layers < 2:
             raise ValueError(f"a correction net needs at least 2 layers, got {n_layers}")
-        layers: list[nn.Module] = [conv(3 + extra_in, channels), nn.ReLU(inplace=True)]
-        for _ in range(n_layers - 2):
-            layers += [conv(channels, channels), nn.ReLU(inplace=True)]
-        self.body = nn.Sequential(*layers)
-        self.tail = conv(channels, 3)
-        assert self.tail.bias is not None  # conv() layers have a bias
-        with torch.no_grad():  # starts as the identity
-            self.tail.weight.zero_()
-            self.tail.bias.zero_()
+        self.body, self.tail = plain_convs(3 + extra_in, channels, n_layers)  # the identity
         self.radius = n_layers
         """Receptive-field radius in LR px (one per 3x3 conv)."""
 

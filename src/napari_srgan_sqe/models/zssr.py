@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from napari_srgan_sqe.config import ZSSRConfig
-from napari_srgan_sqe.models.blocks import Bicubic, conv, count_macs, halo_of
+from napari_srgan_sqe.models.blocks import Bicubic, count_macs, halo_of, plain_convs
 from napari_srgan_sqe.models.method import check_cancelled, parameter_groups_by_children
 
 __all__ = ["ZSSRNet", "build_zssr", "self_ensemble"]
@@ -47,15 +47,7 @@ class ZSSRNet(nn.Module):
         self.scale = int(scale)
         self.ensemble = bool(ensemble)
         self.up = Bicubic(self.scale)
-        layers: list[nn.Module] = [conv(3, channels), nn.ReLU(inplace=True)]
-        for _ in range(n_layers - 2):
-            layers += [conv(channels, channels), nn.ReLU(inplace=True)]
-        self.body = nn.Sequential(*layers)
-        self.tail = conv(channels, 3)
-        assert self.tail.bias is not None  # conv() layers have a bias
-        with torch.no_grad():  # starts as bicubic interpolation
-            self.tail.weight.zero_()
-            self.tail.bias.zero_()
+        self.body, self.tail = plain_convs(3, channels, n_layers)  # starts as bicubic
         self.halo = halo_of([("bicubic", self.scale)] + [("conv", 1)] * n_layers, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ from napari_srgan_sqe.losses import (
 from napari_srgan_sqe.models.architectures import build_network
 from napari_srgan_sqe.models.autoencoder import build_autoencoder
 from napari_srgan_sqe.models.discriminator import build_discriminator
-from napari_srgan_sqe.models.modelfile import ModelFileError, load_model
+from napari_srgan_sqe.models.modelfile import ModelFileError, SRModel, load_model
 from napari_srgan_sqe.models.sr3 import SR3Net
 from napari_srgan_sqe.models.unpaired import DegradationNet, PatchDiscriminator, UnpairedSR
 from napari_srgan_sqe.models.zssr import self_ensemble
@@ -111,6 +111,11 @@ class Recipe(Protocol):
 
     def check_resume(self, saved: TrainConfig, step: int, path: Path) -> None:
         """ConfigError when a checkpoint at `step` of `saved` cannot continue here."""
+        ...
+
+    def load_weights(self, path: Path, source: str) -> str:
+        """Load `init_from` (a training checkpoint at `path`, else a model file or bundled
+        name) where this recipe has the networks; what was loaded, for provenance."""
         ...
 
     def provenance(self) -> dict[str, str]:
@@ -193,45 +198,31 @@ def warm_start(recipe: Recipe, source: str, base: Path) -> str:
     the recipe's networks where it has them; returns what was loaded, for provenance."""
     q = Path(source).expanduser()
     path = q if q.is_absolute() else base / q
-    if isinstance(recipe, UnpairedRecipe):
-        return recipe.warm_start(path, source)
-    modules = recipe.modules()
     try:
-        if path.is_file() and is_checkpoint(path):
-            tensors, _ = read_safetensors(path)
-            if any(k.startswith("G_ema.") for k in tensors):  # the weights that run exported
-                tensors = {k: v for k, v in tensors.items() if not k.startswith("G.")}
-                tensors |= {"G." + k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}
-            present = {n for n in modules if any(k.startswith(n + ".") for k in tensors)}
-            if "G" not in present:
-                raise ConfigError(f"init_from {path}: the checkpoint holds no generator")
-            loaded = {
-                n: m for n, m in modules.items() if m is not None and n in present and n != "G_ema"
-            }
-            unpack_modules(tensors, loaded)
-            what = f"{path.name} ({', '.join(sorted(loaded))})"
-        else:
-            try:
-                model = load_model(path if path.is_file() else source)
-            except ModelFileError as exc:
-                raise ConfigError(f"init_from: {exc}") from None
-            G = modules["G"]
-            assert G is not None
-            G.load_state_dict(model.generator.state_dict(), strict=True)
-            AE = modules.get("AE")
-            if AE is not None and model.encoder is not None:
-                encoder = AE.get_submodule("encoder")
-                encoder.load_state_dict(model.encoder.state_dict(), strict=True)
-            what = model.name
+        what = recipe.load_weights(path, source)
     except RuntimeError as exc:  # load_state_dict: names or shapes differ
         raise ConfigError(
             f"init_from {source}: its weights do not fit this run's architecture: "
             f"{_first_mismatch(exc)}"
         ) from None
+    modules = recipe.modules()
     G, G_ema = modules["G"], modules.get("G_ema")
     if G_ema is not None and G is not None:  # the average starts from the loaded weights
         G_ema.load_state_dict(G.state_dict())
     return what
+
+
+def _load_init_model(path: Path, source: str) -> SRModel:
+    """The model `init_from` names: the file at `path`, else `source` (a bundled name)."""
+    try:
+        return load_model(path if path.is_file() else source)
+    except ModelFileError as exc:
+        raise ConfigError(f"init_from: {exc}") from None
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator seeded by (seed, step) alone, so a resumed run draws the same."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + step)
 
 
 # -- SRGAN family ----------------------------------------------------------------------
@@ -254,6 +245,35 @@ class _RecipeBase:
 
     def provenance(self) -> dict[str, str]:
         return {}
+
+    def modules(self) -> dict[str, nn.Module | None]:
+        raise NotImplementedError
+
+    def load_weights(self, path: Path, source: str) -> str:
+        """A checkpoint loads every network it holds that this run has (its weight
+        average as G when it kept one); a model file loads G (and the encoder, when this
+        run has an autoencoder and the file carries one)."""
+        modules = self.modules()
+        if path.is_file() and is_checkpoint(path):
+            tensors, _ = read_safetensors(path)
+            if any(k.startswith("G_ema.") for k in tensors):  # the weights that run exported
+                tensors = {k: v for k, v in tensors.items() if not k.startswith("G.")}
+                tensors |= {"G." + k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}
+            present = {n for n in modules if any(k.startswith(n + ".") for k in tensors)}
+            if "G" not in present:
+                raise ConfigError(f"init_from {path}: the checkpoint holds no generator")
+            loaded = {
+                n: m for n, m in modules.items() if m is not None and n in present and n != "G_ema"
+            }
+            unpack_modules(tensors, loaded)
+            return f"{path.name} ({', '.join(sorted(loaded))})"
+        model = _load_init_model(path, source)
+        self.G.load_state_dict(model.generator.state_dict(), strict=True)
+        AE = modules.get("AE")
+        if AE is not None and model.encoder is not None:
+            encoder = AE.get_submodule("encoder")
+            encoder.load_state_dict(model.encoder.state_dict(), strict=True)
+        return model.name
 
 
 class SRGANRecipe(_RecipeBase):
@@ -419,8 +439,7 @@ class DiffusionRecipe(_RecipeBase):
             raise ConfigError("recipe 'diffusion' needs `steps` (its number of training steps)")
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
-        self.net = cast(SR3Net, build_network(cfg.model.generator).to(device))
-        self.G: nn.Module = self.net
+        self.G = cast(SR3Net, build_network(cfg.model.generator).to(device))
         self.G_ema = _frozen_copy(self.G) if cfg.ema_decay else None
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.total = int(cfg.steps)
@@ -441,9 +460,8 @@ class DiffusionRecipe(_RecipeBase):
     def train_step(self, step: int, batch: TrainingBatch) -> dict[str, float]:
         cfg = self.cfg
         _set_lr(self.opt_g, _linear_lr(cfg.lr, cfg.lr_final, step, 0, self.total))
-        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
         self.G.train()
-        loss = self.net.training_loss(batch.lr, batch.hr, generator=gen)
+        loss = self.G.training_loss(batch.lr, batch.hr, generator=_step_generator(cfg.seed, step))
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
@@ -563,8 +581,8 @@ class UnpairedRecipe(_RecipeBase):
 
     def noise(self, step: int, like: torch.Tensor) -> torch.Tensor:
         """G_yx's noise map of step `step` (N, 1, H, W), drawn from (seed, step) alone."""
-        gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + step)
         n, _, h, w = like.shape
+        gen = _step_generator(self.cfg.seed, step)
         return torch.randn(n, 1, h, w, generator=gen).to(like.device)
 
     def train_step(self, step: int, batch: TrainingBatch) -> dict[str, float]:
@@ -631,57 +649,42 @@ class UnpairedRecipe(_RecipeBase):
             "unpaired_sr_trained": "true" if self.train_sr else "false",
         }
 
-    def warm_start(self, path: Path, source: str) -> str:
+    def load_weights(self, path: Path, source: str) -> str:
         """`init_from` for this recipe: an 'unpaired' model or checkpoint loads C and U
         (and, from a checkpoint, G_yx and the discriminators); an SRGAN-family
         generator (lrnet, srresnet: a model file, or the G of an 'srgan_sqe' training
         checkpoint) loads into U, and C starts as the identity."""
-        try:
-            if path.is_file() and is_checkpoint(path):
-                tensors, _ = read_safetensors(path)
-                prefix = "G_ema." if any(k.startswith("G_ema.") for k in tensors) else "G."
-                g = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-                if not g:
-                    raise ConfigError(f"init_from {path}: the checkpoint holds no generator")
-                if any(k.startswith(("correction.", "sr.")) for k in g):
-                    self.G.load_state_dict(g, strict=True)
-                    parts = {
-                        n: m
-                        for n, m in self.modules().items()
-                        if n in ("G_yx", "D_clean", "D_real")
-                        and m is not None
-                        and any(k.startswith(n + ".") for k in tensors)
-                    }
-                    unpack_modules(tensors, parts)
-                    what = f"{path.name} ({', '.join(['G', *sorted(parts)])})"
-                else:
-                    self.G.sr.load_state_dict(g, strict=True)
-                    what = f"{path.name} (its generator as the SR net)"
-            else:
-                try:
-                    model = load_model(path if path.is_file() else source)
-                except ModelFileError as exc:
-                    raise ConfigError(f"init_from: {exc}") from None
-                if isinstance(model.config.generator, UnpairedConfig):
-                    self.G.load_state_dict(model.generator.state_dict(), strict=True)
-                    what = model.name
-                elif isinstance(model.config.generator, GeneratorConfig):
-                    self.G.sr.load_state_dict(model.generator.state_dict(), strict=True)
-                    what = f"{model.name} (as the SR net)"
-                else:
-                    raise ConfigError(
-                        f"init_from {source}: its network is {model.arch!r}; the unpaired "
-                        "recipe starts its SR net from an lrnet or srresnet generator, or "
-                        "from an 'unpaired' model"
-                    )
-        except RuntimeError as exc:  # load_state_dict: names or shapes differ
-            raise ConfigError(
-                f"init_from {source}: its weights do not fit this run's architecture: "
-                f"{_first_mismatch(exc)}"
-            ) from None
-        if self.G_ema is not None:
-            self.G_ema.load_state_dict(self.G.state_dict())
-        return what
+        if path.is_file() and is_checkpoint(path):
+            tensors, _ = read_safetensors(path)
+            prefix = "G_ema." if any(k.startswith("G_ema.") for k in tensors) else "G."
+            g = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if not g:
+                raise ConfigError(f"init_from {path}: the checkpoint holds no generator")
+            if not any(k.startswith(("correction.", "sr.")) for k in g):
+                self.G.sr.load_state_dict(g, strict=True)
+                return f"{path.name} (its generator as the SR net)"
+            self.G.load_state_dict(g, strict=True)
+            parts = {
+                n: m
+                for n, m in self.modules().items()
+                if n in ("G_yx", "D_clean", "D_real")
+                and m is not None
+                and any(k.startswith(n + ".") for k in tensors)
+            }
+            unpack_modules(tensors, parts)
+            return f"{path.name} ({', '.join(['G', *sorted(parts)])})"
+        model = _load_init_model(path, source)
+        if isinstance(model.config.generator, UnpairedConfig):
+            self.G.load_state_dict(model.generator.state_dict(), strict=True)
+            return model.name
+        if isinstance(model.config.generator, GeneratorConfig):
+            self.G.sr.load_state_dict(model.generator.state_dict(), strict=True)
+            return f"{model.name} (as the SR net)"
+        raise ConfigError(
+            f"init_from {source}: its network is {model.arch!r}; the unpaired "
+            "recipe starts its SR net from an lrnet or srresnet generator, or "
+            "from an 'unpaired' model"
+        )
 
 
 RECIPES: dict[str, type] = {
