@@ -885,13 +885,14 @@ class FinetuneWidget(QWidget):
             self.log.appendPlainText(f"{summary}\nsaved {ev.path.name}; the SR layer now uses it")
             # the file's name is in the log
             self.result_label.setText(f"{summary}\nnow used by the SR layer: {res.model.name}")
-        elif res.mode == "unpaired":
-            text = f"{res.notes[-1]}{stopped}"
         else:
-            text = (
-                f"validation did not improve (PSNR {b['psnr']:.2f} dB before, SSIM "
-                f"{b['ssim']:.4f}{stopped}): the original model is kept"
-            )
+            if res.mode == "unpaired":
+                text = f"{res.notes[-1]}{stopped}"
+            else:
+                text = (
+                    f"validation did not improve (PSNR {b['psnr']:.2f} dB before, SSIM "
+                    f"{b['ssim']:.4f}{stopped}): the original model is kept"
+                )
             self.log.appendPlainText(text)
             self.result_label.setText(text)
         self.status.setText("done" if res.improved else "done (not improved)")
