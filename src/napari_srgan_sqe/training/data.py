@@ -26,8 +26,16 @@ __all__ = [
     "PatchSampler",
     "find_images",
     "load_rgb",
+    "resolve_path",
     "resolve_split",
 ]
+
+
+def resolve_path(base: Path | None, path: str | Path) -> Path:
+    """`path` with ~ expanded; a relative one is taken from `base` (a config file's
+    folder) when there is one."""
+    p = Path(path).expanduser()
+    return base / p if base is not None and not p.is_absolute() else p
 
 
 def load_rgb(path: str | Path) -> np.ndarray:

@@ -15,7 +15,9 @@ Recipes:
 - `UnpairedRecipe` ('unpaired'): pseudo-supervised unpaired SR (Maeda 2020) for arch
   'unpaired': a correction net learns real LR (patches of the slides in
   `TrainConfig.unpaired`) -> clean LR, the SR net learns on pseudo-clean LR.
-A recipe is chosen by `TrainConfig.recipe` ('auto': by the architecture).
+A recipe is chosen by `TrainConfig.recipe` ('auto': by the architecture) and built as
+`cls(cfg, device, base)`, `base` being the config file's folder (for the files a
+recipe reads).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from napari_srgan_sqe.models.modelfile import ModelFileError, SRModel, load_mode
 from napari_srgan_sqe.models.sr3 import SR3Net
 from napari_srgan_sqe.models.unpaired import DegradationNet, PatchDiscriminator, UnpairedSR
 from napari_srgan_sqe.models.zssr import self_ensemble
+from napari_srgan_sqe.training.data import resolve_path
 from napari_srgan_sqe.training.state import unpack_modules
 from napari_srgan_sqe.training.unpaired_data import RealLRSampler, open_real_lr
 
@@ -136,9 +139,7 @@ def make_recipe(cfg: TrainConfig, device: torch.device, base: Path) -> Recipe:
     name = recipe_name(cfg)
     cls = RECIPES[name]
     # a recipe reading files named in the config resolves them against its folder
-    recipe: Recipe = (
-        cls(cfg, device, base) if getattr(cls, "reads_files", False) else cls(cfg, device)
-    )
+    recipe: Recipe = cls(cfg, device, base)
     if cfg.init_from:
         recipe.init_source = warm_start(recipe, cfg.init_from, base)
         log.info("warm start from %s", recipe.init_source)
@@ -196,8 +197,7 @@ def is_checkpoint(path: Path) -> bool:
 def warm_start(recipe: Recipe, source: str, base: Path) -> str:
     """Load weights from a training checkpoint or a model (`TrainConfig.init_from`) into
     the recipe's networks where it has them; returns what was loaded, for provenance."""
-    q = Path(source).expanduser()
-    path = q if q.is_absolute() else base / q
+    path = resolve_path(base, source)
     try:
         what = recipe.load_weights(path, source)
     except RuntimeError as exc:  # load_state_dict: names or shapes differ
@@ -285,7 +285,7 @@ class SRGANRecipe(_RecipeBase):
 
     name = "srgan_sqe"
 
-    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(self, cfg: TrainConfig, device: torch.device, base: Path | None = None) -> None:
         self.cfg = cfg
         loss = cfg.loss
         torch.manual_seed(cfg.seed)
@@ -430,7 +430,7 @@ class DiffusionRecipe(_RecipeBase):
 
     name = "diffusion"
 
-    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(self, cfg: TrainConfig, device: torch.device, base: Path | None = None) -> None:
         if cfg.model.generator.arch != "sr3":
             raise ConfigError(
                 f"recipe 'diffusion' trains arch 'sr3', not {cfg.model.generator.arch!r}"
@@ -499,7 +499,6 @@ class UnpairedRecipe(_RecipeBase):
     """
 
     name = "unpaired"
-    reads_files = True
 
     def __init__(
         self,

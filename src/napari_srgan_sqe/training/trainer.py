@@ -29,7 +29,7 @@ from napari_srgan_sqe.io.checkpoints import read_safetensors, write_safetensors
 from napari_srgan_sqe.metrics import psnr, qilv, ssim
 from napari_srgan_sqe.models.modelfile import SRModel, save_model
 from napari_srgan_sqe.models.predictor import Predictor, resolve_device
-from napari_srgan_sqe.training.data import PatchSampler, load_rgb, resolve_split
+from napari_srgan_sqe.training.data import PatchSampler, load_rgb, resolve_path, resolve_split
 from napari_srgan_sqe.training.recipes import Recipe, TrainingBatch, make_recipe
 from napari_srgan_sqe.training.state import (
     pack_modules,
@@ -64,14 +64,14 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, base_dir: str | Path | None = None) -> None:
         self.cfg = cfg
         base = Path(base_dir) if base_dir is not None else Path.cwd()
-        self.out_dir = _resolve(base, cfg.out_dir)
+        self.out_dir = resolve_path(base, cfg.out_dir)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.device = resolve_device(cfg.device)
         train_paths, val_paths = resolve_split(
-            [_resolve(base, d) for d in cfg.data],
-            _resolve(base, cfg.split_file) if cfg.split_file else None,
-            [_resolve(base, d) for d in cfg.val_data],
+            [resolve_path(base, d) for d in cfg.data],
+            resolve_path(base, cfg.split_file) if cfg.split_file else None,
+            [resolve_path(base, d) for d in cfg.val_data],
         )
         self.train_paths, self.val_paths = train_paths, val_paths[: cfg.val_images]
         self.sampler = PatchSampler(
@@ -278,11 +278,6 @@ def _schedule_free(cfg: TrainConfig) -> dict:
     ):
         d.pop(k, None)
     return d
-
-
-def _resolve(base: Path, p: str) -> Path:
-    q = Path(p).expanduser()
-    return q if q.is_absolute() else base / q
 
 
 def trim_log(path: Path, step: int) -> int:

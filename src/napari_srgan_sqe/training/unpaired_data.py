@@ -95,13 +95,11 @@ def open_real_lr(sources: Sequence[RealLRSource], base: Path | None = None) -> l
     (the config file's folder)."""
     from napari_srgan_sqe.io import _formats
     from napari_srgan_sqe.io.slides import SlideError, open_slide
-    from napari_srgan_sqe.training.data import find_images, load_rgb
+    from napari_srgan_sqe.training.data import find_images, load_rgb, resolve_path
 
     out = []
     for src in sources:
-        p = Path(src.path).expanduser()
-        if not p.is_absolute() and base is not None:
-            p = base / p
+        p = resolve_path(base, src.path)
         if not p.exists():
             raise DataError(f"real LR {p}: no such file or folder")
         if p.is_dir() and not _formats.looks_like_zarr(p) and not _formats.dicom_files(p):
