@@ -240,7 +240,12 @@ def test_stochastic_model_has_uncertainty_and_no_departure(
     assert compare.last_spread.stochastic and layer.data.shape == (96, 96)
     assert layer.data.mean() > 0.5
     assert "mean spread" in compare.uncertainty_label.text()
-    assert tuple(layer.contrast_limits)[0] == 0.0 and layer.contrast_limits[1] >= 1.0
+    # the colour scale spans the view's own range of spread (5th to 99.5th percentile)
+    lo, hi = (float(v) for v in layer.contrast_limits)
+    q05, q995 = np.quantile(layer.data, [0.05, 0.995])
+    assert lo <= q05 < lo + 1 or (lo == 0.0 and q05 < 1.0)
+    assert hi - 1 < q995 <= hi and hi >= lo + 1
+    assert f"clear at {lo:g} or less" in compare.uncertainty_legend.text.text()
     # with an HR layer each sample is scored: mean and spread of PSNR over the samples
     scores = compare.last_spread.psnr
     assert len(scores) == 2 and scores[0] != scores[1] and all(5 < v < 60 for v in scores)

@@ -134,9 +134,13 @@ DEPARTURE_LEGEND = (
 )
 UNCERTAINTY_LEGEND = (
     "How much the {n} samples differ, per LR pixel (the standard deviation of each HR "
-    "pixel, in grey levels of 255, averaged over the LR pixel): clear at 0, teal to blue "
-    "up to {hi} or more. Blue: the model is guessing."
+    "pixel, in grey levels of 255, averaged over the LR pixel): clear at {lo} or less, "
+    "teal to blue up to {hi} or more. The scale spans this view's calmest 5% to its "
+    "wildest 0.5%, so the map shows where the model guesses most; the numbers say how "
+    "much. Blue: the model is guessing."
 )
+UNCERTAINTY_RANGE = (0.05, 0.995)
+"""Quantiles of the view's spread at which the uncertainty colour scale starts and ends."""
 
 
 @dataclass(frozen=True)
@@ -941,8 +945,7 @@ class CompareWidget(QWidget):
         if pair is None or pair.sr is None:
             return
         values = result.pooled(job.box.scale)  # per LR pixel: the grain averages out
-        hi = float(np.quantile(values, 0.995)) if values.size else 0.0
-        hi = max(1.0, float(np.ceil(hi)))
+        lo, hi = _spread_limits(values)
         geometry = _like(pair.sr)
         scale = np.asarray(geometry["scale"], dtype=float)
         translate = np.asarray(geometry["translate"], dtype=float)
@@ -955,7 +958,7 @@ class CompareWidget(QWidget):
             layer.data = values
             layer.metadata = {**layer.metadata, **meta}
             layer.translate, layer.scale = geometry["translate"], geometry["scale"]
-            layer.contrast_limits = (0.0, hi)
+            layer.contrast_limits = (lo, hi)
             layer.name = name
             self._sync_map_controls()
         else:
@@ -963,7 +966,7 @@ class CompareWidget(QWidget):
                 values,
                 name=name,
                 colormap=_map_colormap(),
-                contrast_limits=(0.0, hi),
+                contrast_limits=(lo, hi),
                 opacity=MAP_OPACITY,
                 blending="translucent",
                 metadata=meta,
@@ -1233,6 +1236,18 @@ class _Legend(QWidget):
             f"Colour scale of '{layer.name}': clear at {lo:g} grey levels and below, "
             f"full colour at {hi:g} and above (change it with the layer's contrast limits)"
         )
+
+
+def _spread_limits(values: Any) -> tuple[float, float]:
+    """Colour scale of an uncertainty map: from the view's 5th to its 99.5th percentile
+    of spread, in whole grey levels (below 1 grey level counts as clear: 0)."""
+    import numpy as np
+
+    if not values.size:
+        return 0.0, 1.0
+    q_lo, q_hi = (float(v) for v in np.quantile(values, UNCERTAINTY_RANGE))
+    lo = float(np.floor(q_lo)) if q_lo >= 1.0 else 0.0
+    return lo, max(lo + 1.0, float(np.ceil(q_hi)))
 
 
 class _LiveMap:
