@@ -92,3 +92,32 @@ def test_adapt_is_refused_with_a_reason(adapt_widget, qtbot, errors):
     assert not widget.start_adapt()
     assert "no_such_setting" in errors()[-1]
     assert widget.adapt_button.isEnabled()
+
+
+def test_an_adaptation_that_does_not_help_keeps_the_model_and_says_why(
+    adapt_widget, qtbot, tmp_path, errors
+):
+    """A learning rate far too high wrecks the correction: its clean check falls, the
+    result is rejected, the SR layer keeps its model, nothing is saved, and the log and
+    the result line say so."""
+    from napari_srgan_sqe._napari import _layers
+
+    viewer, widget, sr = adapt_widget
+    old = _layers.pyramid_of(sr).model
+    name_before = sr.name
+    widget.steps_box.setValue(6)
+    widget.adapt_config = {**TINY_ADAPT, "lr": 0.5}
+    done: list = []
+    widget.finished.connect(done.append)
+    with qtbot.waitSignal(widget.finished, timeout=120_000):
+        assert widget.start_adapt()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    result = done[0]
+    assert not result.improved and result.steps_done == 6 and result.model is old
+    assert result.after == result.before
+    assert _layers.pyramid_of(sr).model is old and sr.name == name_before
+    assert not list(tmp_path.glob("*.safetensors"))
+    for text in (widget.result_label.text(), widget.log.toPlainText()):
+        assert "rejected: the clean check fell" in text and "kept the original model" in text
+    assert widget.status.text() == "done (not improved)"
+    assert widget.adapt_button.isEnabled() and not errors()
