@@ -14,7 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_srgan_sqe.config import ConfigError, DegradationConfig, TrainConfig, load_config
+from napari_srgan_sqe.config import (
+    ConfigError,
+    DegradationConfig,
+    TrainConfig,
+    load_config,
+    validate,
+)
 from napari_srgan_sqe.degradation import (
     ScannerDraw,
     apply_scanner,
@@ -354,3 +360,42 @@ def test_training_on_the_scanner_preset_resumes_exactly_and_records_it(he, tmp_p
     # a run on the clean preset is refused a resume on the scanner preset
     with pytest.raises(ConfigError, match="degradation"):
         Trainer(cfg("b").model_copy(update={"degradation": DegradationConfig()})).run(resume=True)
+
+
+def test_stain_jitter_varies_the_stain_not_the_structure(he):
+    from napari_srgan_sqe.training.data import HED_FROM_RGB, stain_jitter
+
+    patch = he[:128, :128].astype(np.float32) / 255.0
+    assert stain_jitter(patch, 0.0, np.random.default_rng(0)) is patch
+    a = stain_jitter(patch, 0.2, np.random.default_rng(5))
+    assert np.array_equal(a, stain_jitter(patch, 0.2, np.random.default_rng(5)))
+    assert a.dtype == patch.dtype and a.shape == patch.shape and 0 <= a.min() <= a.max() <= 1
+
+    def conc(x: np.ndarray) -> np.ndarray:  # H, E, residual per pixel
+        return (-np.log(np.clip(x.astype(np.float64), 1 / 255, 1))) @ HED_FROM_RGB
+
+    # each stain's concentration is an affine function of the original's, with a slope
+    # within 1 +- 0.2, so the tissue keeps its structure while the stain changes
+    c0, c1 = conc(patch).reshape(-1, 3), conc(a).reshape(-1, 3)
+    dark = patch.reshape(-1, 3).min(axis=1) > 2 / 255  # away from the clipping floor
+    for k in range(3):
+        slope, _ = np.polyfit(c0[dark, k], c1[dark, k], 1)
+        assert 0.8 - 1e-3 <= slope <= 1.2 + 1e-3
+    assert np.corrcoef(patch.mean(axis=2).ravel(), a.mean(axis=2).ravel())[0, 1] > 0.97
+    assert np.abs(a - patch).mean() > 0.005  # the stain did change
+
+    # in the sampler: off by default (batches as before), on: HR and LR share the stain
+    cfg = scanner()
+    plain = PatchSampler([he], patch_size=64, batch_size=4, seed=2, degradation=cfg)
+    off = PatchSampler([he], patch_size=64, batch_size=4, seed=2, degradation=cfg,
+                       stain_jitter=0.0)  # fmt: skip
+    on = PatchSampler([he], patch_size=64, batch_size=4, seed=2, degradation=cfg,
+                      stain_jitter=0.2)  # fmt: skip
+    assert np.array_equal(plain.batch(1).hr, off.batch(1).hr)
+    b = on.batch(1)
+    assert np.array_equal(b.hr, on.batch(1).hr) and not np.array_equal(b.hr, off.batch(1).hr)
+    for hr, lr in zip(b.hr, b.lr):
+        ref = degrade(hr.transpose(1, 2, 0).astype(np.float64), 4)
+        assert psnr(lr.transpose(1, 2, 0), ref) > 22
+    with pytest.raises(ConfigError, match="stain_jitter"):
+        validate(TrainConfig, {"data": ["x"], "stain_jitter": 0.8})

@@ -552,6 +552,13 @@ class TrainConfig(_Strict):
     """Fraction of HR patches taken at half the images' magnification (a 2p x 2p crop
     reduced 2x by area: 20x patches from 40x images), so that the model also learns
     lower-magnification slides."""
+    stain_jitter: float = Field(0.0, ge=0.0, le=0.5)
+    """Stain augmentation (HED jitter, Tellez et al. 2019): each HR patch's haematoxylin,
+    eosin and residual optical densities are scaled by a factor drawn from
+    [1 - stain_jitter, 1 + stain_jitter] and shifted by one drawn from
+    [-stain_jitter, stain_jitter] x 0.1, before the LR is made from it, so that the
+    model meets the stain variation of other labs and scanners. 0: off; 0.05 is
+    'HED-light', 0.2 'HED-strong'."""
     quantize_lr: bool = True
     """Round the LR inputs made by D_s to 8-bit levels, as LR images and slides are
     stored, so the network trains on the inputs it will see."""
@@ -581,6 +588,7 @@ _TRAIN_FIELDS_ADDED_LATER: dict[str, Any] = {
     "quantize_lr": False,
     "degradation": {"preset": "clean"},
     "lower_mag_fraction": 0.0,
+    "stain_jitter": 0.0,
 }
 
 

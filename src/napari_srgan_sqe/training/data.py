@@ -28,6 +28,7 @@ __all__ = [
     "load_rgb",
     "resolve_path",
     "resolve_split",
+    "stain_jitter",
 ]
 
 
@@ -112,6 +113,31 @@ def resolve_split(
     return train, val
 
 
+# Ruifrok & Johnston's stain vectors (haematoxylin, eosin, residual) as rows: optical
+# density of an RGB pixel = concentrations @ RGB_FROM_HED.
+RGB_FROM_HED = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
+)
+RGB_FROM_HED /= np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+_OD_FLOOR = 1.0 / 255.0  # the darkest stored level: keeps the optical density finite
+
+
+def stain_jitter(patch: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """HED stain augmentation of an RGB patch (float in [0, 1], H x W x 3): the
+    haematoxylin, eosin and residual concentrations are each scaled by a factor from
+    [1 - strength, 1 + strength] and shifted by one from 0.1 x [-strength, strength]
+    (optical density units). strength 0 returns the patch unchanged."""
+    if strength <= 0:
+        return patch
+    alpha = rng.uniform(1.0 - strength, 1.0 + strength, size=3)
+    beta = rng.uniform(-strength, strength, size=3) * 0.1
+    od = -np.log(np.clip(patch.astype(np.float64), _OD_FLOOR, 1.0))
+    conc = od @ HED_FROM_RGB
+    od = np.maximum((conc * alpha + beta) @ RGB_FROM_HED, 0.0)
+    return np.exp(-od).astype(patch.dtype)
+
+
 @dataclass
 class PatchBatch:
     """One training batch: HR targets and LR inputs, float32 NCHW in [0, 1]."""
@@ -141,6 +167,7 @@ class PatchSampler:
         degradation: DegradationConfig | None = None,
         scale: int = 4,
         lower_mag_fraction: float = 0.0,
+        stain_jitter: float = 0.0,
     ) -> None:
         if not images:
             raise DataError(
@@ -149,6 +176,7 @@ class PatchSampler:
         self.degradation = degradation or DegradationConfig()
         self.scale = scale
         self.lower_mag_fraction = lower_mag_fraction
+        self.stain_jitter = float(stain_jitter)
         # The scanner chain codes an LR patch 8 px larger and crops it at a random
         # offset, so the network meets the JPEG block grid at every phase.
         self.margin = 8 * scale if self.degradation.preset == "scanner" else 0
@@ -193,6 +221,8 @@ class PatchSampler:
                 patch = np.rot90(patch, k=int(rng.integers(4)))
                 if rng.random() < 0.5:
                     patch = patch[:, ::-1]
+            if self.stain_jitter > 0:  # before the LR is made: HR and LR share the stain
+                patch = stain_jitter(patch, self.stain_jitter, rng)
             clean = np.ascontiguousarray(patch)
             hit = c.kind != "none" and rng.random() < c.fraction
             flags[i] = hit

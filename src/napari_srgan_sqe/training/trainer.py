@@ -84,6 +84,7 @@ class Trainer:
             degradation=cfg.degradation,
             scale=cfg.model.scale,
             lower_mag_fraction=cfg.lower_mag_fraction,
+            stain_jitter=cfg.stain_jitter,
         )
         self.val_images = [
             _centre_crop(load_rgb(p), cfg.val_crop, cfg.model.scale) for p in self.val_paths
