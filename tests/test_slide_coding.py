@@ -112,6 +112,42 @@ def test_lossless_tiled_tiff(compression, detail, tissue: np.ndarray, tmp_path: 
     assert default_model_for(slide.coding)[0] == CLEAN_MODEL
 
 
+@pytest.mark.parametrize("lossless", [False, True])
+def test_webp_tiled_tiff_lossy_or_lossless_from_the_tile(
+    lossless: bool, tissue: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WebP tiles (vips and tifffile write them) may be lossy or lossless; the first
+    tile's chunk type says which, and picks the model."""
+    path = tmp_path / "webp.tif"
+    args = {"level": 70, "lossless": lossless}
+    tifffile.imwrite(path, tissue, tile=(128, 128), compression="webp", compressionargs=args)
+    sizes = _count_reads(monkeypatch)
+    slide = open_slide(path)
+    if lossless:
+        assert slide.coding == SlideCoding("none", None, "WebP lossless")
+        assert default_model_for(slide.coding)[0] == CLEAN_MODEL
+    else:
+        assert (slide.codec, slide.coding.lossy, str(slide.coding)) == ("webp", True, "WebP")
+        assert default_model_for(slide.coding) == (
+            DEFAULT_MODEL,
+            "the input is stored as WebP, lossy: the model for scanned slides",
+        )
+    assert len(sizes) == 1 and sizes[0] <= slides.HEAD_BYTES  # one tile's head
+
+
+def test_webp_lossless_reads_the_chunk_type() -> None:
+    from napari_srgan_sqe.io.codecs import webp_lossless
+
+    head = b"RIFF\x00\x00\x00\x00WEBP"
+    assert webp_lossless(head + b"VP8L\x04\x00\x00\x00abcd") is True
+    assert webp_lossless(head + b"VP8 \x04\x00\x00\x00abcd") is False
+    # extended format: VP8X and ALPH chunks come first (odd sizes are padded)
+    ext = head + b"VP8X\x0a\x00\x00\x00" + bytes(10) + b"ALPH\x03\x00\x00\x00abc\x00"
+    assert webp_lossless(ext + b"VP8 \x02\x00\x00\x00ab") is False
+    assert webp_lossless(b"\xff\xd8\xff\xdb" + bytes(20)) is None  # a JPEG stream
+    assert webp_lossless(head + b"VP8X\x0a\x00") is None  # cut short
+
+
 def test_png_is_lossless(tissue: np.ndarray, tmp_path: Path) -> None:
     path = tmp_path / "img.png"
     Image.fromarray(tissue).save(path)
@@ -151,6 +187,27 @@ def test_ome_zarr_with_jpeg_codec(tissue: np.ndarray, tmp_path: Path) -> None:
     group.attrs.update({"multiscales": [ms]})
     slide = open_slide(path)
     assert (slide.codec, slide.quality) == ("jpeg", 80)
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_ome_zarr_with_webp_codec(lossless: bool, tissue: np.ndarray, tmp_path: Path) -> None:
+    import zarr
+    from imagecodecs.numcodecs import Webp, register_codecs
+
+    register_codecs()
+    path = tmp_path / "webp.ome.zarr"
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    codec = Webp(level=75, lossless=lossless)
+    group.create_array("0", data=tissue, chunks=(128, 128, 3), compressors=codec)
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    axes.append({"name": "c", "type": "channel"})
+    scale = [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]
+    ms = {"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}  # fmt: skip
+    group.attrs.update({"multiscales": [ms]})
+    slide = open_slide(path)
+    expected = ("none", None) if lossless else ("webp", 75)
+    assert (slide.codec, slide.quality) == expected
+    assert default_model_for(slide.coding)[0] == (CLEAN_MODEL if lossless else DEFAULT_MODEL)
 
 
 def test_coding_failure_is_unknown_not_an_error(

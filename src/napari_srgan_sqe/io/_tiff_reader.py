@@ -49,6 +49,7 @@ from napari_srgan_sqe.io._slide import (
 )
 from napari_srgan_sqe.io.codecs import (
     TIFF_JPEG_CODES,
+    WEBP_CODE,
     SlideCoding,
     coding_from_tiff_page,
     jpeg_quality,
@@ -181,14 +182,16 @@ def strip_problem(page: Any) -> str | None:
 def page_coding(page: Any, path: Path) -> SlideCoding:
     """The coding of one TIFF page: its compression tag, Aperio's "Q=" in the image
     description, and for JPEG the quantisation tables (the JPEGTables tag, NDPI's
-    JPEG header, else the head of the first tile's raw bytes; nothing is decoded)."""
+    JPEG header, else the head of the first tile's raw bytes; nothing is decoded), for
+    WebP the head of the first tile (lossy or lossless)."""
     fh = getattr(page.parent, "filehandle", None)  # a multi-file OME-TIFF's own file
     path = Path(fh.path) if fh is not None and getattr(fh, "path", None) else path
     compression = int(page.compression)
     description = page.description if isinstance(page.description, str) else ""
     tables = page.jpegtables or getattr(page, "jpegheader", None)
     first_tile = None
-    if compression in TIFF_JPEG_CODES and not (tables and jpeg_quality(bytes(tables))):
+    needs_tile = compression in TIFF_JPEG_CODES and not (tables and jpeg_quality(bytes(tables)))
+    if needs_tile or compression == WEBP_CODE:  # WebP: lossy or lossless, per tile
         for offset, count in zip(page.dataoffsets, page.databytecounts):
             if count:
                 first_tile = read_bytes(path, offset, min(int(count), HEAD_BYTES))

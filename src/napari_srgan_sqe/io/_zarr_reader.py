@@ -70,7 +70,7 @@ def _codec_specs(meta: Any) -> list[dict[str, Any]]:
 
 def array_coding(arr: Any) -> SlideCoding:
     """How a zarr array's chunks are stored: JPEG (imagecodecs' jpeg codecs, quality =
-    their `level`), JPEG 2000, or lossless when every codec is a lossless one (Blosc,
+    their `level`), JPEG 2000, WebP (lossy, or lossless when so configured), or lossless when every codec is a lossless one (Blosc,
     Zstandard, zlib, PNG ... or none); anything else is unknown."""
     meta = arr.metadata.to_dict()
     specs = _codec_specs({k: meta.get(k) for k in ("compressor", "filters", "codecs")})
@@ -88,6 +88,12 @@ def array_coding(arr: Any) -> SlideCoding:
             level = config.get("level")
             quality = int(level) if isinstance(level, int | float) and 1 <= level <= 100 else None
             return SlideCoding("jpeg", quality, f"zarr codec {name}")
+        if name == "webp":
+            if config.get("lossless"):
+                return SlideCoding("none", None, "WebP lossless")
+            level = config.get("level")
+            quality = int(level) if isinstance(level, int | float) and 0 <= level <= 100 else None
+            return SlideCoding("webp", quality, f"zarr codec {name}")
         if name not in _LOSSLESS_CODECS:
             return SlideCoding("unknown", None, f"zarr codec {name}")
         if name == "blosc" and config.get("cname"):

@@ -23,6 +23,7 @@ __all__ = [
     "CODECS",
     "JPEG_COLOURS",
     "TIFF_JPEG_CODES",
+    "WEBP_CODE",
     "SlideCoding",
     "code_image",
     "encode_jpeg",
@@ -30,6 +31,7 @@ __all__ = [
     "encode_jpeg2000_psnr",
     "jpeg_quality",
     "jpeg_quant_tables",
+    "webp_lossless",
     "coding_from_tiff_page",
 ]
 
@@ -210,6 +212,23 @@ def _ijg_table(quality: int) -> np.ndarray:
     return np.clip((_IJG_LUMA * scale + 50) // 100, 1, 255)
 
 
+def webp_lossless(data: bytes) -> bool | None:
+    """Whether a WebP stream is lossless (its image chunk is 'VP8L') or lossy ('VP8 ');
+    None when `data` is not the head of a WebP stream."""
+    if len(data) < 16 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    i = 12
+    while i + 8 <= len(data):  # chunks: fourcc, little-endian size, payload (even-padded)
+        fourcc = data[i : i + 4]
+        if fourcc == b"VP8L":
+            return True
+        if fourcc == b"VP8 ":
+            return False
+        size = int.from_bytes(data[i + 4 : i + 8], "little")
+        i += 8 + size + (size & 1)
+    return None
+
+
 def jpeg_quality(data: bytes) -> int | None:
     """The IJG quality (1-100) whose luminance table best matches table 0 of the stream;
     None when the stream has no quantisation table."""
@@ -221,10 +240,14 @@ def jpeg_quality(data: bytes) -> int | None:
     return int(np.argmin(errors)) + 1
 
 
+LOSSY_CODECS = {"jpeg": "JPEG", "jpeg2000": "JPEG 2000", "webp": "WebP"}
+"""The lossy codecs a slide's coding can name, with their display names."""
+
+
 @dataclass(frozen=True)
 class SlideCoding:
-    """How a slide's pixels are stored: codec 'jpeg', 'jpeg2000', 'none' (lossless) or
-    'unknown'; quality: JPEG's IJG quality or the scanner's stated JPEG 2000 quality
+    """How a slide's pixels are stored: codec 'jpeg', 'jpeg2000', 'webp' (lossy WebP),
+    'none' (lossless) or 'unknown'; quality: JPEG's IJG quality or the scanner's stated JPEG 2000 quality
     (Aperio "Q="), None when not known."""
 
     codec: str = "unknown"
@@ -233,17 +256,18 @@ class SlideCoding:
 
     @property
     def lossy(self) -> bool:
-        return self.codec in ("jpeg", "jpeg2000")
+        return self.codec in LOSSY_CODECS
 
     def __str__(self) -> str:
         if self.codec == "none":
             return f"lossless ({self.detail})" if self.detail else "lossless"
-        name = {"jpeg": "JPEG", "jpeg2000": "JPEG 2000"}.get(self.codec, self.codec)
+        name = LOSSY_CODECS.get(self.codec, self.codec)
         q = f" Q={self.quality}" if self.quality is not None else ""
         return f"{name}{q}" + (f" ({self.detail})" if self.detail else "")
 
 
 TIFF_JPEG_CODES = frozenset({6, 7, 34892})  # OJPEG, JPEG, lossy JPEG (DNG)
+WEBP_CODE = 50001  # TIFF compression of WebP tiles (libtiff, vips, tifffile)
 _J2K_CODES = frozenset({33003, 33004, 33005, 34712})  # Aperio YCbCr / RGB, JPEG 2000
 _LOSSLESS_CODES = {
     1: "uncompressed",
@@ -279,9 +303,12 @@ def coding_from_tiff_page(
         )
     if code in _J2K_CODES:
         return SlideCoding("jpeg2000", stated_q, "Aperio Q" if stated_q is not None else "")
-    if code == 50001:  # WebP and JPEG XL may be lossy or lossless: not known from the tag
-        return SlideCoding("unknown", None, "WebP")
-    if code == 50002:
+    if code == WEBP_CODE:  # WebP may be lossy or lossless: the tile's bitstream says which
+        lossless = webp_lossless(first_tile) if first_tile else None
+        if lossless is None:
+            return SlideCoding("unknown", None, "WebP")
+        return SlideCoding("none", None, "WebP lossless") if lossless else SlideCoding("webp")
+    if code == 50002:  # JPEG XL may be lossy or lossless: not known from the tag
         return SlideCoding("unknown", None, "JPEG XL")
     if code in _LOSSLESS_CODES:
         return SlideCoding("none", None, _LOSSLESS_CODES[code])
