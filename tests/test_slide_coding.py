@@ -172,39 +172,36 @@ def test_own_ome_zarr_is_lossless(tissue: np.ndarray, tmp_path: Path) -> None:
     assert default_model_for(slide.coding)[0] == CLEAN_MODEL
 
 
-def test_ome_zarr_with_jpeg_codec(tissue: np.ndarray, tmp_path: Path) -> None:
+def _ome_zarr_coded_with(codec: object, tissue: np.ndarray, path: Path) -> Path:
+    """A one-level OME-Zarr (v2, y x c) of `tissue` whose chunks `codec` compresses."""
     import zarr
-    from imagecodecs.numcodecs import Jpeg, register_codecs
+    from imagecodecs.numcodecs import register_codecs
 
     register_codecs()
-    path = tmp_path / "jpeg.ome.zarr"
     group = zarr.open_group(path, mode="w", zarr_format=2)
-    group.create_array("0", data=tissue, chunks=(128, 128, 3), compressors=Jpeg(level=80))
-    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    axes.append({"name": "c", "type": "channel"})
-    scale = [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]
-    ms = {"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}  # fmt: skip
-    group.attrs.update({"multiscales": [ms]})
-    slide = open_slide(path)
-    assert (slide.codec, slide.quality) == ("jpeg", 80)
-
-
-@pytest.mark.parametrize("lossless", [False, True])
-def test_ome_zarr_with_webp_codec(lossless: bool, tissue: np.ndarray, tmp_path: Path) -> None:
-    import zarr
-    from imagecodecs.numcodecs import Webp, register_codecs
-
-    register_codecs()
-    path = tmp_path / "webp.ome.zarr"
-    group = zarr.open_group(path, mode="w", zarr_format=2)
-    codec = Webp(level=75, lossless=lossless)
     group.create_array("0", data=tissue, chunks=(128, 128, 3), compressors=codec)
     axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
     axes.append({"name": "c", "type": "channel"})
     scale = [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]
     ms = {"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}  # fmt: skip
     group.attrs.update({"multiscales": [ms]})
+    return path
+
+
+def test_ome_zarr_with_jpeg_codec(tissue: np.ndarray, tmp_path: Path) -> None:
+    from imagecodecs.numcodecs import Jpeg
+
+    path = _ome_zarr_coded_with(Jpeg(level=80), tissue, tmp_path / "jpeg.ome.zarr")
     slide = open_slide(path)
+    assert (slide.codec, slide.quality) == ("jpeg", 80)
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_ome_zarr_with_webp_codec(lossless: bool, tissue: np.ndarray, tmp_path: Path) -> None:
+    from imagecodecs.numcodecs import Webp
+
+    codec = Webp(level=75, lossless=lossless)
+    slide = open_slide(_ome_zarr_coded_with(codec, tissue, tmp_path / "webp.ome.zarr"))
     expected = ("none", None) if lossless else ("webp", 75)
     assert (slide.codec, slide.quality) == expected
     assert default_model_for(slide.coding)[0] == (CLEAN_MODEL if lossless else DEFAULT_MODEL)
