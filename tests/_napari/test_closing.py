@@ -182,3 +182,39 @@ def test_exit_while_a_slow_stochastic_model_samples_is_prompt_and_clean(sample_p
     assert "failed" not in out, out  # the stopped piece is not reported as a failure
     # CLOCK_MONOTONIC is system-wide on Linux: the exit took seconds, not the piece's minutes
     assert time.monotonic() - closed_at < 20, out
+
+
+def test_preload_imports_once_in_the_background_and_exit_waits_for_it(tmp_path: Path):
+    """`_workers.preload`: the import runs in its own thread (the caller returns at
+    once), a second call gets the same thread, a failing import raises nowhere, and a
+    process that exits during a preload ends cleanly with the import complete."""
+    (tmp_path / "slow_module_for_preload.py").write_text(
+        "import time\ntime.sleep(0.5)\nREADY = True\n"
+    )
+    (tmp_path / "broken_module_for_preload.py").write_text("raise RuntimeError('no')\n")
+    script = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from napari_srgan_sqe._napari import _workers
+t0 = time.perf_counter()
+thread = _workers.preload("slow_module_for_preload")
+returned_s = time.perf_counter() - t0
+assert thread is not None and thread.is_alive() and returned_s < 0.3, returned_s
+assert _workers.preload("slow_module_for_preload") is thread
+bad = _workers.preload("broken_module_for_preload")
+bad.join(10)
+assert "broken_module_for_preload" not in sys.modules
+assert _workers.preload("time") is None  # imported already: nothing to do
+print("started", flush=True)
+# exit now, while the slow import runs: the interpreter waits for it
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script + "\nimport atexit\n"
+         "atexit.register(lambda: print('ready', 'slow_module_for_preload' in sys.modules "
+         "and getattr(sys.modules['slow_module_for_preload'], 'READY', False), flush=True))\n",
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["started", "ready", "True"], done.stdout + done.stderr

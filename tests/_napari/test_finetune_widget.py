@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -47,7 +48,8 @@ def _widget(viewer, tmp_path, *, steps: int = 2000, lr: float = 1e-3):
 def test_draw_start_stop_switches_the_sr_layer(viewer, pair, qtbot, tmp_path, errors):
     from qtpy.QtCore import QTimer
 
-    from napari_srgan_sqe._napari import _layers
+    from napari_srgan_sqe._napari import _layers, _workers
+    from napari_srgan_sqe._napari.finetune_widget import OPTIMIZER_IMPORTS
 
     hr, sr = pair
     widget = _widget(viewer, tmp_path)
@@ -62,6 +64,14 @@ def test_draw_start_stop_switches_the_sr_layer(viewer, pair, qtbot, tmp_path, er
 
     pyramid = _layers.pyramid_of(sr)
     old_id, old_level0 = pyramid.model.identity, sr.data[0]
+    # the widget imports what the optimizer's first step needs in the background as it
+    # opens (in a run, that import stalls the GUI thread for up to a second); a user
+    # reaches Start seconds later, so the test waits for it too
+    preloading = _workers.preload(OPTIMIZER_IMPORTS)
+    assert preloading is None or preloading.name == f"preload {OPTIMIZER_IMPORTS}"
+    if preloading is not None:
+        preloading.join(timeout=60)
+    assert OPTIMIZER_IMPORTS in sys.modules
     ticks: list[float] = []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))

@@ -17,6 +17,10 @@ handler, and Qt aborts the process. So every worker of this plugin is started wi
 
 napari's own `napari.run()` also waits for workers when the application quits; this
 covers scripts and notebooks that close the viewer without it.
+
+`preload(module)` imports a heavy module in a background thread, once per process, so
+that a worker's first use neither waits for the import nor stalls the GUI thread
+in the middle of a run (importing holds Python's GIL in long stretches).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from qtpy.QtWidgets import QWidget
 
 from napari_srgan_sqe._napari._dock import main_window
 
-__all__ = ["alive", "running", "start", "stop", "stop_all", "stop_on_close"]
+__all__ = ["alive", "preload", "running", "start", "stop", "stop_all", "stop_on_close"]
 
 EXIT_WAIT_S = 120.0
 """Longest wait at interpreter exit for workers that were asked to stop."""
@@ -51,6 +55,35 @@ class _Entry:
 
     def owned_by(self, owner: Any) -> bool:
         return owner is None or (self.owner is not None and self.owner() is owner)
+
+
+_PRELOADS: dict[str, threading.Thread] = {}
+
+
+def preload(module: str) -> threading.Thread | None:
+    """Start importing `module` in a background thread (once per process); the thread,
+    or None when the module was imported already. A failed import is left for the
+    code that needs the module to report."""
+    import importlib
+    import sys
+
+    with _LOCK:
+        if module in _PRELOADS:
+            return _PRELOADS[module]
+        if module in sys.modules:
+            return None
+
+        def run() -> None:
+            try:
+                importlib.import_module(module)
+            except Exception:  # the user of the module raises it with its context
+                pass
+
+        # not a daemon: an import cut off at interpreter exit can crash the process
+        thread = threading.Thread(target=run, name=f"preload {module}", daemon=False)
+        _PRELOADS[module] = thread
+    thread.start()
+    return thread
 
 
 _LIVE: dict[int, _Entry] = {}

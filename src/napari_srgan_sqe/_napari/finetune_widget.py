@@ -58,6 +58,9 @@ MODES = ("paired", "self-supervised")
 ZERO_SHOT_MAX_SIDE = 512
 """Zero-shot trains on at most this many LR px a side of the view (around its centre)."""
 ADAPT_MAX_SIDE = 1024
+OPTIMIZER_IMPORTS = "torch._dynamo"
+"""What torch's optimizers import at their first step (some 800 modules): preloaded in
+the background when the widget opens."""
 """Without drawn rectangles, adaptation draws its real LR from at most this many LR px
 a side of the view (around its centre)."""
 
@@ -364,6 +367,9 @@ class FinetuneWidget(QWidget):
         self, napari_viewer: Any, parent: QWidget | None = None, *, folder: Path | None = None
     ) -> None:
         super().__init__(parent)
+        # torch's optimizers import its compiler stack at their first step (about 1 s,
+        # holding the GIL in stretches): do it now, not when the user presses Start
+        _workers.preload(OPTIMIZER_IMPORTS)
         self.viewer = napari_viewer
         self._folder = Path(folder) if folder is not None else models_dir()
         self.extra_config: dict[str, Any] = {}
