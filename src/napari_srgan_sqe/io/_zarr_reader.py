@@ -70,8 +70,9 @@ def _codec_specs(meta: Any) -> list[dict[str, Any]]:
 
 def array_coding(arr: Any) -> SlideCoding:
     """How a zarr array's chunks are stored: JPEG (imagecodecs' jpeg codecs, quality =
-    their `level`), JPEG 2000, WebP (lossy, or lossless when so configured), or lossless when every codec is a lossless one (Blosc,
-    Zstandard, zlib, PNG ... or none); anything else is unknown."""
+    their `level`), JPEG 2000, WebP (lossy, or lossless when so configured), or
+    lossless when every codec is a lossless one (Blosc, Zstandard, zlib, PNG ... or
+    none); anything else is unknown."""
     meta = arr.metadata.to_dict()
     specs = _codec_specs({k: meta.get(k) for k in ("compressor", "filters", "codecs")})
     names: list[str] = []

@@ -247,8 +247,8 @@ LOSSY_CODECS = {"jpeg": "JPEG", "jpeg2000": "JPEG 2000", "webp": "WebP"}
 @dataclass(frozen=True)
 class SlideCoding:
     """How a slide's pixels are stored: codec 'jpeg', 'jpeg2000', 'webp' (lossy WebP),
-    'none' (lossless) or 'unknown'; quality: JPEG's IJG quality or the scanner's stated JPEG 2000 quality
-    (Aperio "Q="), None when not known."""
+    'none' (lossless) or 'unknown'; quality: JPEG's IJG quality, WebP's level or the
+    scanner's stated JPEG 2000 quality (Aperio "Q="), None when not known."""
 
     codec: str = "unknown"
     quality: int | None = None

@@ -125,8 +125,8 @@ CLEAN_MODEL = "srgan-sqe-he-x4-clean"
 
 def model_for_coding(codec: str | None) -> str:
     """The bundled model to use by default for LR stored with `codec` ('jpeg',
-    'jpeg2000', 'webp', 'none' for lossless, 'unknown' or None): the clean model only when the
-    LR is known to be lossless, the scanner model otherwise."""
+    'jpeg2000', 'webp', 'none' for lossless, 'unknown' or None): the clean model only
+    when the LR is known to be lossless, the scanner model otherwise."""
     return CLEAN_MODEL if codec == "none" else DEFAULT_MODEL
 
 
