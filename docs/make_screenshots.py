@@ -80,6 +80,19 @@ def _enhanced_sample(model: str, *, set_simulate: bool = False, **kw) -> tuple:
     return viewer, hr, sr, float(hr.scale[-1])
 
 
+def _shoot(viewer, name: str) -> None:
+    """The whole window (canvas and docked widgets) to docs/images/<name>."""
+    viewer.screenshot(str(OUT / name), canvas_only=False)
+    print(f"wrote {OUT / name}")
+
+
+def _close(viewer, display) -> int:
+    viewer.close()
+    if display is not None:
+        display.stop()
+    return 0
+
+
 def _aim(viewer, mpp: float, *, grid: bool) -> None:
     """Centre the camera on `CENTRE_HR_PX`, `VIEW_HR_PX` HR px across one grid cell
     (`grid`: side by side) or `2 * VIEW_HR_PX` across the canvas."""
@@ -103,12 +116,8 @@ def sr3_uncertainty() -> int:
     _wait(lambda: compare.last_spread is not None and not compare.uncertainty_running, 900)
     _wait(lambda: not compare.busy, timeout=600)
     _settle(3.0)
-    viewer.screenshot(str(OUT / "sr3-uncertainty.png"), canvas_only=False)
-    print(f"wrote {OUT / 'sr3-uncertainty.png'}")
-    viewer.close()
-    if display is not None:
-        display.stop()
-    return 0
+    _shoot(viewer, "sr3-uncertainty.png")
+    return _close(viewer, display)
 
 
 def departure() -> int:
@@ -125,12 +134,8 @@ def departure() -> int:
     _settle(2.0)
     _wait(lambda: not live.busy and not compare.busy, timeout=600)
     _settle(3.0)
-    viewer.screenshot(str(OUT / "departure.png"), canvas_only=False)
-    print(f"wrote {OUT / 'departure.png'}")
-    viewer.close()
-    if display is not None:
-        display.stop()
-    return 0
+    _shoot(viewer, "departure.png")
+    return _close(viewer, display)
 
 
 def main() -> int:
@@ -150,8 +155,7 @@ def main() -> int:
         layer.visible = layer == sr
     _aim(viewer, mpp, grid=False)
     _settle(2.0)
-    viewer.screenshot(str(OUT / "enhance.png"), canvas_only=False)
-    print(f"wrote {OUT / 'enhance.png'}")
+    _shoot(viewer, "enhance.png")
 
     for layer in viewer.layers:
         layer.visible = True
@@ -160,16 +164,11 @@ def main() -> int:
     _aim(viewer, mpp, grid=True)
     _wait(lambda: compare.last_readout is not None and not compare.busy)
     _settle(2.0)
-    viewer.screenshot(str(OUT / "compare.png"), canvas_only=False)
-    print(f"wrote {OUT / 'compare.png'}")
+    _shoot(viewer, "compare.png")
 
     if model != "bicubic-x4":
         _finetune(viewer, hr, mpp)
-
-    viewer.close()
-    if display is not None:
-        display.stop()
-    return 0
+    return _close(viewer, display)
 
 
 def _finetune(viewer: object, hr: object, mpp: float) -> None:

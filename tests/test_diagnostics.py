@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_srgan_sqe.config import ModelConfig, generator_preset
 from napari_srgan_sqe.degradation import degrade
 from napari_srgan_sqe.inference.diagnostics import (
     LiveDeparture,
@@ -22,7 +21,8 @@ from napari_srgan_sqe.inference.diagnostics import (
     write_departure_tiff,
 )
 from napari_srgan_sqe.inference.engine import super_resolve
-from napari_srgan_sqe.models.modelfile import load_model, new_model
+from napari_srgan_sqe.models.modelfile import load_model
+from tiny_runs import tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,11 +30,6 @@ TOL_MAX = 0.5
 """Largest difference (grey levels) between a tile's map and the whole-image map: a
 uint8 SR pixel may round the other way in a tile (float summation order), which moves
 a std over 4 results of 16 HR px by at most 0.5 / 4 per pixel and channel."""
-
-
-def tiny(seed: int = 0):
-    torch.manual_seed(seed)
-    return new_model(ModelConfig(name=f"tiny{seed}", generator=generator_preset("tiny", 4)))
 
 
 @pytest.fixture(scope="module")

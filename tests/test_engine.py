@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_srgan_sqe.config import ModelConfig, generator_preset
 from napari_srgan_sqe.inference.cache import TileCache, clear_disk_cache
 from napari_srgan_sqe.inference.engine import DataError, bicubic_region, super_resolve
 from napari_srgan_sqe.inference.tiling import TileGrid, read_region, symmetric_indices
-from napari_srgan_sqe.models.modelfile import new_model
 from napari_srgan_sqe.models.predictor import Predictor
-
-
-def tiny(seed: int = 0, scale: int = 4):
-    torch.manual_seed(seed)
-    return new_model(ModelConfig(name=f"tiny{seed}", generator=generator_preset("tiny", scale)))
+from tiny_runs import tiny
 
 
 class Counting(Predictor):

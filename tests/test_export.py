@@ -6,21 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from napari_srgan_sqe.config import ModelConfig, generator_preset
 from napari_srgan_sqe.inference.export import DataError, RegionError, enhance_slide
 from napari_srgan_sqe.io.slides import open_slide
-from napari_srgan_sqe.models.modelfile import new_model, save_model
+from napari_srgan_sqe.models.modelfile import save_model
 from napari_srgan_sqe.models.predictor import Predictor
+from tiny_runs import tiny
 
 REGION = (101, 1203, 300, 250)  # x, y, w, h in LR px: odd offsets, partial edge tiles
 TILE = 64
-
-
-def tiny(seed: int = 0, scale: int = 4):
-    torch.manual_seed(seed)
-    return new_model(ModelConfig(name=f"tiny{seed}", generator=generator_preset("tiny", scale)))
 
 
 @pytest.fixture(scope="module")

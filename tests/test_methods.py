@@ -44,12 +44,9 @@ SMALL = {
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
+def _seeded(one_torch_thread):
+    """Every test on one torch thread (the shared fixture), from torch seed 0."""
     torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomised(arch: str) -> torch.nn.Module:

@@ -12,6 +12,18 @@ TINY_SR3 = SR3Config(channels=8, mults=(1, 2), blocks=1, steps=3, overlap=8)
 """A small SR3 (8 channels, 2 levels, 3 sampling steps) for the tests."""
 
 
+def tiny(seed: int = 0, scale: int = 4) -> Any:
+    """A randomly initialised model with the 'tiny' generator preset, seeded: the same
+    seed gives the same weights."""
+    import torch
+
+    from napari_srgan_sqe.config import ModelConfig, generator_preset
+    from napari_srgan_sqe.models.modelfile import new_model
+
+    torch.manual_seed(seed)
+    return new_model(ModelConfig(name=f"tiny{seed}", generator=generator_preset("tiny", scale)))
+
+
 def tiny_train_config(data: Path, out: Path, **kw: Any) -> TrainConfig:
     """AE 2 + warm-up 3 + GAN 4 steps of a 1 x 8 lrnet on 32 px patches of `data`
     (validated on the same images); `kw` overrides any field."""

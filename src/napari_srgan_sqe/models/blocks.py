@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 __all__ = [
     "Bicubic",
+    "OnePassInference",
     "ResidualBlock",
     "activation",
     "bicubic_upscale",
@@ -88,7 +90,19 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-class Bicubic(nn.Module):
+class OnePassInference:
+    """Mixin for networks whose inference is one deterministic forward pass: the
+    method interface's `infer_batch` (the seed and the windows' origins are ignored)."""
+
+    @torch.no_grad()
+    def infer_batch(
+        self, x: torch.Tensor, *, seed: int | None = None, origins: object = None
+    ) -> torch.Tensor:
+        assert callable(self)  # mixed into an nn.Module
+        return cast(torch.Tensor, self(x))
+
+
+class Bicubic(OnePassInference, nn.Module):
     """Bicubic up-sampling by `scale` (no weights): the 'bicubic' baseline and skip."""
 
     halo = 2  # 4 taps around a sample point that lies within +-0.5 LR px of its pixel
@@ -99,12 +113,6 @@ class Bicubic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
-
-    @torch.no_grad()
-    def infer_batch(
-        self, x: torch.Tensor, *, seed: int | None = None, origins: object = None
-    ) -> torch.Tensor:
-        return self(x)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"all": [], "last": []}

@@ -16,6 +16,7 @@ from torch import nn
 from napari_srgan_sqe.config import GeneratorConfig
 from napari_srgan_sqe.models.blocks import (
     Bicubic,
+    OnePassInference,
     ResidualBlock,
     activation,
     conv,
@@ -27,7 +28,7 @@ from napari_srgan_sqe.models.method import parameter_groups_by_children
 __all__ = ["LRNet", "SRResNet", "build_generator"]
 
 
-class _Generator(nn.Module, metaclass=ABCMeta):
+class _Generator(OnePassInference, nn.Module, metaclass=ABCMeta):
     """Shared trunk: head conv + ReLU, residual blocks, conv(-BN) + long skip."""
 
     scale: int
@@ -74,13 +75,6 @@ class _Generator(nn.Module, metaclass=ABCMeta):
         if self.skip is not None:
             y = y + self.skip(x)
         return y
-
-    @torch.no_grad()
-    def infer_batch(
-        self, x: torch.Tensor, *, seed: int | None = None, origins: object = None
-    ) -> torch.Tensor:
-        """One deterministic pass (the seed is ignored)."""
-        return self(x)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """'all', and 'last': the layers after the residual trunk (up-sampling, tail)."""

@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from napari_srgan_sqe.config import MedicalSRGANConfig
-from napari_srgan_sqe.models.blocks import Bicubic, ResidualBlock, conv, count_macs, halo_of
+from napari_srgan_sqe.models.blocks import (
+    Bicubic,
+    OnePassInference,
+    ResidualBlock,
+    conv,
+    count_macs,
+    halo_of,
+)
 from napari_srgan_sqe.models.method import parameter_groups_by_children
 
 __all__ = ["MedicalSRGAN", "build_medsrgan"]
@@ -32,7 +39,7 @@ class _ShallowPath(nn.Sequential):
         )
 
 
-class MedicalSRGAN(nn.Module):
+class MedicalSRGAN(OnePassInference, nn.Module):
     """Multi-scale shallow features, deep residual trunk, x2 -> residual net -> x2."""
 
     def __init__(
@@ -82,12 +89,6 @@ class MedicalSRGAN(nn.Module):
         h = h + self.mid(h) if len(self.mid) else h
         y = self.tail(self.up2(h))
         return y + self.skip(x) if self.skip is not None else y
-
-    @torch.no_grad()
-    def infer_batch(
-        self, x: torch.Tensor, *, seed: int | None = None, origins: object = None
-    ) -> torch.Tensor:
-        return self(x)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """'all', and 'last': the 2x net and both up-sampling stages with the tail."""

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from napari_srgan_sqe.config import UnpairedConfig
-from napari_srgan_sqe.models.blocks import conv, count_macs, plain_convs
+from napari_srgan_sqe.models.blocks import OnePassInference, conv, count_macs, plain_convs
 from napari_srgan_sqe.models.generator import build_generator
 from napari_srgan_sqe.models.method import SRNetwork
 
@@ -88,7 +88,7 @@ class PatchDiscriminator(nn.Module):
         return cast(torch.Tensor, self.net(x))
 
 
-class UnpairedSR(nn.Module):
+class UnpairedSR(OnePassInference, nn.Module):
     """SR = U(C(x)): correction at LR resolution, then the SR generator."""
 
     def __init__(self, correction: CorrectionNet, sr: nn.Module) -> None:
@@ -101,13 +101,6 @@ class UnpairedSR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return cast(torch.Tensor, self.sr(self.correction(x)))
-
-    @torch.no_grad()
-    def infer_batch(
-        self, x: torch.Tensor, *, seed: int | None = None, origins: object = None
-    ) -> torch.Tensor:
-        """One deterministic pass (the seed is ignored)."""
-        return self(x)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """'all'; 'last': U's layers after its trunk; 'correction': C's parameters."""

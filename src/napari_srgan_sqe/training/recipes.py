@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -226,9 +227,10 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
 
 
 # -- SRGAN family ----------------------------------------------------------------------
-class _RecipeBase:
+class _RecipeBase(ABC):
     """What most recipes share: the shipped network is the weight average when there is
-    one, no encoder, any schedule change may resume, nothing extra to record."""
+    one, no encoder, any schedule change may resume, nothing extra to record. Each
+    recipe names its networks (`modules`)."""
 
     G: Any  # each recipe's network, typed by the recipe
     G_ema: Any
@@ -246,8 +248,9 @@ class _RecipeBase:
     def provenance(self) -> dict[str, str]:
         return {}
 
+    @abstractmethod
     def modules(self) -> dict[str, nn.Module | None]:
-        raise NotImplementedError
+        """Every network whose weights the checkpoint holds, by name."""
 
     def load_weights(self, path: Path, source: str) -> str:
         """A checkpoint loads every network it holds that this run has (its weight
