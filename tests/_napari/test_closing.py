@@ -149,7 +149,7 @@ layer = viewer.add_image(lr, name="LR")
 _, enhance = viewer.window.add_plugin_dock_widget("napari-srgan-sqe", "Enhance")
 sr = enhance.enhance(layer, model=model, device="cpu", wait=True)
 viewer.camera.zoom = 4  # level 0 in view: its pieces are sampled in the background
-from napari_srgan_sqe.inference.engine import _LIVE
+from napari_srgan_sqe.inference.background import _WORKERS as _LIVE
 end = time.monotonic() + 120
 while time.monotonic() < end and not any(live.busy for live in _LIVE):
     QApplication.processEvents()

@@ -33,11 +33,9 @@ model is guessing, samples differ. A deterministic model gives exactly zero.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
 import uuid
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_srgan_sqe.inference.background import missing_pieces, notify, track
 from napari_srgan_sqe.inference.engine import full_index, index_box
 
 __all__ = [
@@ -500,7 +499,7 @@ class LiveDeparture:
                     target=self._work, name="srgan-sqe-departure", daemon=True
                 )
                 self._thread.start()
-                _LIVE.add(self)
+                track(self)
             self._cond.notify_all()
 
     def _on_sr(self, event: str) -> None:  # the pyramid's live level, any thread
@@ -550,11 +549,7 @@ class LiveDeparture:
             thread.join(timeout)
 
     def _notify(self, event: str) -> None:
-        for fn in list(self.listeners):
-            try:
-                fn(event)
-            except Exception:  # noqa: BLE001 - a closed viewer, a deleted layer
-                log.debug("departure listener failed", exc_info=True)
+        notify(self.listeners, event, "departure map")
 
     def _work(self) -> None:
         while True:
@@ -609,19 +604,7 @@ class LiveDeparture:
     def _pieces(self, box: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
         y0, y1, x0, x1 = box
         _, mask = self.store.read(y0, y1, x0, x1)
-        p, out = self.piece, []
-        for a in range(y0, y1, p):
-            for c in range(x0, x1, p):
-                b, d = min(a + p, y1), min(c + p, x1)
-                lacks = ~mask[a - y0 : b - y0, c - x0 : d - x0]
-                if not lacks.any():
-                    continue
-                rows, cols = np.flatnonzero(lacks.any(axis=1)), np.flatnonzero(lacks.any(axis=0))
-                out.append((a + int(rows[0]), a + int(rows[-1]) + 1,
-                            c + int(cols[0]), c + int(cols[-1]) + 1))  # fmt: skip
-        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-        out.sort(key=lambda q: ((q[0] + q[1]) / 2 - cy) ** 2 + ((q[2] + q[3]) / 2 - cx) ** 2)
-        return out
+        return missing_pieces(mask, y0, x0, self.piece)
 
     def _sr_of(
         self, piece: tuple[int, int, int, int], box: tuple[int, int, int, int]
@@ -641,16 +624,6 @@ class LiveDeparture:
             self._asked = ask
             live.region(*box)
         return None
-
-
-_LIVE: weakref.WeakSet[LiveDeparture] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_live_maps() -> None:
-    """Let a running piece finish before the interpreter tears torch down."""
-    for live in list(_LIVE):
-        live.close(timeout=30)
 
 
 # ------------------------------------------------------------------ spread of samples

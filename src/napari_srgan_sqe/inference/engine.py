@@ -42,12 +42,9 @@ translate -(s - 1) / (2 s) in LR pixel units (`SRPyramid.layer_transform`).
 
 from __future__ import annotations
 
-import atexit
 import logging
-import sys
 import threading
 import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
@@ -55,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_srgan_sqe.inference.background import missing_pieces, notify, track
 from napari_srgan_sqe.inference.batching import combiner_for
 from napari_srgan_sqe.inference.cache import (
     DiskTileCache,
@@ -473,7 +471,7 @@ class LiveLevel0:
                 rx0, rx1 = max(run[2], x0), min(run[3], x1)
                 if ry1 > ry0 and rx1 > rx0:
                     covered[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = True
-            pieces = _missing_pieces(covered, y0, x0, self.piece)
+            pieces = missing_pieces(covered, y0, x0, self.piece)
             dropped = sum(1 for p in self._queue if p not in pieces)
             started = bool(pieces) and not self._queue and self._running is None
             self._queue = pieces
@@ -486,17 +484,13 @@ class LiveLevel0:
                         target=self._work, name="srgan-sqe-live", daemon=True
                     )
                     self._thread.start()
-                    _LIVE.add(self)
+                    track(self)
                 self._cond.notify_all()
         if started:
             self._notify("queued")
 
     def _notify(self, event: str) -> None:
-        for fn in list(self.listeners):
-            try:
-                fn(event)
-            except Exception:  # noqa: BLE001 - a closed viewer, a deleted layer
-                log.debug("live SR listener failed", exc_info=True)
+        notify(self.listeners, event, "live SR")
 
     @property
     def queued(self) -> int:
@@ -612,51 +606,6 @@ def index_box(
         else:
             local.append(idx - lo)
     return bounds, local
-
-
-def _missing_pieces(
-    covered: np.ndarray, y0: int, x0: int, piece: int
-) -> list[tuple[int, int, int, int]]:
-    """The box at (y0, x0) with mask `covered` cut into pieces of at most `piece` px a
-    side, each shrunk to the pixels it lacks, nearest the box's centre first."""
-    h, w = covered.shape
-    pieces: list[tuple[int, int, int, int]] = []
-    ys = np.linspace(0, h, -(-h // piece) + 1).round().astype(int)
-    xs = np.linspace(0, w, -(-w // piece) + 1).round().astype(int)
-    for a, b in zip(ys[:-1], ys[1:]):
-        for c, d in zip(xs[:-1], xs[1:]):
-            lacks = ~covered[a:b, c:d]
-            if not lacks.any():
-                continue
-            rows, cols = np.flatnonzero(lacks.any(axis=1)), np.flatnonzero(lacks.any(axis=0))
-            py0, px0 = y0 + int(a + rows[0]), x0 + int(c + cols[0])
-            pieces.append((py0, y0 + int(a + rows[-1]) + 1, px0, x0 + int(c + cols[-1]) + 1))
-    cy, cx = y0 + h / 2, x0 + w / 2
-    pieces.sort(key=lambda p: ((p[0] + p[1]) / 2 - cy) ** 2 + ((p[2] + p[3]) / 2 - cx) ** 2)
-    return pieces
-
-
-_LIVE: weakref.WeakSet[LiveLevel0] = weakref.WeakSet()
-
-
-def _stop_inference_at_exit() -> None:
-    """Stop multi-step inference (SR3 sampling, self-ensembles) at its next step, and let
-    the view's worker threads end before the interpreter tears torch down: a thread
-    still inside torch then aborts the process ('terminate called without an active
-    exception')."""
-    method = sys.modules.get("napari_srgan_sqe.models.method")
-    if method is not None:  # else no model was ever loaded: nothing runs (and no torch)
-        method.cancel_inference()
-    for live in list(_LIVE):
-        live.close(timeout=30)
-
-
-atexit.register(_stop_inference_at_exit)
-# Thread pools (dask's, napari's workers) are joined before atexit handlers run, so the
-# cancellation is also registered to run before that join where Python allows it.
-_register_early = getattr(threading, "_register_atexit", None)
-if _register_early is not None:
-    _register_early(_stop_inference_at_exit)
 
 
 class SRPyramid(list):
