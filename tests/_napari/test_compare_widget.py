@@ -163,6 +163,17 @@ def test_stale_columns_are_dropped(viewer, qtbot, sample_hr):
     assert compare.last_readout.generation > old.generation
 
 
+def test_pair_box_names_the_sr_layer_as_it_is_now(viewer, qtbot, sample_hr):
+    compare, pair = compared(viewer, qtbot, sample_hr[:128, :128], "bicubic-x4")
+    assert compare.pair_box.currentText() == pair.sr.name  # the name given after loading
+    enhance = dock(viewer, "Enhance")
+    assert enhance.set_model("srgan-sqe-he-x4", sr_layer=pair.sr, wait=True) is pair.sr
+    assert pair.sr.name.startswith("SR srgan-sqe-he-x4")
+    assert compare.pair_box.currentText() == pair.sr.name
+    pair.sr.name = "SR mine"
+    assert compare.pair_box.currentText() == "SR mine" and compare.pair_box.count() == 1
+
+
 def test_closing_while_computing_is_quiet(make_napari_viewer, qtbot, sample_hr):
     viewer = make_napari_viewer()
     compare, _ = compared(viewer, qtbot, sample_hr[:256, :256], "bicubic-x4")

@@ -136,6 +136,27 @@ def test_bad_model_file_is_a_notification(viewer, qtbot, sample_hr, bad_model, e
     assert widget.enhance(viewer.layers["slide"], model="bicubic-x4", wait=True) is not None
 
 
+def test_a_model_file_that_fails_to_load_leaves_the_model_in_use_shown(
+    viewer, qtbot, monkeypatch, sample_hr, bad_model, errors
+):
+    viewer.add_image(sample_hr[:256, :256], name="slide")
+    widget = dock(viewer, "Enhance")
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    sr = widget.enhance(viewer.layers["slide"], model="bicubic-x4", wait=True)
+    assert widget.model_box.currentData() == "bicubic-x4"
+    count = widget.model_box.count()
+    choose_model_file(qtbot, widget, monkeypatch, bad_model)  # switches the SR layer
+    qtbot.waitUntil(lambda: errors() != [] and not widget.busy, timeout=30000)
+    # the notification names the file, not its folder, so the reason fits on its line
+    assert errors()[0].startswith("Enhance: not-a-model.safetensors: not a safetensors file")
+    assert str(bad_model.parent) in widget.status.text()  # the status line keeps the path
+    # the box names the model the SR layer still uses; the bad file is not offered again
+    assert widget.model_box.currentData() == "bicubic-x4"
+    assert widget.model_box.findData(str(bad_model)) < 0 and widget.model_box.count() == count
+    assert _layers.pyramid_of(sr).model.name == "bicubic-x4"
+    assert sr.metadata["srgan_sqe"]["model"] == "bicubic-x4"
+
+
 def test_non_rgb_layer_is_a_notification(viewer, errors):
     widget = dock(viewer, "Enhance")
     gray = viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")

@@ -54,7 +54,12 @@ def test_draw_start_stop_switches_the_sr_layer(viewer, pair, qtbot, tmp_path, er
     hr, sr = pair
     widget = _widget(viewer, tmp_path)
     shapes = widget.shapes_layer()
-    assert shapes.name == "Fine-tune regions" and shapes.mode == "add_rectangle"
+    # made as the widget docked: dragging still pans, and the SR layer stays selected
+    assert shapes.name == "Fine-tune regions" and shapes.mode == "pan_zoom"
+    assert viewer.layers.selection.active is viewer.layers[sr.name]
+    widget.draw_button.click()
+    assert shapes.mode == "add_rectangle"
+    assert viewer.layers.selection.active is viewer.layers[shapes.name]
     assert widget.mode_box.currentText() == "paired"  # an HR layer exists
     shapes.add_rectangles(np.array([[32.0, 16.0], [224.0, 304.0]]))  # world = HR px (y, x)
     (x, y, w, h) = widget.regions()[0]

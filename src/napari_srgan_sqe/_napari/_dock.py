@@ -1,4 +1,5 @@
-"""Docked widgets: their main window, a scroll area for their form, room in the dock area.
+"""Docked widgets: their main window, a scroll area for their form, room in the dock area,
+and their error notifications.
 
 napari gives a newly docked widget only the height the docks above it leave over,
 often a sliver; `claim_height` asks the main window to resize the widget's dock,
@@ -8,10 +9,37 @@ below their minimum sizes).
 
 from __future__ import annotations
 
+import re
+
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
-__all__ = ["claim_height", "dock_of", "fit_width", "main_window", "scroll_contents"]
+__all__ = [
+    "brief",
+    "claim_height",
+    "dock_of",
+    "fit_width",
+    "main_window",
+    "notify_error",
+    "scroll_contents",
+]
+
+# an absolute path (POSIX, home or Windows) of two or more parts: its last part is kept
+_PATH = re.compile(r"(?:[A-Za-z]:[\\/]|~?/)(?:[^\s:'\"\\/]+[\\/])+([^\s:'\"\\/]+)")
+
+
+def brief(message: str) -> str:
+    """`message` with every file path cut to its last part: a notification shows one
+    line, and a long folder would push the reason out of it (the widgets' status
+    lines and logs keep the whole message)."""
+    return _PATH.sub(r"\1", message)
+
+
+def notify_error(message: str) -> None:
+    """napari's error notification of `message`, its paths cut to file names."""
+    from napari.utils.notifications import show_error
+
+    show_error(brief(message))
 
 
 def main_window(widget: QWidget) -> QMainWindow | None:

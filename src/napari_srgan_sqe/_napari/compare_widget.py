@@ -457,11 +457,9 @@ class CompareWidget(QWidget):
         return None
 
     def _on_column(self, column: ReadoutColumn | str) -> None:
-        from napari.utils.notifications import show_error
-
         if isinstance(column, str):  # an error message
             self.fov_label.setText(f"readout failed: {column}")
-            show_error(f"Compare: {column}")
+            _dock.notify_error(f"Compare: {column}")
             return
         part = self._partial
         if part is None or not column.generation == part.generation == self._generation:
@@ -609,8 +607,12 @@ class CompareWidget(QWidget):
         pid = self.pair_box.currentData()
         source_pid = _layers.pair_id_of(event.source)
         if source_pid is not None:
-            if _layers.role_of(event.source) == "sr" and event.type in ("data", "metadata"):
+            is_sr = _layers.role_of(event.source) == "sr"
+            if is_sr and event.type in ("data", "metadata"):
                 self._follow_sr(event.source)
+            index = self.pair_box.findData(source_pid)
+            if is_sr and event.type == "name" and index >= 0:  # the Pair box names the SR layer
+                self.pair_box.setItemText(index, event.source.name)
             if source_pid != pid or self.pair_box.findData(source_pid) < 0:
                 self._refresh_pairs()
             else:
@@ -732,10 +734,8 @@ class CompareWidget(QWidget):
         return layer
 
     def _on_map_failed(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
         self.uncertainty_label.setText(f"departure map failed: {message}")
-        show_error(f"Compare: departure map failed: {message}")
+        _dock.notify_error(f"Compare: departure map failed: {message}")
 
     def _follow_sr(self, sr: Any) -> None:
         """The SR layer's model or pyramid changed: its departure map follows."""
@@ -931,10 +931,8 @@ class CompareWidget(QWidget):
             self.uncertainty_label.setText(f"sampling the view: {ev} of {job.n} done")
             job.bar.update(ev - job.bar.n)  # last: napari's bar processes Qt events
         elif isinstance(ev, str):
-            from napari.utils.notifications import show_error
-
             self.uncertainty_label.setText(f"uncertainty failed: {ev}")
-            show_error(f"Compare: uncertainty failed: {ev}")
+            _dock.notify_error(f"Compare: uncertainty failed: {ev}")
         else:
             self._show_spread(ev, job)
 

@@ -352,12 +352,10 @@ class EnhanceWidget(QWidget):
         work runs in the calling thread and the SR layer is returned. Failures are
         shown as notifications; then None is returned.
         """
-        from napari.utils.notifications import show_error
-
         if lr_layer is None and simulate_from is None:
             chosen = self._chosen_layer()
             if chosen is None:
-                show_error("Enhance: add an RGB image layer first")
+                _dock.notify_error("Enhance: add an RGB image layer first")
                 return None
             preset = self.simulate_preset
             if preset is not None:
@@ -407,10 +405,10 @@ class EnhanceWidget(QWidget):
             return None
 
         def done(res: Prepared) -> Any:
-            from napari.utils.notifications import show_error
-
             if res.error:
-                show_error(f"Enhance: {res.error}")
+                self.status.setText(f"model not switched: {res.error}")
+                _dock.notify_error(f"Enhance: {res.error}")
+                self._forget_model(model)
                 return None
             _layers.show_pyramid(sr_layer, res.pyramid, model_path=_model_path(model))
             sr_layer.name = self._sr_name(sr_layer)
@@ -503,15 +501,13 @@ class EnhanceWidget(QWidget):
 
     def _finish(self, req: _Request, res: Prepared) -> Any:
         """Add the LR (if simulated) and SR layers for a finished background prepare."""
-        from napari.utils.notifications import show_error
-
         source = req.hr_layer if req.hr_layer is not None else req.lr_layer
         if source not in self.viewer.layers:  # removed meanwhile, or the viewer closed
             self.status.setText("the image layer was removed; nothing added")
             return None
         if res.error:
             self.status.setText(f"failed: {res.error}")
-            show_error(f"Enhance: {res.error}")
+            _dock.notify_error(f"Enhance: {res.error}")
             return None
         pyramid, s = res.pyramid, res.pyramid.scale
         lr_layer = req.lr_layer
@@ -714,6 +710,21 @@ class EnhanceWidget(QWidget):
         if index >= 0:
             self.model_box.setCurrentIndex(index)
             self._model_index = index
+
+    def _forget_model(self, model: Any) -> None:
+        """A model that failed to load: drop its file from the list and show again the
+        model the SR layer really uses."""
+        if not _workers.alive(self):
+            return
+        path = _model_path(model)
+        index = self.model_box.findData(path) if path is not None else -1
+        if index >= 0:
+            self.model_box.removeItem(index)
+        by_hand = self._model_by_hand
+        self.model_box.setCurrentIndex(-1)  # so that the layer's model is selected anew
+        self._model_index = -1
+        self._show_sr_model()
+        self._model_by_hand = by_hand
 
     def _on_model_activated(self, index: int) -> None:
         previous = self._model_index

@@ -529,7 +529,8 @@ class FinetuneWidget(QWidget):
         return self._job is not None
 
     def shapes_layer(self) -> Any:
-        """The Shapes layer of regions; created (in add-rectangle mode) if there is none."""
+        """The Shapes layer of regions; created if there is none, in pan-zoom mode and
+        not selected, so that dragging still pans the slide ("Draw rectangles" draws)."""
         layers = self.viewer.layers
         if self._shapes is not None and self._shapes in layers:
             return self._shapes
@@ -538,6 +539,8 @@ class FinetuneWidget(QWidget):
         layer = (named or shapes[::-1] or [None])[0]
         if layer is None:
             units = self._image_units()  # the images' (e.g. um): napari warns on a mix
+            selection = self.viewer.layers.selection
+            active, selected = selection.active, set(selection)
             layer = self.viewer.add_shapes(
                 name=SHAPES_NAME,
                 edge_color="yellow",
@@ -545,7 +548,11 @@ class FinetuneWidget(QWidget):
                 edge_width=2,
                 **({"units": units} if units is not None else {}),
             )
-            layer.mode = "add_rectangle"
+            layer.mode = "pan_zoom"
+            if active is not None:  # napari selects a new layer: give the selection back
+                selection.clear()
+                selection.update(selected)
+                selection.active = active
         self._watch_shapes(layer)
         return layer
 
@@ -644,11 +651,9 @@ class FinetuneWidget(QWidget):
 
     def _refuse(self, title: str, what: str, exc: Exception) -> None:
         """Say why training cannot start: status, log and a notification."""
-        from napari.utils.notifications import show_error
-
         self.status.setText("cannot start")
         self.log.appendPlainText(f"{what}: {exc}")
-        show_error(f"{title}: {exc}")
+        _dock.notify_error(f"{title}: {exc}")
 
     def _launch(
         self,
@@ -921,12 +926,10 @@ class FinetuneWidget(QWidget):
         return eta
 
     def _on_error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
         self.status.setText("failed")
         self.result_label.setText(f"failed: {exc}; the previous model stays active")
         self.log.appendPlainText(f"failed: {exc}; the previous model stays active")
-        show_error(f"Fine-tune failed: {exc}")
+        _dock.notify_error(f"Fine-tune failed: {exc}")
 
     def _on_worker_finished(self) -> None:
         if self._job is not None:
