@@ -62,6 +62,10 @@ def test_ome_zarr_opens_and_matches_memory(zarr_export, expected) -> None:
     assert [lv.shape[:2] for lv in slide.levels][:2] == [(1000, 1200), (500, 600)]
     assert np.abs(np.asarray(slide.levels[0]).astype(int) - expected).max() <= 1
     assert stats["tiles_computed"] == 5 * 4 and stats["mpx_per_s"] > 0
+    # where the pixels come from, to place the export back on its slide
+    made = group.attrs["napari-srgan-sqe"]
+    assert made["source"] == "CMU-1-Small-Region.svs" and made["region"] == "101,1203,300,250"
+    assert made["model"] == stats["provenance"]["model"] and made["scale"] == "4"
 
 
 def test_interrupted_export_resumes_without_recomputing(cmu_svs, model, expected, tmp_path) -> None:
@@ -135,6 +139,10 @@ def test_ome_tiff_with_tissue_only(cmu_svs, model, expected, tmp_path) -> None:
     assert 0 < stats["tissue_tiles"] < 16 and stats["tiles_computed"] == stats["tissue_tiles"]
     slide = open_slide(out)
     assert slide.levels[0].shape == (2048, 2048, 3) and slide.mpp == pytest.approx(0.499 / 4)
+    import tifffile
+
+    with tifffile.TiffFile(out) as tif:  # the OME-XML's Description says how it was made
+        assert "source=CMU-1-Small-Region.svs; region=0,0,512,512" in tif.ome_metadata
 
 
 def test_distributed_equals_local(cmu_svs, model, zarr_export, tmp_path) -> None:
@@ -196,3 +204,81 @@ def test_cli_enhance(cmu_svs, model, tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "error: region x=0 y=0 w=99999 h=10 is not inside the slide" in err
     assert "Traceback" not in err and not (tmp_path / "other.ome.zarr").exists()
+
+
+def test_overwrite_replaces_only_an_export_of_the_same_kind(cmu_svs, model, tmp_path) -> None:
+    """--overwrite never deletes a folder that is not an OME-Zarr, nor computes an OME-TIFF
+    it cannot put in place of a folder: both are refused before any work."""
+    notes = tmp_path / "important.zarr" / "sub" / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("keep me")
+    folder_tif = tmp_path / "folder.tif"
+    folder_tif.mkdir()
+    a_file = tmp_path / "file.zarr"
+    a_file.write_text("a file")
+    stats: dict = {}
+    cases = [
+        (notes.parents[1], "has no zarr metadata at its top"),
+        (folder_tif, "is a folder, not replacing it with an OME-TIFF"),
+        (a_file, "is a file, not replacing it with an OME-Zarr"),
+    ]
+    for out, reason in cases:
+        with pytest.raises(DataError, match=reason):
+            enhance_slide(
+                cmu_svs, out, model=model, device="cpu", region=(0, 0, 64, 64), tile=TILE,
+                overwrite=True, stats=stats,
+            )  # fmt: skip
+    assert stats == {}  # nothing was computed
+    assert notes.read_text() == "keep me" and folder_tif.is_dir() and a_file.read_text() == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "file.zarr",
+        "folder.tif",
+        "important.zarr",
+    ]
+    # an export of ours is replaced
+    out = tmp_path / "ours.zarr"
+    enhance_slide(cmu_svs, out, model=model, device="cpu", region=(0, 0, 64, 64), tile=TILE)
+    enhance_slide(
+        cmu_svs, out, model=model, device="cpu", region=(0, 0, 32, 32), tile=TILE, overwrite=True
+    )
+    assert open_slide(out).levels[0].shape == (128, 128, 3)
+
+
+def test_cli_checks_the_output_first_and_says_how_to_resume(
+    cmu_svs, model, tmp_path, capsys, monkeypatch
+) -> None:
+    from napari_srgan_sqe.cli import main
+    from napari_srgan_sqe.io import pyramid
+
+    model_file = save_model(model, tmp_path / "tiny.safetensors")
+    (tmp_path / "exists.tif").write_bytes(b"")
+    argv = ["enhance", str(cmu_svs), "--model", str(model_file), "--device", "cpu"]
+    for out, reason in [("exists.tif", "already exists"), ("out.png", "output format")]:
+        assert main([*argv[:2], str(tmp_path / out), *argv[2:]]) == 2
+        printed = capsys.readouterr()
+        assert reason in printed.err and printed.out == ""  # before the input and model lines
+    assert main([*argv[:2], str(tmp_path / "a.zarr"), *argv[2:], "--scale", "2"]) == 2
+    printed = capsys.readouterr()
+    assert "up-scales by 4, not by --scale 2" in printed.err and "scale: x4" not in printed.out
+
+    # interrupted after some chunks: the hint; the same command resumes and says so
+    out = tmp_path / "cut.ome.zarr"
+    write_levels = pyramid._write_levels
+
+    def stop_after_3(*args, progress, **kwargs):
+        def stop(done: int, total: int) -> None:
+            progress(done, total)
+            if done >= 3:
+                raise KeyboardInterrupt
+
+        return write_levels(*args, progress=stop, **kwargs)
+
+    region = ["--region", "0,0,256,256", "--tile", "64"]
+    monkeypatch.setattr(pyramid, "_write_levels", stop_after_3)
+    assert main([*argv[:2], str(out), *argv[2:], *region]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    monkeypatch.setattr(pyramid, "_write_levels", write_levels)
+    assert main([*argv[:2], str(out), *argv[2:], *region]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming an interrupted export: 3 of " in printed
+    assert "the 18 chunks left of 21" in printed and "Mpx/s" not in printed

@@ -163,6 +163,23 @@ def test_bad_inputs_give_clear_errors(
     assert str(again) == message
 
 
+@pytest.mark.parametrize(("keep", "whole"), [(1_500_000, "0 to 1"), (1_900_000, "0 to 2")])
+def test_svs_cut_after_its_first_levels_names_the_directory_cut_off(
+    cmu_svs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd, keep: int, whole: str
+) -> None:
+    """A copy interrupted past the first directories (the usual case): one clear line,
+    and tifffile's own log of the unreachable directory is not printed."""
+    path = tmp_path / "cut.svs"
+    path.write_bytes(cmu_svs.read_bytes()[:keep])
+    with caplog.at_level("DEBUG"), pytest.raises(SlideError) as info:
+        open_slide(path)
+    message = str(info.value)
+    assert f"the file is truncated: directory {int(whole[-1]) + 1} " in message
+    assert f"but the file has only {keep} bytes; directories {whole} are whole" in message
+    assert "invalid page offset" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+
+
 def test_tiff_with_missing_tile_data_is_truncated(he_crop: np.ndarray, tmp_path: Path) -> None:
     path = tmp_path / "cut.tif"
     tifffile.imwrite(path, he_crop, tile=(256, 256), photometric="rgb")

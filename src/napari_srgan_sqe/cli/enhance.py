@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile",
         type=int,
         default=None,
-        help=f"tile side in input pixels, {TILE_RANGE[0]} to {TILE_RANGE[1]} (default 512)",
+        help=f"tile side in input pixels, {TILE_RANGE[0]} to {TILE_RANGE[1]} (default 512 for "
+        "an export: fewer halo pixels per tile)",
     )
     parser.add_argument(
         "--batch", type=int, default=None,
@@ -172,8 +173,10 @@ def run(args: argparse.Namespace) -> int:
     from napari_srgan_sqe.inference.bench import peak_rss_mb
     from napari_srgan_sqe.inference.export import (
         PixelSizeWarning,
+        check_writable,
         default_model_for,
         enhance_slide,
+        output_format,
     )
     from napari_srgan_sqe.inference.tiling import DataError
     from napari_srgan_sqe.io.slides import open_slide
@@ -189,6 +192,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--quality goes with --compression jpeg (lossless has no quality)")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be 1 to 100, got {args.quality}")
+    try:  # the output first: a wrong name or an existing file, before anything is read
+        output_format(args.output)
+        check_writable(args.output.expanduser(), overwrite=args.overwrite)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
     slide = open_slide(args.input)  # metadata only; a bad file is one clear line
     print(f"input: {coding_text(slide.coding)}")
     if args.mpp is not None:
@@ -207,15 +215,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"model: {model}")
     named, scale = model_scale(model)
+    if scale is not None and args.scale is not None and scale != args.scale:
+        raise UserError(f"model {named} up-scales by {scale}, not by --scale {args.scale}")
     if scale is not None:
         usual = "" if scale == 4 else "; not the usual x4: --scale 4 refuses such a model"
         print(f"scale: x{scale} (model {named} up-scales each side by {scale}{usual})")
     bars: list = []  # made at the first progress report, after the checks passed
+    resumed: list[int] = []  # chunks an interrupted run had written: (done, total)
 
     def progress(done: int, total: int) -> None:
         if not bars:
             if warning:
                 print(warning, file=sys.stderr)
+            if done:
+                resumed[:] = [done, total]
+                print(f"resuming an interrupted export: {done} of {total} chunks were written")
             bars.append(tqdm(total=total, unit="chunk", dynamic_ncols=True, desc="enhance"))
         bars[0].total = total
         bars[0].update(done - bars[0].n)
@@ -246,6 +260,14 @@ def run(args: argparse.Namespace) -> int:
                 ngff=args.ngff,
                 seed=args.seed,
             )
+    except KeyboardInterrupt:
+        if bars:  # something was written: say how to go on
+            print(
+                "interrupted: the chunks written so far are kept; run the same command "
+                "again to resume (--no-resume starts over)",
+                file=sys.stderr,
+            )
+        raise
     except DataError as exc:  # also export.OutOfMemoryError
         raise UserError(str(exc)) from exc
     except MemoryError as exc:  # out of memory outside the tile computation
@@ -277,9 +299,14 @@ def run(args: argparse.Namespace) -> int:
         f"size: {size_text(n_bytes)} ({compression_text(path, args.compression, args.quality)}"
         f"), {stats.get('bytes_per_pixel', 0):.2f} bytes per pixel of level 0 (all levels)"
     )
+    seconds = stats.get("seconds", 0)
+    if resumed:  # this run computed only the rest: no throughput for the whole image
+        done, total = resumed
+        rate = f"the {total - done} chunks left of {total}"
+    else:
+        rate = f"{stats.get('mpx_per_s', 0):.2f} Mpx/s"
     print(
-        f"{w} x {h} px ({stats.get('output_mpx', 0):.1f} Mpx) in {stats.get('seconds', 0):.1f} s: "
-        f"{stats.get('mpx_per_s', 0):.2f} Mpx/s on {stats.get('device', '?')}; "
-        f"peak RSS {peak_rss_mb():.0f} MiB"
+        f"{w} x {h} px ({stats.get('output_mpx', 0):.1f} Mpx) in {seconds:.1f} s: "
+        f"{rate} on {stats.get('device', '?')}; peak RSS {peak_rss_mb():.0f} MiB"
     )
     return 0

@@ -111,7 +111,7 @@ def output_format(path: str | os.PathLike[str]) -> str:
 
 def check_writable(path: Path, *, overwrite: bool) -> None:
     """Fail early, with a clear message, if `path` cannot be written."""
-    from napari_srgan_sqe.io.pyramid import INCOMPLETE_MARKER
+    from napari_srgan_sqe.io.pyramid import check_target
 
     parent = path.parent
     if not parent.exists():
@@ -124,9 +124,14 @@ def check_writable(path: Path, *, overwrite: bool) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise DataError(f"cannot write {path}: {exc.strerror or exc} in {parent}") from None
-    resumable = path.is_dir() and (path / INCOMPLETE_MARKER).exists()
-    if path.exists() and not resumable and not overwrite:
-        raise DataError(f"{path} already exists (use --overwrite / overwrite=True to replace it)")
+    try:
+        check_target(path, output_format(path), overwrite=overwrite)
+    except FileExistsError as exc:
+        if not overwrite:
+            raise DataError(
+                f"{path} already exists (replace it with --overwrite; overwrite=True in Python)"
+            ) from None
+        raise DataError(f"cannot write {path}: it {exc.strerror}") from None
 
 
 def check_region(region: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -270,8 +275,8 @@ def enhance_slide(
     `ngff`: the OME-Zarr version, "0.4" (zarr format 2; read by QuPath, Bio-Formats and
     most viewers) or "0.5" (zarr format 3, sharded: `io.pyramid.NGFF_VERSIONS`).
     `seed`: the sample of a stochastic model (default 0; ignored by deterministic ones).
-    The output records how it was made (`export_provenance`: model, its identity, and the
-    seed of a stochastic model) in its metadata.
+    The output records how it was made (`export_provenance`: model, its identity, the
+    seed of a stochastic model, the source's file name and the region) in its metadata.
 
     Running out of main memory for the tiles (a huge `tile` or `batch`) raises
     `OutOfMemoryError` (a `DataError`) saying so; a `scheduler` address where no
@@ -353,7 +358,9 @@ def enhance_slide(
                     stack, scheduler, slide, sr, region, device, mask
                 )
             chunk = writer_chunk(sr.tile * sr.scale, tiff=fmt == "tiff")
-            provenance = export_provenance(model, seed)
+            provenance = export_provenance(
+                model, seed, source=getattr(slide, "path", None), region=region
+            )
             kwargs = {
                 "mpp": _scaled_mpp(mpp, sr.scale),
                 **codec,
@@ -444,9 +451,18 @@ def export_fingerprint(
     return json.dumps(record, sort_keys=True)
 
 
-def export_provenance(model: Any, seed: int | None) -> dict[str, str]:
+def export_provenance(
+    model: Any,
+    seed: int | None,
+    *,
+    source: Any = None,
+    region: tuple[int, int, int, int] | None = None,
+) -> dict[str, str]:
     """What an export records about how its pixels were made: the model's name and
-    identity, its kind, and for a stochastic model the seed of the sample."""
+    identity, its kind, for a stochastic model the seed of the sample, and where the
+    pixels come from: the `source` slide's file name and the `region` of it (x, y, w,
+    h in its level-0 px; SR pixel (i, j) of the export covers source pixel
+    (x + i / scale, y + j / scale))."""
     desc = model.descriptor
     out = {
         "model": str(model.name),
@@ -454,6 +470,10 @@ def export_provenance(model: Any, seed: int | None) -> dict[str, str]:
         "method": f"{desc.arch} ({desc.kind})",
         "scale": str(model.scale),
     }
+    if source is not None:
+        out["source"] = Path(str(source)).name
+    if region is not None:
+        out["region"] = ",".join(str(int(v)) for v in region)
     if desc.stochastic:
         out["seed"] = str(0 if seed is None else int(seed))
         out["sampling_steps"] = str(desc.steps)

@@ -122,11 +122,18 @@ def _inspect_tiff(path: Path) -> SlideCoding:
         raise SlideError(path, problem)
     import tifffile
 
-    from napari_srgan_sqe.io._tiff_reader import data_extent_problem, page_coding
+    from napari_srgan_sqe.io._tiff_reader import (
+        _tifffile_messages,
+        data_extent_problem,
+        ifd_chain_problem,
+        page_coding,
+    )
 
+    messages: list[str] = []  # tifffile logs the directories it cannot reach: said below
     try:
-        with tifffile.TiffFile(path) as tif:
-            problem = data_extent_problem(tif, path.stat().st_size)
+        with _tifffile_messages(path, messages), tifffile.TiffFile(path) as tif:
+            size = path.stat().st_size
+            problem = ifd_chain_problem(tif, size) or data_extent_problem(tif, size)
             pages = [pg for pg in tif.pages if isinstance(pg, tifffile.TiffPage)]
             level0 = max(pages, key=lambda pg: (pg.is_tiled, pg.imagewidth * pg.imagelength))
             coding = coding_or_unknown(page_coding, level0, path)

@@ -285,6 +285,38 @@ def _ifd_end(tif: Any, offset: int) -> int | None:
     return offset + info.tagnosize + n * info.tagsize + info.offsetsize
 
 
+def ifd_chain_problem(tif: Any, size: int, limit: int = 10_000) -> str | None:
+    """Why the chain of directories (IFDs: levels, label, macro ...) of a TIFF of `size`
+    bytes breaks off before its end (a next-directory pointer past the end of the file,
+    or a directory cut off: the usual interrupted copy), or None when every directory
+    is whole. Walks at most `limit` directories."""
+    info = tif.tiff
+    fh = tif.filehandle
+    offset = int(tif.pages.first.offset) if len(tif.pages) else 0
+    seen: set[int] = set()
+    for k in range(limit):
+        if offset == 0 or offset in seen:  # the end of the chain (or a loop: not ours)
+            return None
+        seen.add(offset)
+        end = _ifd_end(tif, offset) if offset < size else None
+        if end is None or end > size:
+            whole = (
+                ("no directory is", "directory 0 is")[k]
+                if k < 2
+                else f"directories 0 to {k - 1} are"
+            )
+            return (
+                f"the file is truncated: directory {k} (a pyramid level or an associated "
+                f"image) starts at byte {offset}, but the file has only {size} bytes; "
+                f"{whole} whole (an interrupted copy? copy the file again)"
+            )
+        with fh.lock:
+            fh.seek(end - info.offsetsize)
+            raw = fh.read(info.offsetsize)
+        offset = int(struct.unpack(info.offsetformat, raw)[0])
+    return None
+
+
 _TAG_ITEM_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
                    13: 4, 16: 8, 17: 8, 18: 8}  # fmt: skip
 

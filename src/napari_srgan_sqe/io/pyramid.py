@@ -55,7 +55,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from napari_srgan_sqe.io._formats import INCOMPLETE_MARKER, looks_like_zarr
+from napari_srgan_sqe.io._formats import INCOMPLETE_MARKER
 from napari_srgan_sqe.io.atomic import (
     _fsync,
     _replace_dir,
@@ -74,6 +74,7 @@ __all__ = [
     "SHARD_CHUNKS",
     "TIFF_LAYOUTS",
     "ExportError",
+    "check_target",
     "codec_options",
     "export_lock",
     "output_bytes",
@@ -573,16 +574,36 @@ def _ngff_attrs(
     return {"ome": {"version": version, "multiscales": [multiscale], "omero": omero}}
 
 
-def _check_target(path: Path, *, overwrite: bool) -> None:
-    if not path.exists() or (path / INCOMPLETE_MARKER).exists():
+ZARR_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zarray")
+
+
+def check_target(path: Path, kind: Literal["zarr", "tiff"], *, overwrite: bool) -> None:
+    """Refuse, before any work, an output `path` that an export of `kind` must not
+    replace: an existing one without `overwrite`, and even with it a folder for an
+    OME-TIFF, a file for an OME-Zarr, or a folder without zarr metadata at its top
+    (a folder that merely ends in .zarr may hold anything). An interrupted OME-Zarr
+    export (its `INCOMPLETE_MARKER`) is resumed, not replaced."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if kind == "zarr" and (path / INCOMPLETE_MARKER).exists():
         return
     if not overwrite:
         raise FileExistsError(
             errno.EEXIST, "already exists (pass overwrite=True to replace it)", str(path)
         )
-    if path.is_dir() and not looks_like_zarr(path):
+    if kind == "tiff" and path.is_dir():
         raise FileExistsError(
-            errno.EEXIST, "exists and is not a zarr folder; not replacing it", str(path)
+            errno.EISDIR, "is a folder, not replacing it with an OME-TIFF file", str(path)
+        )
+    if kind == "zarr" and not path.is_dir():
+        raise FileExistsError(
+            errno.EEXIST, "is a file, not replacing it with an OME-Zarr folder", str(path)
+        )
+    if kind == "zarr" and not any((path / name).exists() for name in ZARR_METADATA):
+        raise FileExistsError(
+            errno.EEXIST,
+            "has no zarr metadata at its top (not an OME-Zarr export); not replacing it",
+            str(path),
         )
 
 
@@ -643,7 +664,7 @@ def write_ome_zarr(
     root = Path(path)
     if ngff not in NGFF_VERSIONS:
         raise ValueError(f"ngff must be one of {', '.join(NGFF_VERSIONS)}, got {ngff!r}")
-    _check_target(root, overwrite=overwrite)
+    check_target(root, "zarr", overwrite=overwrite)
     pyr = _pyramid(levels, chunk=chunk, n_levels=n_levels)
     replace = root.exists() and not (root / INCOMPLETE_MARKER).exists()
     target = root.with_name(f".{root.name}.overwrite.zarr") if replace else root
@@ -740,10 +761,7 @@ def write_ome_tiff(
         raise ValueError(f"tile must be a multiple of 16, got {tile}")
     if layout not in TIFF_LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(TIFF_LAYOUTS)}, got {layout!r}")
-    if final.exists() and not overwrite:
-        raise FileExistsError(
-            errno.EEXIST, "already exists (pass overwrite=True to replace it)", str(final)
-        )
+    check_target(final, "tiff", overwrite=overwrite)
     pyr = _pyramid(levels, chunk=tile, n_levels=n_levels)
     staging = final.with_name(f".{final.name}.partial.zarr")
     if staging.exists() and not (staging / INCOMPLETE_MARKER).exists():
