@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def _oom_message(exc: BaseException, *, tile: int, batch: int | None, device: st
     )
 
 
-def output_format(path: str | os.PathLike[str]) -> str:
+def output_format(path: str | os.PathLike[str]) -> Literal["zarr", "tiff"]:
     """'zarr' or 'tiff' from the output's extension; DataError for anything else."""
     name = str(path).lower().rstrip("/")
     if name.endswith((".zarr", ".ome.zarr")):
