@@ -135,6 +135,7 @@ def test_consistency_without_hr(viewer, qtbot, sample_hr, tiny_model, errors):
     hidden = [compare.table.isRowHidden(r) for r in range(compare.table.rowCount())]
     assert hidden == [False, False, True, True, True]  # PSNR, SSIM shown
     assert "No HR" in compare.caption.text()
+    assert " SR px at x " in compare.fov_label.text()  # no HR grid to speak of
     assert errors() == []
 
 
@@ -172,6 +173,26 @@ def test_pair_box_names_the_sr_layer_as_it_is_now(viewer, qtbot, sample_hr):
     assert compare.pair_box.currentText() == pair.sr.name
     pair.sr.name = "SR mine"
     assert compare.pair_box.currentText() == "SR mine" and compare.pair_box.count() == 1
+
+
+def test_a_new_view_never_shows_the_last_views_numbers(viewer, qtbot, sample_hr):
+    compare, pair = compared(viewer, qtbot, sample_hr[:512, :512], "bicubic-x4")
+    assert compare.table.item(0, 0).text() not in ("", None)  # PSNR of the first view
+    first = compare.fov_label.text()
+    viewer.camera.zoom *= 4  # a smaller view
+    compare._timer.stop()
+    compare._start_readout()  # a worker computes this view ...
+    assert compare._worker is not None
+    assert all(compare.table.item(r, 0).text() == "" for r in range(compare.table.rowCount()))
+    viewer.camera.center = (0, 100.0, 100.0)  # ... and the user moves on at once
+    compare._timer.stop()
+    compare._start_readout()  # waits for that worker; says which view comes next
+    label = compare.fov_label.text()
+    assert label != first and label.endswith("(computing...)") and "HR px at x" in label
+    assert all(compare.table.item(r, 0).text() == "" for r in range(compare.table.rowCount()))
+    settle(qtbot, compare)
+    assert compare.fov_label.text() == label.removesuffix(" (computing...)")
+    assert compare.table.item(0, 0).text() != ""
 
 
 def test_closing_while_computing_is_quiet(make_napari_viewer, qtbot, sample_hr):

@@ -418,12 +418,15 @@ class CompareWidget(QWidget):
     def _start_readout(self) -> None:
         if self._closed:
             return
-        if self._worker is not None:  # one at a time; the newest request runs next
-            self._pending = True
-            return
-        self._pending = False
         pair = self.pair
         box = _layers.fov_box(self.viewer, pair, max_side=self.max_crop) if pair else None
+        self._clear_values()  # the numbers shown are of a view the user has left
+        if self._worker is not None:  # one at a time; the newest request runs next
+            self._pending = True
+            if box is not None:
+                self.fov_label.setText(f"{_where(box, pair)} (computing...)")
+            return
+        self._pending = False
         if pair is None or box is None:
             self.fov_label.setText(
                 "no SR layer yet: use Enhance" if pair is None else "the view misses the image"
@@ -431,7 +434,7 @@ class CompareWidget(QWidget):
             return
         mode_hr = pair.hr is not None
         self._set_columns([SR_VS_HR, BICUBIC_VS_HR, "gain"] if mode_hr else [CONSISTENCY])
-        self.fov_label.setText(f"{_where(box)} (computing...)")
+        self.fov_label.setText(f"{_where(box, pair)} (computing...)")
         lr0 = _layers.layer_levels(pair.lr)[0] if pair.lr is not None else self._lr_from_sr(pair)
         hr0 = _layers.layer_levels(pair.hr)[0] if mode_hr else None
         sr0 = _layers.layer_levels(pair.sr)[0]
@@ -472,10 +475,16 @@ class CompareWidget(QWidget):
         part = self._partial
         if part is not None and part.generation == self._generation and part.columns:
             self.last_readout = part
-            self.fov_label.setText(_where(part.box))
+            self.fov_label.setText(_where(part.box, self.pair))
             self.readout_ready.emit(part)
         if self._pending:
             self._start_readout()
+
+    def _clear_values(self) -> None:
+        """Empty every value cell (row and column headers stay)."""
+        for row in range(self.table.rowCount()):
+            for col in range(self.table.columnCount()):
+                self.table.setItem(row, col, QTableWidgetItem(""))
 
     def _show(self, readout: Readout) -> None:
         for col, name in enumerate(self._columns):
@@ -1025,11 +1034,13 @@ class CompareWidget(QWidget):
             state.close()
 
 
-def _where(box: _layers.CropBox) -> str:
-    """'view: 420 x 420 HR px at x 2030, y 1180' (or 'centre of the view: ...')."""
+def _where(box: _layers.CropBox, pair: Any = None) -> str:
+    """'view: 420 x 420 HR px at x 2030, y 1180' (or 'centre of the view: ...'); SR px
+    when the pair has no HR layer (a slide enhanced as it is)."""
     h, w = box.shape
     where = "centre of the view" if box.capped else "view"
-    return f"{where}: {w} x {h} HR px at x {box.x0}, y {box.y0}"
+    grid = "SR" if pair is not None and pair.hr is None else "HR"
+    return f"{where}: {w} x {h} {grid} px at x {box.x0}, y {box.y0}"
 
 
 def _header_text(table: QTableWidget, column: int) -> str:
