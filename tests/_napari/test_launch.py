@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from napari_srgan_sqe._napari.launch import NO_DISPLAY, dock_widgets, show_slide
@@ -49,6 +50,21 @@ def test_show_slide_and_dock_widgets(make_napari_viewer, cmu_svs: Path) -> None:
     assert layer.rgb and tuple(layer.scale) == pytest.approx((0.499, 0.499))
     docked = dock_widgets(viewer, names=("Compare", "No such widget"))
     assert set(docked) <= {"Compare"}  # a missing widget is logged, not raised
+
+
+def test_scale_bar_shows_where_the_slide_has_a_pixel_size(make_napari_viewer, cmu_svs, tmp_path):
+    from PIL import Image
+
+    from napari_srgan_sqe._napari.launch import show_scale_bar
+
+    viewer = make_napari_viewer()
+    assert show_scale_bar(viewer, open_slide(cmu_svs))  # 0.499 um/px
+    assert viewer.scale_bar.visible
+    png = tmp_path / "tile.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(png)
+    other = make_napari_viewer()
+    assert not show_scale_bar(other, open_slide(png))  # pixels only: a bar would mislead
+    assert not other.scale_bar.visible
 
 
 def test_view_starts_with_lr_simulated_as_a_scanner_stores_it(viewer, qtbot, errors) -> None:

@@ -48,6 +48,17 @@ def show_slide(viewer: Any, slide: Any) -> Any:
     return viewer.add_image(data, **meta)
 
 
+def show_scale_bar(viewer: Any, slide: Any) -> bool:
+    """Switch napari's scale bar on (with a box, bottom right) when the slide records
+    its pixel size, so the layers' physical units show; return whether it did."""
+    if not slide.mpp:
+        return False
+    bar = viewer.scale_bar
+    bar.visible = True
+    bar.box = True  # the layers carry units "um" (reader): the bar reads um
+    return True
+
+
 def dock_widgets(viewer: Any, names: tuple[str, ...] = WIDGETS) -> dict[str, Any]:
     """Dock this plugin's widgets by display name; a missing one is logged, not fatal."""
     docked = {}
@@ -110,6 +121,7 @@ def launch_viewer(
 
     viewer = napari.Viewer(title=f"napari-srgan-sqe: {slide.path.name}")
     layer = show_slide(viewer, slide)
+    show_scale_bar(viewer, slide)
     widgets = dock_widgets(viewer)
     if enhance and "Enhance" in widgets:
         _start_enhance(widgets["Enhance"], layer, simulate_lr=simulate_lr, degradation=degradation)

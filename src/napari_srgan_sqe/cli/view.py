@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
     slide = open_slide(args.path if args.path is not None else sample_slide_path())
     print(f"{slide.path.name}: {coding_text(slide.coding)}")
+    if slide.mpp:
+        print(f"pixel size: {slide.mpp:.4g} um (scale bar on)")
+    else:
+        print("pixel size: not recorded in the file; shown in pixels, no scale bar")
     simulate_lr = args.path is None if args.simulate_lr is None else args.simulate_lr
     try:
         return launch_viewer(
