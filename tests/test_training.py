@@ -346,6 +346,24 @@ def test_evaluate_bicubic_row_equals_the_bicubic_model_row(crops: Path):
         assert {k: a[k] for k in a if k != "method"} == {k: b[k] for k in b if k != "method"}
 
 
+def test_evaluate_flags_images_the_model_trained_on(crops: Path, tmp_path: Path):
+    """A model's numbers on its own training images are not held-out: the table, the
+    JSON and the result say which images those are."""
+    from napari_srgan_sqe.models.modelfile import load_model
+
+    names = sorted(p.name for p in crops.iterdir())
+    model = load_model("bicubic-x4")
+    model.metadata["training_data"] = f"other.png, {names[1]}, more.png"  # as the trainer writes
+    result = evaluate([model, "bicubic-x4"], [crops], baselines=("bicubic",))
+    assert result.seen == {"bicubic-x4": [names[1]]}  # the bundled one lists none
+    table = result.table()
+    assert (
+        f"warning: 1 of the 2 images ({names[1]}) are in the training data of bicubic-x4" in table
+    )
+    _, json_path = result.write(tmp_path / "out")
+    assert json.loads(json_path.read_text())["seen_in_training"] == {"bicubic-x4": [names[1]]}
+
+
 def test_evaluate_refuses_bad_scale_and_baseline_as_user_errors(tmp_path: Path):
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "a.png")
     with pytest.raises(ConfigError, match="is for scale 4"):

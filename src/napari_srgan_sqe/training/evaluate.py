@@ -83,6 +83,9 @@ class EvalResult:
 
     rows: list[dict] = field(default_factory=list)
     """One row per (LR condition, image, method): lr, image, method, and each metric."""
+    seen: dict[str, list[str]] = field(default_factory=dict)
+    """Per method: the evaluated images listed in its model's training data (their
+    numbers are not held-out ones); methods without such images are absent."""
 
     @property
     def conditions(self) -> list[str]:
@@ -125,7 +128,18 @@ class EvalResult:
                 note = f"  (PSNR spread over samples {spread:.2f} dB)" if spread else ""
                 lines.append(f"{method:<28}{cells}{gain}{note}")
             blocks.append("\n".join(lines))
+        blocks.extend(f"warning: {self.seen_text(method)}" for method in self.seen)
         return "\n\n".join(blocks)
+
+    def seen_text(self, method: str) -> str:
+        """'2 of the images (a.png, b.png) are in the training data of M: ...'."""
+        names = self.seen[method]
+        total = len(dict.fromkeys(r["image"] for r in self.rows)) or len(names)
+        listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        return (
+            f"{len(names)} of the {total} images ({listed}) are in the training data of "
+            f"{method}: its numbers on them are not held-out"
+        )
 
     def write(self, out_dir: str | Path) -> tuple[Path, Path]:
         """Write rows as CSV and the summary as JSON (atomically)."""
@@ -141,7 +155,12 @@ class EvalResult:
         with atomic_path(json_path) as tmp:
             Path(tmp).write_text(
                 json.dumps(
-                    {"summary": self.summary(), "by_lr": self.summaries(), "rows": self.rows},
+                    {
+                        "summary": self.summary(),
+                        "by_lr": self.summaries(),
+                        "rows": self.rows,
+                        "seen_in_training": self.seen,
+                    },
                     indent=2,
                 )
             )
@@ -211,6 +230,10 @@ def evaluate(
             upscalers[label] = _upscaler(Predictor(m, device=device))
 
     result = EvalResult()
+    for label, m in zip(_labels(models, loaded), loaded):
+        seen = seen_in_training(m, paths)
+        if seen:
+            result.seen[label] = seen
     for i, path in enumerate(paths):
         hr = load_rgb(path)
         hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
@@ -238,6 +261,13 @@ def evaluate(
         if progress is not None:
             progress(i + 1, len(paths))
     return result
+
+
+def seen_in_training(model: SRModel, paths: Sequence[Path]) -> list[str]:
+    """File names of `paths` that the model's `training_data` metadata lists (the
+    trainer records the file names it trained on, comma-separated)."""
+    listed = {n.strip() for n in str(model.metadata.get("training_data", "")).split(",")}
+    return [p.name for p in paths if p.name in listed]
 
 
 def _pooled(runs: Sequence[dict[str, float | None]]) -> dict[str, float | int | None]:
