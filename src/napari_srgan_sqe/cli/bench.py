@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seconds",
         type=float,
         default=20.0,
-        help="about how long one pipeline run should take (sizes the region); the bench "
-        "runs the pipeline twice and the raw forward three times at each batch size, about "
-        "8x this in all",
+        help="about how long one pipeline run should take (sizes the region from one "
+        "tile's time); the bench runs the pipeline twice and the raw forward three times at "
+        "each batch size: 8x this in all or more (much more on a busy machine)",
     )
     parser.add_argument(
         "--input", type=Path, default=SAMPLE, help="slide to read (default: the sample)"

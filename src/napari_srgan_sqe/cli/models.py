@@ -184,7 +184,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
+        meta = info.pop("metadata")
+        info.pop("config")
+        width = max(len(k) for k in (*info, *meta))
         for key, value in info.items():
-            if key != "config":
-                print(f"{key:>12}: {value}")
+            print(f"{key:>{width}}: {value}")
+        print("metadata:")  # one entry per line; a long one (training_data) is shortened
+        for key, value in sorted(meta.items()):
+            text = str(value)
+            text = text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
+            print(f"{key:>{width}}: {text}")
     return 0
