@@ -262,6 +262,33 @@ def test_tile_cache_is_bounded() -> None:
     assert TileGrid(10, 10, 4).ny == 3
 
 
+def test_memoized_chunks_are_computed_once(lr) -> None:
+    import dask.array as da
+
+    from napari_srgan_sqe.degradation import degrade_with
+    from napari_srgan_sqe.inference.cache import memoized
+
+    calls: list[tuple[int, ...]] = []
+
+    def counted(block, block_info=None):
+        calls.append(tuple(block_info[0]["chunk-location"]))
+        return block
+
+    src = da.from_array(lr, chunks=(48, 64, -1))
+    cache = TileCache(max_mb=16)
+    arr = memoized(src.map_blocks(counted, dtype=src.dtype), cache)
+    assert arr.chunks == src.chunks
+    np.testing.assert_array_equal(np.asarray(arr[10:60, 20:100]), lr[10:60, 20:100])
+    first = sorted(calls)
+    assert first == [(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0)]
+    np.testing.assert_array_equal(np.asarray(arr[10:60, 20:100]), lr[10:60, 20:100])
+    assert sorted(calls) == first  # read again: from the cache
+    # the scanner simulation of a slide, as the viewer makes it: the same pixels
+    hr = da.from_array(np.repeat(np.repeat(lr, 4, axis=0), 4, axis=1), chunks=1024)
+    sim = degrade_with(hr, "scanner", 4, seed=0)
+    np.testing.assert_array_equal(np.asarray(memoized(sim, cache)), np.asarray(sim))
+
+
 def test_combiner_shared_by_pyramids_keeps_the_largest_batch(lr, model) -> None:
     from napari_srgan_sqe.inference.batching import combiner_for
 

@@ -216,8 +216,19 @@ def test_existing_export_needs_overwrite(he_crop, tmp_path: Path) -> None:
     assert open_slide(path).levels[0].shape == (32, 48, 3)
     folder = tmp_path / "not-zarr"
     folder.mkdir()
-    with pytest.raises(FileExistsError, match="not a zarr folder"):
+    with pytest.raises(FileExistsError, match="has no zarr metadata at its top"):
         write_ome_zarr(he_crop[:64, :64], folder, overwrite=True)
+    named = tmp_path / "named.zarr"  # the name alone does not make it an export
+    (named / "notes.txt").parent.mkdir()
+    (named / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="has no zarr metadata at its top"):
+        write_ome_zarr(he_crop[:64, :64], named, overwrite=True)
+    assert (named / "notes.txt").read_text() == "keep"
+    tif_folder = tmp_path / "folder.ome.tif"
+    tif_folder.mkdir()
+    with pytest.raises(FileExistsError, match="is a folder"):
+        write_ome_tiff(he_crop[:64, :64], tif_folder, overwrite=True)
+    assert tif_folder.is_dir() and not list(tmp_path.glob(".folder*"))
 
 
 @pytest.mark.parametrize(

@@ -182,10 +182,14 @@ def _is_path(model: Any) -> bool:
 
 def _simulate_lr(hr_levels: list[Any], s: int, preset: str = "clean") -> list[Any]:
     """LR of every HR level big enough, lazily: LR level k is the preset's degradation
-    of HR level k ('clean': D_s; 'scanner': one seeded draw of the scanner chain)."""
+    of HR level k ('clean': D_s; 'scanner': one seeded draw of the scanner chain).
+    Chunks are kept once computed (`SIMULATED_LR_CACHE`): the LR layer, the SR's
+    halos, placeholders and readouts all read them, and each computation reads and
+    blurs 16 times as many HR pixels."""
     import dask.array as da
 
     from napari_srgan_sqe.degradation import degrade_lazy, degrade_with
+    from napari_srgan_sqe.inference.cache import memoized
     from napari_srgan_sqe.inference.tiling import as_rgb_uint8
 
     if preset not in ("clean", "scanner"):
@@ -197,11 +201,26 @@ def _simulate_lr(hr_levels: list[Any], s: int, preset: str = "clean") -> list[An
         if not hasattr(level, "dask"):
             level = da.from_array(level, chunks=(1024, 1024, -1))
         if preset == "clean":
-            out.append(degrade_lazy(level, s))
+            lr = degrade_lazy(level, s)
         else:
             level = as_rgb_uint8(level, what=f"HR level {i}")
-            out.append(degrade_with(level, "scanner", s, seed=0))
+            lr = degrade_with(level, "scanner", s, seed=0)
+        out.append(memoized(lr, _simulated_lr_cache()))
     return out
+
+
+SIMULATED_LR_CACHE_MB = 256
+_SIMULATED_LR: list[Any] = []
+
+
+def _simulated_lr_cache() -> Any:
+    """The memory cache of simulated LR chunks, shared by every layer (keys are the
+    lazy graphs' names: the same HR and preset give the same name and pixels)."""
+    from napari_srgan_sqe.inference.cache import TileCache
+
+    if not _SIMULATED_LR:
+        _SIMULATED_LR.append(TileCache(SIMULATED_LR_CACHE_MB))
+    return _SIMULATED_LR[0]
 
 
 def _set_model(pyramid: Any, model: Any) -> Generator[str, None, Prepared]:

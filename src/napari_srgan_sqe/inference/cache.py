@@ -30,6 +30,7 @@ __all__ = [
     "TileCache",
     "cache_root",
     "clear_disk_cache",
+    "memoized",
     "source_identity",
 ]
 
@@ -87,6 +88,36 @@ class TileCache:
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
+
+
+def memoized(arr: Any, cache: TileCache) -> Any:
+    """The dask array `arr`, its chunks kept in `cache` once computed: equal pixels,
+    same chunks, but a chunk read again (napari redrawing, SR tiles reading their
+    halos, readouts) costs a copy instead of recomputing `arr`'s graph. For derived
+    images that are expensive per chunk, e.g. LR simulated from a slide's HR.
+
+    A chunk is computed with dask's synchronous scheduler inside the task that asks
+    for it (no nested thread pool); two threads asking at once may both compute it.
+    """
+    import dask.array as da
+
+    base = arr.name
+
+    def chunk(block_id: tuple[int, ...] | None = None) -> np.ndarray:
+        key = (base, block_id)
+        found = cache.get(key)
+        if found is None:
+            found = np.asarray(arr.blocks[block_id].compute(scheduler="synchronous"))
+            cache.put(key, found)
+        return found
+
+    return da.map_blocks(
+        chunk,
+        chunks=arr.chunks,
+        dtype=arr.dtype,
+        meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+        name=f"memoized-{base}",
+    )
 
 
 class LiveStore:
