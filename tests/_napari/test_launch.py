@@ -55,16 +55,16 @@ def test_show_slide_and_dock_widgets(make_napari_viewer, cmu_svs: Path) -> None:
 def test_scale_bar_shows_where_the_slide_has_a_pixel_size(make_napari_viewer, cmu_svs, tmp_path):
     from PIL import Image
 
-    from napari_srgan_sqe._napari.launch import show_scale_bar
+    from napari_srgan_sqe._napari.launch import scale_bar_of, show_scale_bar
 
     viewer = make_napari_viewer()
     assert show_scale_bar(viewer, open_slide(cmu_svs))  # 0.499 um/px
-    assert viewer.scale_bar.visible
+    assert scale_bar_of(viewer).visible
     png = tmp_path / "tile.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(png)
     other = make_napari_viewer()
     assert not show_scale_bar(other, open_slide(png))  # pixels only: a bar would mislead
-    assert not other.scale_bar.visible
+    assert not scale_bar_of(other).visible
 
 
 def test_view_starts_with_lr_simulated_as_a_scanner_stores_it(viewer, qtbot, errors) -> None:

@@ -48,12 +48,21 @@ def show_slide(viewer: Any, slide: Any) -> Any:
     return viewer.add_image(data, **meta)
 
 
+def scale_bar_of(viewer: Any) -> Any:
+    """napari's scale bar overlay: `viewer.canvas.overlays["scale_bar"]` (napari >= 0.9),
+    else the older `viewer.scale_bar`."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    if overlays is not None and "scale_bar" in overlays:
+        return overlays["scale_bar"]
+    return viewer.scale_bar
+
+
 def show_scale_bar(viewer: Any, slide: Any) -> bool:
     """Switch napari's scale bar on (with a box, bottom right) when the slide records
     its pixel size, so the layers' physical units show; return whether it did."""
     if not slide.mpp:
         return False
-    bar = viewer.scale_bar
+    bar = scale_bar_of(viewer)
     bar.visible = True
     bar.box = True  # the layers carry units "um" (reader): the bar reads um
     return True
