@@ -366,3 +366,12 @@ def test_ome_zarr_axis_orders(
     np.testing.assert_array_equal(slide.levels[0].compute(), expected)
     assert slide.format == "ome-zarr"
     assert slide.mpp == (pytest.approx(mpp) if mpp else None)
+
+
+def test_repr_is_one_short_line(cmu_svs: Path) -> None:
+    slide = open_slide(cmu_svs)
+    assert repr(slide) == (
+        "Slide('CMU-1-Small-Region.svs', aperio, 2220 x 2967 px, 1 level(s), 0.499 um/px, "
+        "JPEG Q=30 (quantisation tables))"
+    )
+    assert len(slide.metadata["properties"]) > 20  # the vendor metadata are still there

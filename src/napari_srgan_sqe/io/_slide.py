@@ -67,6 +67,14 @@ class Slide:
         """Shape (y, x, 3) of level 0."""
         return tuple(self.levels[0].shape)
 
+    def __repr__(self) -> str:  # the vendor metadata (hundreds of keys) stay in .metadata
+        h, w = self.shape[:2]
+        mpp = f"{self.mpp:.4g} um/px" if self.mpp else "pixel size unknown"
+        return (
+            f"Slide({self.path.name!r}, {self.format}, {w} x {h} px, {len(self.levels)} "
+            f"level(s), {mpp}, {self.coding})"
+        )
+
     @property
     def codec(self) -> str:
         """'jpeg', 'jpeg2000', 'none' (lossless) or 'unknown'."""
