@@ -179,6 +179,36 @@ def test_bad_config_names_the_field(tmp_path: Path, capsys):
     assert "patch_size" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [
+        ("cut.json", '{"data": ["x"], ', "is not valid JSON at line 1, column 17"),
+        ("cut.yaml", "data: [a\n b: c", "is not valid YAML at line 2"),
+    ],
+)
+def test_malformed_config_file_is_one_line(tmp_path: Path, capsys, name, text, reason):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} {reason}" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_train_options_and_run_folder_are_checked_first(crops: Path, tmp_path: Path, capsys):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"data": [str(crops)], "patch_size": 32, "out_dir": "run"}))
+    for extra, reason in [
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--max-steps", "-3"], "--max-steps must be at least 1, got -3"),
+        (["--out", str(path)], f"cannot make the run folder {path}"),
+    ]:
+        assert main(["train", "--config", str(path), *extra]) == 2
+        captured = capsys.readouterr()
+        assert reason in captured.err and "Traceback" not in captured.err
+        assert "step" not in captured.out  # no training started
+    assert path.is_file() and not (tmp_path / "run").exists()
+
+
 def test_console_script_runs():
     res = subprocess.run(
         [sys.executable, "-m", "napari_srgan_sqe", "--version"],

@@ -264,7 +264,9 @@ def test_cli_paired_writes_a_version_and_refuses_bad_regions(hr, tmp_path, capsy
 
     Image.fromarray(hr).save(tmp_path / "hr.png")
     Image.fromarray(degrade(hr, 4)).save(tmp_path / "lr.png")
-    base = save_model(tiny(), tmp_path / "tiny.safetensors")
+    base = save_model(
+        tiny(), tmp_path / "tiny.safetensors", metadata={"training_data": "x.png, y.png"}
+    )
     out = tmp_path / "out" / "tiny-ft.safetensors"
     args = [
         "finetune", str(tmp_path / "lr.png"), "--hr", str(tmp_path / "hr.png"),
@@ -277,9 +279,31 @@ def test_cli_paired_writes_a_version_and_refuses_bad_regions(hr, tmp_path, capsy
     meta = load_model(out).metadata
     assert meta["parent"] == "tiny" and meta["finetune_mode"] == "paired"
     assert '"w": 80' in meta["finetune_regions"] and meta["name"] == "tiny-ft"
+    # what the parent trained on goes along: evaluate still flags those images
+    from napari_srgan_sqe.training.evaluate import seen_in_training
+
+    assert meta["inherited_training_data"] == "x.png, y.png"
+    assert seen_in_training(load_model(out), [Path("y.png"), Path("z.png")]) == ["y.png"]
     bad = [a if a != "0,0,80,64" else "70,0,80,64" for a in args]
-    assert main(bad) == 2
+    assert main([*bad, "--overwrite"]) == 2
     assert "outside the image of 80 x 64 px" in capsys.readouterr().err
+    # the output is checked before any training: an existing file, a folder it cannot write
+    written = out.read_bytes()
+    assert main(args) == 2
+    assert "already exists (replace it with --overwrite)" in capsys.readouterr().err
+    assert out.read_bytes() == written
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    elsewhere = [*args[:-1], str(blocker / "m.safetensors")]
+    assert main(elsewhere) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err and "before:" not in err
+    # a greyscale HR for a colour LR would teach the model to drop colour: refused
+    Image.fromarray(hr.mean(axis=2).astype(np.uint8)).convert("RGB").save(tmp_path / "grey.png")
+    grey = [a if a != str(tmp_path / "hr.png") else str(tmp_path / "grey.png") for a in args]
+    assert main([*grey, "--overwrite"]) == 2
+    assert "the HR image is greyscale but the LR image is in colour" in capsys.readouterr().err
+    assert out.read_bytes() == written
 
 
 def test_self_supervised_never_keeps_a_model_worse_at_the_real_scale(image: Path):
@@ -313,3 +337,29 @@ def test_srgan_loss_without_vgg_weights_is_named_in_the_notes(hr):
     result, events = _run(tiny(), [(None, hr)], "paired", steps=2, config=cfg)
     assert any("VGG content loss skipped" in n for n in events[0].notes)
     assert any("VGG content loss skipped" in n for n in result.notes)
+
+
+def test_cli_drive_stops_on_sigterm_keeping_the_best_state(hr, capsys):
+    """SIGTERM (what batch schedulers send) stops a command-line fine-tune between steps
+    like Ctrl-C: the result (best state so far) comes back to be written."""
+    import os
+    import signal
+
+    from napari_srgan_sqe.cli.finetune import drive
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop = threading.Event()
+    events = iter_finetune(
+        tiny(), [(None, hr)], mode="paired", steps=500, config=FAST, device="cpu", stop_event=stop
+    )
+
+    def terminated_after_12_steps():
+        for ev in events:
+            yield ev
+            if isinstance(ev, Step) and ev.step == 12:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    result = drive(terminated_after_12_steps(), 500, stop)
+    assert result.stopped and 12 <= result.steps_done < 500
+    assert "the best state so far is kept" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is given back

@@ -637,9 +637,20 @@ def load_config(path: str | Path, cls: type[BaseModel] = TrainConfig) -> Any:
     if path.suffix.lower() in {".yaml", ".yml"}:
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path} is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
     return validate(cls, data, source=str(path))
 
 

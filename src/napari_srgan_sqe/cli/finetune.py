@@ -17,7 +17,15 @@ from typing import Any, Literal
 
 from napari_srgan_sqe.cli import UserError, parse_region
 
-__all__ = ["add_arguments", "add_region_argument", "check_common", "drive", "parse_region", "run"]
+__all__ = [
+    "add_arguments",
+    "add_out_arguments",
+    "add_region_argument",
+    "check_common",
+    "drive",
+    "parse_region",
+    "run",
+]
 
 
 def add_region_argument(parser: argparse.ArgumentParser, extra_help: str = "") -> None:
@@ -32,10 +40,35 @@ def add_region_argument(parser: argparse.ArgumentParser, extra_help: str = "") -
     )
 
 
+def add_out_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--out MODEL.safetensors` (required) and `--overwrite`."""
+    parser.add_argument("--out", type=Path, required=True, help="new model file (.safetensors)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the --out file if it exists"
+    )
+
+
 def check_common(args: argparse.Namespace) -> None:
-    """UserError for a bad --out or --threads; applies --threads to torch."""
+    """UserError for a bad --out or --threads, before any training: the name, an
+    existing file without --overwrite, a folder that cannot be made or written;
+    applies --threads to torch."""
+    import os
+    import tempfile
+
     if args.out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {args.out}")
+    out = args.out.expanduser()
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name ending in .safetensors")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} already exists (replace it with --overwrite)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".srgan-sqe-probe-", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     if args.threads is not None:
         import torch
 
@@ -78,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument("--out", type=Path, required=True, help="new model file (.safetensors)")
+    add_out_arguments(parser)
 
 
 def _config(args: argparse.Namespace, mode: str, degradation: str = "clean") -> Any:
@@ -147,22 +180,23 @@ def run(args: argparse.Namespace) -> int:
     if not result.improved:
         print("validation did not improve: no model written; the base model stays the better one")
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(result.model, args.out)
+    save_model(result.model, args.out.expanduser())
     print(f"wrote {args.out}")
     return 0
 
 
 def drive(events: Any, total: int, stop: threading.Event) -> Any:
-    """Run a fine-tune event stream with a progress bar (Ctrl-C stops it, keeping the
-    best state), print before / after, and return the FinetuneResult."""
+    """Run a fine-tune event stream with a progress bar (Ctrl-C or SIGTERM, as batch
+    schedulers send, stops it keeping the best state), print before / after, and
+    return the FinetuneResult."""
     from tqdm import tqdm
 
     from napari_srgan_sqe.training.finetune import Finished, Started, Step, Validated
 
     bar = tqdm(total=total, unit="step", dynamic_ncols=True)
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = [signal.signal(sig, lambda *_: stop.set()) for sig in signals] if main else []
     result = None
     try:
         for ev in events:
@@ -177,8 +211,8 @@ def drive(events: Any, total: int, stop: threading.Event) -> Any:
             elif isinstance(ev, Finished):
                 result = ev.result
     finally:
-        if main:  # Ctrl-C stopped the loop (keeping the best state); restore the handler
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in zip(signals, previous):  # restore the handlers
+            signal.signal(sig, handler)
         bar.close()
     assert result is not None
     b, a = result.before, result.after

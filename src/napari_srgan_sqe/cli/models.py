@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     n_params = sum(p.numel() for p in model.generator.parameters())
-    info = {
+    info: dict[str, Any] = {
         "name": model.name,
         "variant": model.variant,
         "scale": model.scale,
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        meta = info.pop("metadata")
+        meta: dict[str, str] = info.pop("metadata")
         info.pop("config")
         width = max(len(k) for k in (*info, *meta))
         for key, value in info.items():

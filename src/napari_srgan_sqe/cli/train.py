@@ -31,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=None, help="run folder (overrides out_dir in the config)"
     )
     parser.add_argument(
-        "--max-steps", type=int, default=None, help="stop after this many steps (then --resume)"
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many more steps (counted from where --resume starts; then --resume)",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument(
@@ -76,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite starts it again: give one")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
     cfg: TrainConfig = load_config(args.config, TrainConfig)
     if args.out is not None:
         cfg.out_dir = str(args.out.resolve())
@@ -85,7 +92,17 @@ def run(args: argparse.Namespace) -> int:
         given = Path(args.init_from)
         cfg.init_from = str(given.resolve()) if given.exists() else args.init_from
     trainer = Trainer(cfg, base_dir=args.config.resolve().parent)
+    try:  # the run folder, before the first step
+        trainer.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot make the run folder {trainer.out_dir}: {exc.strerror or exc}"
+        ) from None
+    if not trainer.out_dir.is_dir():
+        raise UserError(f"the run folder {trainer.out_dir} is a file")
     existing = run_files(trainer.out_dir)
+    if args.resume and not existing:
+        print(f"nothing to resume in {trainer.out_dir}: starting the run from step 0")
     if existing and not (args.resume or args.overwrite):
         names = ", ".join(p.name for p in existing)
         raise UserError(

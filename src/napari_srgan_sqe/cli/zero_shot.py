@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from napari_srgan_sqe.cli import UserError
-from napari_srgan_sqe.cli.finetune import add_region_argument, check_common
+from napari_srgan_sqe.cli.finetune import add_out_arguments, add_region_argument, check_common
 
 __all__ = ["add_arguments", "run"]
 
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of patches and init (0)")
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument("--out", type=Path, required=True, help="new model file (.safetensors)")
+    add_out_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
     if not result.improved:
         print("ZSSR did not beat bicubic on the held-out part: no model written")
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(result.model, args.out)
+    save_model(result.model, args.out.expanduser())
     print(f"wrote {args.out} (use it with: srgan-sqe enhance {args.slide} OUT --model {args.out})")
     return 0

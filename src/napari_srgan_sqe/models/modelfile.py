@@ -180,6 +180,20 @@ def with_sampling_steps(
     return SRModel(network, config, encoder=model.encoder, metadata=model.metadata).eval()
 
 
+def lineage(parent: SRModel) -> dict[str, str]:
+    """Metadata a model derived from `parent` (fine-tuned, adapted) carries: the
+    parent's name and identity, and `inherited_training_data`, what the parent and its
+    own ancestors trained on (so that `evaluate` can tell images none of them saw)."""
+    own = str(parent.metadata.get("training_data", "")).strip()
+    older = str(parent.metadata.get("inherited_training_data", "")).strip()
+    inherited = ", ".join(t for t in (own, older) if t)
+    return {
+        "parent": parent.name,
+        "parent_identity": parent.identity,
+        "inherited_training_data": inherited[:8000],
+    }
+
+
 def save_model(
     model: SRModel, path: str | os.PathLike[str], *, metadata: dict[str, str] | None = None
 ) -> Path:

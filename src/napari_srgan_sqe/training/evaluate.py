@@ -264,9 +264,13 @@ def evaluate(
 
 
 def seen_in_training(model: SRModel, paths: Sequence[Path]) -> list[str]:
-    """File names of `paths` that the model's `training_data` metadata lists (the
-    trainer records the file names it trained on, comma-separated)."""
-    listed = {n.strip() for n in str(model.metadata.get("training_data", "")).split(",")}
+    """File names of `paths` that the model or a model it derives from trained on: its
+    `training_data` and `inherited_training_data` metadata (the trainer records the
+    file names it trained on, comma-separated; fine-tuning and adaptation carry the
+    parent's forward)."""
+    meta = model.metadata
+    text = f"{meta.get('training_data', '')},{meta.get('inherited_training_data', '')}"
+    listed = {n.strip() for n in text.split(",")}
     return [p.name for p in paths if p.name in listed]
 
 

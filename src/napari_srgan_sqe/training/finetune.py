@@ -31,7 +31,7 @@ from napari_srgan_sqe.io.errors import RegionError
 from napari_srgan_sqe.losses import GeneratorObjective
 from napari_srgan_sqe.metrics import psnr, ssim
 from napari_srgan_sqe.models.method import SRNetwork, require_deterministic
-from napari_srgan_sqe.models.modelfile import SRModel
+from napari_srgan_sqe.models.modelfile import SRModel, lineage
 from napari_srgan_sqe.training.regions import (
     Mode,
     Rect,
@@ -453,8 +453,7 @@ def _child_model(
     config = parent.config.model_copy(update={"name": name or f"{parent.name}-ft"})
     encoder = None if parent.encoder is None else copy.deepcopy(parent.encoder).cpu()
     meta = {
-        "parent": parent.name,
-        "parent_identity": parent.identity,
+        **lineage(parent),
         "training_data": f"fine-tuned on {len(data.inputs)} region(s) ({cfg.mode})",
         "finetune_mode": cfg.mode,
         "finetune_steps": str(best_step),

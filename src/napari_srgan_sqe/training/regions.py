@@ -118,7 +118,17 @@ def cut_regions(
             out.append(
                 (lr_reg, _rgb8(np.asarray(hr_level[s * y : s * (y + h), s * x : s * (x + w)])))
             )
+    if hr_level is not None and all(_grey(p[1]) for p in out) and not all(_grey(p[0]) for p in out):
+        raise RegionError(
+            "the HR image is greyscale but the LR image is in colour: a model trained on "
+            "this pair would turn colour into grey; give the HR scan in colour"
+        )
     return out
+
+
+def _grey(a: np.ndarray) -> bool:
+    """True when the three channels of an RGB region are equal (a greyscale image)."""
+    return bool(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2]))
 
 
 def _level0(src: Any) -> Any:

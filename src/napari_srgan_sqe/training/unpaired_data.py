@@ -397,7 +397,7 @@ def _adapt(
     from napari_srgan_sqe.config import UnpairedConfig
     from napari_srgan_sqe.degradation import degrade
     from napari_srgan_sqe.metrics import psnr, ssim
-    from napari_srgan_sqe.models.modelfile import SRModel
+    from napari_srgan_sqe.models.modelfile import SRModel, lineage
     from napari_srgan_sqe.models.predictor import resolve_device
     from napari_srgan_sqe.training.finetune import (
         FinetuneResult,
@@ -501,8 +501,7 @@ def _adapt(
             "(corrected vs original LR)"
         )
         meta = {
-            "parent": parent.name,
-            "parent_identity": parent.identity,
+            **lineage(parent),
             "training_data": "unpaired adaptation to the slide's LR",
             "recipe": "unpaired",
             "unpaired_sr_trained": "false",
