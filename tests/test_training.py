@@ -174,6 +174,13 @@ def test_warm_start_refuses_a_different_architecture(crops: Path, tmp_path: Path
         Trainer(tiny_config(crops, tmp_path / "b", init_from=ckpt, model=bigger))
     with pytest.raises(ConfigError, match="init_from"):
         Trainer(tiny_config(crops, tmp_path / "c", init_from=str(tmp_path / "missing.safetensors")))
+    # from a model file, the message says what each network is
+    with pytest.raises(ConfigError) as info:
+        Trainer(tiny_config(crops, tmp_path / "d", init_from="srgan-sqe-he-x4", model=bigger))
+    assert (
+        "(it is lrnet, 12 blocks x 48 channels, x4, this run's is lrnet, 2 blocks x 8 channels, x4)"
+        in str(info.value)
+    )
 
 
 def test_corruption_fraction_is_respected_and_seeded():

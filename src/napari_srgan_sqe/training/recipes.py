@@ -22,6 +22,7 @@ recipe reads).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from abc import ABC, abstractmethod
@@ -202,15 +203,35 @@ def warm_start(recipe: Recipe, source: str, base: Path) -> str:
     try:
         what = recipe.load_weights(path, source)
     except RuntimeError as exc:  # load_state_dict: names or shapes differ
+        theirs = ""
+        if not is_checkpoint(path):  # a model file says what it is
+            with contextlib.suppress(ConfigError):
+                init = _load_init_model(path, source)
+                ours = getattr(getattr(recipe, "cfg", None), "model", None)
+                theirs = f"it is {_generator_text(init.config)}" + (
+                    f", this run's is {_generator_text(ours)}" if ours is not None else ""
+                )
         raise ConfigError(
-            f"init_from {source}: its weights do not fit this run's architecture: "
-            f"{_first_mismatch(exc)}"
+            f"init_from {source}: its weights do not fit this run's architecture"
+            + (f" ({theirs})" if theirs else "")
+            + f": {_first_mismatch(exc)}"
         ) from None
     modules = recipe.modules()
     G, G_ema = modules["G"], modules.get("G_ema")
     if G_ema is not None and G is not None:  # the average starts from the loaded weights
         G_ema.load_state_dict(G.state_dict())
     return what
+
+
+def _generator_text(model_cfg: Any) -> str:
+    """'lrnet, 12 blocks x 48 channels, x4' from a ModelConfig (the fields it has)."""
+    gen = model_cfg.generator
+    parts = [str(getattr(gen, "arch", model_cfg.variant))]
+    blocks, channels = getattr(gen, "n_blocks", None), getattr(gen, "channels", None)
+    if blocks is not None and channels is not None:
+        parts.append(f"{blocks} blocks x {channels} channels")
+    parts.append(f"x{getattr(gen, 'scale', '?')}")
+    return ", ".join(parts)
 
 
 def _load_init_model(path: Path, source: str) -> SRModel:
