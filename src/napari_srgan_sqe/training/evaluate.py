@@ -210,7 +210,8 @@ def evaluate(
     for m in loaded:
         if m.scale != scale:
             raise ConfigError(
-                f"model {m.name!r} is for scale {m.scale}, but scale {scale} was asked for"
+                f"model {m.name!r} is for scale {m.scale}, but the evaluation is at scale "
+                f"{scale} (--scale, default 4): evaluate it with --scale {m.scale}"
             )
     upscalers: dict[str, Callable[[np.ndarray, LRCondition], np.ndarray]] = {}
     for b in baselines:
