@@ -11,7 +11,10 @@ Base model: `--model`, else the bundled srgan-sqe-he-x4 if its weights exist, el
 seeded random 'light' model (said so in the output). Also writes the loss / PSNR
 curves to docs/images/finetune-curve.png (`--plot`).
 
+    mkdir -p benchmarks/results
     python benchmarks/finetune.py --steps 150 --threads 1 > benchmarks/results/finetune.json
+
+It reads the image from ../shared/data/monuseg_train (beside the repository).
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ def plot(results: dict, path: Path, title: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for mode, r in results.items():
         steps, loss = zip(*r["curve"]["loss"], strict=True)
-        k = 5
+        k = min(5, len(loss))  # a short run has fewer steps than the window
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax1.plot(steps, loss, alpha=0.25)
         ax1.plot(

@@ -363,3 +363,15 @@ def test_cli_drive_stops_on_sigterm_keeping_the_best_state(hr, capsys):
     assert result.stopped and 12 <= result.steps_done < 500
     assert "the best state so far is kept" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is given back
+
+
+def test_cli_says_what_training_reached_when_nothing_is_kept(hr, capsys):
+    from napari_srgan_sqe.cli.finetune import drive
+
+    cfg = FAST.model_copy(update={"lr": 0.5, "val_every": 1})  # a wrecking learning rate
+    events = iter_finetune(tiny(), [(None, hr)], mode="paired", steps=3, config=cfg, device="cpu")
+    result = drive(events, 3, threading.Event())
+    out = capsys.readouterr().out
+    assert not result.improved
+    assert "best during training: PSNR" in out and "; not kept" in out
+    assert "after:" not in out  # no "after" numbers that are the "before" ones again

@@ -292,6 +292,19 @@ def test_resolve_split_by_name_and_its_errors(he_dir: Path, he_split: Path, tmp_
     bad.write_text(json.dumps({"train": ["missing.png"], "val": []}))
     with pytest.raises(DataError, match="train images not found"):
         resolve_split([he_dir], bad)
+    # evaluating needs the validation images only
+    held_out = tmp_path / "held-out.json"
+    held_out.write_text(json.dumps({"train": ["elsewhere.png"], "val": ["val-1.png"]}))
+    train, val = resolve_split([he_dir], held_out, need=("val",))
+    assert train == [] and [p.name for p in val] == ["val-1.png"]
+    with pytest.raises(DataError, match="val images not found"):
+        resolve_split([he_dir], _write(tmp_path, ["nope.png"]), need=("val",))
+
+
+def _write(folder: Path, val: list[str]) -> Path:
+    path = folder / "val-only.json"
+    path.write_text(json.dumps({"train": [], "val": val}))
+    return path
 
 
 def test_gan_learning_rate_decays_linearly_to_lr_final(crops: Path, tmp_path: Path):

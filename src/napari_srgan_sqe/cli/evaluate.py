@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
     data = args.data
     if args.split is not None:
-        _, data = resolve_split(args.data, args.split)
+        _, data = resolve_split(args.data, args.split, need=("val",))
     baselines = ("bicubic",) if args.no_lanczos else ("bicubic", "lanczos")
     conditions = lr_conditions(args)
     bar = tqdm(unit="image", dynamic_ncols=True, delay=0.5)

@@ -178,7 +178,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{mode} fine-tuning of {model.name!r} on {len(regions)} region(s), {cfg.steps} steps")
     result = drive(events, cfg.steps, stop)
     if not result.improved:
-        print("validation did not improve: no model written; the base model stays the better one")
+        why = (
+            ""
+            if any(n.startswith("rejected") for n in result.notes)
+            else "validation did not improve: "
+        )
+        print(f"{why}no model written; the base model stays the better one")
         return 1
     save_model(result.model, args.out.expanduser())
     print(f"wrote {args.out}")
@@ -217,9 +222,22 @@ def drive(events: Any, total: int, stop: threading.Event) -> Any:
     assert result is not None
     b, a = result.before, result.after
     print(f"before: PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f}  (held-out stripes)")
-    print(
-        f"after:  PSNR {a['psnr']:.2f} dB, SSIM {a['ssim']:.4f}  (best at step {result.best_step})"
-    )
+    if result.improved:
+        print(
+            f"after:  PSNR {a['psnr']:.2f} dB, SSIM {a['ssim']:.4f}  "
+            f"(best at step {result.best_step})"
+        )
+    else:  # what training reached, and why it is not kept
+        seen = [r for r in result.history if r.get("kind") == "val" and r.get("step", 0) > 0]
+        if seen:
+            top = max(seen, key=lambda r: r["psnr"])
+            print(
+                f"best during training: PSNR {top['psnr']:.2f} dB, SSIM {top['ssim']:.4f} "
+                f"(step {top['step']}); not kept"
+            )
+        for note in result.notes:
+            if note.startswith("rejected"):
+                print(note)
     if result.stopped:
         print(f"stopped after {result.steps_done} steps; the best state so far is kept")
     return result

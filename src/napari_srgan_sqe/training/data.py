@@ -85,9 +85,15 @@ def find_images(sources: Iterable[str | Path]) -> list[Path]:
 
 
 def resolve_split(
-    data: Sequence[str | Path], split_file: str | Path | None, val_data: Sequence[str | Path] = ()
+    data: Sequence[str | Path],
+    split_file: str | Path | None,
+    val_data: Sequence[str | Path] = (),
+    *,
+    need: Sequence[str] = ("train", "val"),
 ) -> tuple[list[Path], list[Path]]:
-    """(train, val) image paths: by the split file's name lists, or all of `data` / `val_data`."""
+    """(train, val) image paths: by the split file's name lists, or all of `data` /
+    `val_data`. Every image of the lists named in `need` must be in `data` (evaluating
+    needs only "val"); a list not needed keeps the images found."""
     images = find_images(data)
     if split_file is None:
         return images, find_images(val_data)
@@ -99,11 +105,11 @@ def resolve_split(
     out = []
     for key in ("train", "val"):
         missing = [n for n in split.get(key, []) if n not in by_name]
-        if missing:
+        if missing and key in need:
             raise DataError(
                 f"split file {split_file}: {key} images not found in {list(data)}: {missing[:3]}"
             )
-        out.append([by_name[n] for n in split.get(key, [])])
+        out.append([by_name[n] for n in split.get(key, []) if n in by_name])
     train, val = out
     overlap = {p.name for p in train} & {p.name for p in val}
     if overlap:
