@@ -170,6 +170,44 @@ def test_save_the_departure_map_of_the_view(viewer, qtbot, sample_hr, tiny_model
     assert str(path) in compare.uncertainty_label.text()
 
 
+def test_a_slide_without_pixel_size_saves_maps_and_layers_without_one(
+    viewer, qtbot, sample_hr, tiny_model, tmp_path
+):
+    """A slide that records no pixel size opens in pixels; the SR layer's scale (1/4)
+    must not be taken for micrometres by the departure map or the writers."""
+    import tifffile
+    from PIL import Image
+
+    from napari_srgan_sqe._napari.launch import show_slide
+    from napari_srgan_sqe._napari.writer import layer_levels_and_mpp
+    from napari_srgan_sqe.io.slides import open_slide
+
+    png = tmp_path / "no-mpp.png"
+    Image.fromarray(sample_hr[:128, :128]).save(png)
+    layer = show_slide(viewer, open_slide(png))
+    assert layer.metadata["mpp"] is None and tuple(layer.scale) == (1.0, 1.0)
+    enhance, compare = dock(viewer, "Enhance"), dock(viewer, "Compare")
+    sr = enhance.enhance(layer, model=tiny_model, wait=True)
+    assert tuple(sr.scale) == (0.25, 0.25) and sr.metadata["mpp"] is None
+    settle(qtbot, compare)
+    compare.show_departure()
+    viewer.scene.camera.zoom = 0.1
+    settle(qtbot, compare)
+    path = tmp_path / "map.tif"
+    assert compare.save_departure(path, wait=True)
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        assert "ResolutionUnit" not in tags or tags["ResolutionUnit"].value == 1  # none
+    meta = {"metadata": sr.metadata, "scale": tuple(sr.scale), "multiscale": True}
+    _, mpp = layer_levels_and_mpp(list(sr.data), meta)
+    assert mpp is None
+    # a slide with a pixel size: the SR layer records its own (LR's / 4)
+    slide = show_slide(viewer, open_slide(png))
+    slide.metadata = {**slide.metadata, "mpp": 0.5}
+    sr2 = enhance.enhance(slide, model=tiny_model, wait=True)
+    assert sr2.metadata["mpp"] == pytest.approx(0.125)
+
+
 def test_uncertainty_of_a_deterministic_model_is_zero(
     viewer, qtbot, sample_hr, tiny_model, tmp_path, errors
 ):

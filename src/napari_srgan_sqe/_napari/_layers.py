@@ -84,6 +84,34 @@ def mark(layer: Any, role: str, pair_id: str, *, scale: int, **extra: Any) -> No
     layer.metadata = meta
 
 
+def pixel_size_um(metadata: Any, scale: Any, units: Any = None) -> float | None:
+    """A layer's pixel size in um, from its metadata, scale and units (napari >= 0.6).
+
+    The metadata's "mpp" wins when the key is there, also as None: this plugin's reader
+    records it for every slide (None: the file records none), and the Enhance widget
+    for the LR and SR layers it makes. Else a scale in length units; else a scale other
+    than 1 taken as um (napari calls every unit "pixel" unless told)."""
+    from napari_srgan_sqe.io._formats import to_um
+
+    md = metadata if isinstance(metadata, dict) else {}
+    if "mpp" in md:
+        return float(md["mpp"]) if md["mpp"] else None
+    if scale is None:
+        return None
+    last = float(scale[-1])
+    from_units = to_um(last, str(units[-1])) if units is not None and len(units) else None
+    if from_units:
+        return float(from_units)
+    return last if last not in (0.0, 1.0) else None
+
+
+def set_pixel_size(layer: Any, mpp: float | None) -> None:
+    """Record `mpp` (um per pixel, or None: not known) in the layer's metadata."""
+    meta = dict(layer.metadata)
+    meta["mpp"] = mpp
+    layer.metadata = meta
+
+
 ROLE_LABELS = {"lr": "LR", "sr": "SR", "hr": "HR"}
 
 

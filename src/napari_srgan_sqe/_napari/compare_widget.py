@@ -1136,17 +1136,8 @@ def _like(layer: Any) -> dict[str, Any]:
 
 
 def _um_per_px(layer: Any) -> float | None:
-    """The layer's pixel size in um: from its units when they are a length, else a
-    scale other than 1 taken as um (napari calls every unit "pixel" unless told), as
-    the plugin's writers read it; None when unknown."""
-    from napari_srgan_sqe.io._formats import to_um
-
-    scale = float(layer.scale[-1])
-    units = getattr(layer, "units", None)
-    um = to_um(scale, str(units[-1])) if units is not None else None
-    if um:
-        return float(um)
-    return scale if scale not in (0.0, 1.0) else None
+    """The layer's pixel size in um (`_layers.pixel_size_um`), None when unknown."""
+    return _layers.pixel_size_um(layer.metadata, layer.scale, getattr(layer, "units", None))
 
 
 _COLORMAP: Any = None

@@ -574,6 +574,14 @@ class EnhanceWidget(QWidget):
                 tag["model_path"] = req.model_path
             _layers.mark(sr, "sr", req.pair_id, scale=s, **tag)
         sr.name = self._sr_name(sr)
+        source = req.hr_layer if req.hr_layer is not None else req.lr_layer
+        if "mpp" in source.metadata:  # read from the file (None: it records none)
+            mpp = source.metadata["mpp"]
+            if req.hr_layer is not None:  # LR simulated from HR, SR on the HR grid
+                _layers.set_pixel_size(lr_layer, mpp * s if mpp else None)
+                _layers.set_pixel_size(sr, mpp)
+            else:
+                _layers.set_pixel_size(sr, mpp / s if mpp else None)
         self._select_layer(lr_layer if req.hr_layer is None else req.hr_layer)
         self._update_status()
         self.sr_ready.emit(sr)

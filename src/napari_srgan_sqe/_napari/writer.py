@@ -18,11 +18,11 @@ __all__ = ["layer_levels_and_mpp", "write_ome_tiff", "write_ome_zarr"]
 def layer_levels_and_mpp(data: Any, meta: dict[str, Any]) -> tuple[list[Any], float | None]:
     """Levels (y, x, 3) uint8, finest first, and the pixel size in um (or None).
 
-    The pixel size comes from the layer metadata ("mpp", set by this plugin's reader),
-    else from a scale in length units, else from a scale other than 1 taken as um
-    (napari labels every layer "pixel" unless told otherwise).
+    The pixel size: `_layers.pixel_size_um` (the metadata's "mpp", set by this plugin's
+    reader and the Enhance widget, also when unknown; else a scale in length units;
+    else a scale other than 1 taken as um).
     """
-    from napari_srgan_sqe.io._formats import to_um
+    from napari_srgan_sqe._napari._layers import pixel_size_um
     from napari_srgan_sqe.io.slides import as_rgb8
 
     name = str(meta.get("name", "layer"))
@@ -34,19 +34,7 @@ def layer_levels_and_mpp(data: Any, meta: dict[str, Any]) -> tuple[list[Any], fl
     # the exact SR (`exact`) instead
     levels = [as_rgb8(getattr(level, "exact", level), path=name) for level in raw]
 
-    mpp = (meta.get("metadata") or {}).get("mpp")
-    if mpp:
-        return levels, float(mpp)
-    scale = meta.get("scale")
-    if scale is None:
-        return levels, None
-    units = meta.get("units")
-    from_units = to_um(float(scale[-1]), str(units[-1])) if units else None
-    if from_units:
-        return levels, from_units
-    if float(scale[-1]) not in (0.0, 1.0):  # napari's default unit is "pixel": read as um
-        return levels, float(scale[-1])
-    return levels, None
+    return levels, pixel_size_um(meta.get("metadata"), meta.get("scale"), meta.get("units"))
 
 
 def _write(kind: str, path: str, data: Any, meta: dict[str, Any]) -> list[str]:
