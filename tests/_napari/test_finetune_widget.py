@@ -113,6 +113,7 @@ def test_draw_start_stop_switches_the_sr_layer(viewer, pair, qtbot, tmp_path, er
     # the result stays in view (not only in the log), and Enhance names the new model
     result = widget.result_label.text()
     assert "PSNR" in result and "->" in result and new.name in result
+    assert result.startswith("held-out HR stripes: PSNR")  # what the numbers compare
     _, enhance = viewer.window.add_plugin_dock_widget(PLUGIN, "Enhance")
     assert enhance.model_box.currentData() == str(saved[0])
     assert enhance.model_box.currentText() == saved[0].name
@@ -314,4 +315,6 @@ def test_zero_shot_on_this_view_trains_zssr_and_the_sr_layer_uses_it(
     saved = list(tmp_path.glob("zssr-x4-ft-*.safetensors"))
     assert len(saved) == 1 and load_model(saved[0]).descriptor.kind == "zero-shot"
     assert "now used by the SR layer" in widget.result_label.text()
+    # its "before" is bicubic on pseudo-pairs, not the model the layer used: said so
+    assert widget.result_label.text().startswith("held-out pseudo-pairs, bicubic -> ZSSR: PSNR")
     assert widget.zero_shot_button.isEnabled()

@@ -380,6 +380,7 @@ class FinetuneWidget(QWidget):
         """`AdaptSettings` fields of "Adapt to this slide" not in the form (batch_size,
         patch_size, correction_layers, correction_channels, lr, val_every)."""
         self._adapting = False
+        self._zero_shot = False
         self._job: _Job | None = None
         self._pbar: Any = None
         self._shapes: Any = None
@@ -696,6 +697,7 @@ class FinetuneWidget(QWidget):
         self._job, self._sr = job, pair.sr
         _set_busy(pair.sr, True)  # the Enhance widget must not switch its model meanwhile
         self._adapting = adapt
+        self._zero_shot = zero_shot
         title = "Adapt" if adapt else "Zero-shot" if zero_shot else "Fine-tune"
         self._pbar = progress(total=cfg.steps, desc=title)
         self.plot.clear()
@@ -888,10 +890,11 @@ class FinetuneWidget(QWidget):
                 _layers.show_pyramid(sr, model_path=ev.path)
                 sr.name = _layers.role_name("sr", _layers.slide_name(sr), res.model.name)
                 sr.refresh()
-            check = "clean check " if res.mode == "unpaired" else ""
+            check = _measured_on(res.mode, zero_shot=self._zero_shot)
+            fell = " (SSIM fell a little)" if a["ssim"] < b["ssim"] else ""
             summary = (
                 f"{check}PSNR {b['psnr']:.2f} -> {a['psnr']:.2f} dB, SSIM {b['ssim']:.4f} -> "
-                f"{a['ssim']:.4f} (best step {res.best_step}{stopped})"
+                f"{a['ssim']:.4f}{fell} (best step {res.best_step}{stopped})"
             )
             self.log.appendPlainText(f"{summary}\nsaved {ev.path.name}; the SR layer now uses it")
             # the file's name is in the log
@@ -1094,6 +1097,17 @@ def _rectangles(shapes: Any, lr_layer: Any) -> dict[int, tuple[int, int, int, in
 def _breakable(path: Any) -> str:
     """A path that a word-wrapped label may break after each '/' (zero-width spaces)."""
     return str(path).replace("/", "/\u200b").replace("\\", "\\\u200b")
+
+
+def _measured_on(mode: str, *, zero_shot: bool = False) -> str:
+    """What a result line's numbers compare, in words (the start of the line)."""
+    if mode == "unpaired":
+        return "clean check "
+    if zero_shot:
+        return "held-out pseudo-pairs, bicubic -> ZSSR: "
+    if mode == "self-supervised":
+        return "held-out pseudo-pairs: "
+    return "held-out HR stripes: "
 
 
 def _before_text(before: dict[str, float]) -> str:
