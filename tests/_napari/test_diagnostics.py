@@ -168,6 +168,11 @@ def test_save_the_departure_map_of_the_view(viewer, qtbot, sample_hr, tiny_model
     assert np.abs(got - expected).max() <= TOL
     assert resolution == (5000, 1)  # LR px of 2 um (HR px 0.5 x 4), per cm
     assert str(path) in compare.uncertainty_label.text()
+    # it says where it lies, and the suggested name tells views apart
+    with tifffile.TiffFile(path) as tif:
+        text = tif.pages[0].description
+    assert "model tiny-test" in text and "source HE" in text and "region x,y,w,h 0,0,32,32" in text
+    assert compare.departure_file_name() == "departure-HE-x0-y0.tif"
 
 
 def test_a_slide_without_pixel_size_saves_maps_and_layers_without_one(

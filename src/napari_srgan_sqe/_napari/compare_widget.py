@@ -822,10 +822,26 @@ class CompareWidget(QWidget):
         from qtpy.QtWidgets import QFileDialog
 
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save the departure map of the view", "departure.tif", "TIFF (*.tif *.tiff)"
+            self,
+            "Save the departure map of the view",
+            self.departure_file_name(),
+            "TIFF (*.tif *.tiff)",
         )
         if path:
             self.save_departure(path)
+
+    def departure_file_name(self) -> str:
+        """'departure-<slide>-x<X>-y<Y>.tif' for the view (LR px of its top left), so
+        that maps of several views can be told apart; 'departure.tif' without a view."""
+        import re
+
+        pair = self.pair
+        box = _layers.fov_box(self.viewer, pair, max_side=SPREAD_MAX_SIDE) if pair else None
+        if pair is None or pair.sr is None or box is None:
+            return "departure.tif"
+        slide = re.sub(r"[^A-Za-z0-9._-]+", "_", _layers.slide_name(pair.sr)).strip("_")
+        y0, _, x0, _ = box.lr
+        return f"departure-{slide + '-' if slide else ''}x{x0}-y{y0}.tif"
 
     def save_departure(self, path: Any, *, wait: bool = False) -> bool:
         """Write the departure map of the view (its centre `SPREAD_MAX_SIDE` HR px at
@@ -843,8 +859,10 @@ class CompareWidget(QWidget):
         mpp = _um_per_px(pair.sr)
         mpp_lr = mpp * box.scale if mpp else None
 
+        source = _layers.slide_name(pair.sr) or None
+
         def save() -> Any:
-            return live.write_tiff(path, region, mpp=mpp_lr)
+            return live.write_tiff(path, region, mpp=mpp_lr, source=source)
 
         if wait:
             self._on_saved(save())

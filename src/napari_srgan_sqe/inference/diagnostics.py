@@ -212,11 +212,13 @@ def write_departure_tiff(
     *,
     region: tuple[int, int, int, int] | None = None,
     mpp: float | None = None,
+    source: str | None = None,
 ) -> Path:
     """Write the departure map (float32 grey levels, LR grid) as a tiled TIFF.
 
     `region` (x, y, w, h) in the pyramid's LR px limits it (and the SR it needs) to
-    that part; `mpp`: the LR pixel size in um, written as the TIFF resolution. Written
+    that part; `mpp`: the LR pixel size in um, written as the TIFF resolution; the
+    description names the model, `source` (e.g. the slide's name) and the region. Written
     tile by tile (memory stays bounded on a whole slide) to a temporary file that is
     renamed when complete. Returns the path.
     """
@@ -228,13 +230,20 @@ def write_departure_tiff(
                 f"region {x},{y},{w},{h} is not inside the {full.shape[1]} x {full.shape[0]} map"
             )
         full = full[y : y + h, x : x + w]
-    return write_map_tiff(path, full, mpp=mpp, description=_description(pyramid))
+    return write_map_tiff(path, full, mpp=mpp, description=_description(pyramid, region, source))
 
 
-def _description(pyramid: Any) -> str:
+def _description(
+    pyramid: Any, region: tuple[int, int, int, int] | None = None, source: str | None = None
+) -> str:
+    """What a saved map is: the measure, the model, and where it lies (the source's
+    name, and the region x, y, w, h in LR level-0 px)."""
+    where = f", source {source}" if source else ""
+    if region is not None:
+        where += ", region x,y,w,h " + ",".join(str(int(v)) for v in region) + " (LR px)"
     return (
         "departure of SR from the scan: std over 4 rotations of the SR, grey levels "
-        f"(0-255), one value per LR pixel, model {pyramid.model.name}"
+        f"(0-255), one value per LR pixel, model {pyramid.model.name}{where}"
     )
 
 
@@ -474,7 +483,12 @@ class LiveDeparture:
         return int((~self.store.read(y0, y1, x0, x1)[1]).sum())
 
     def write_tiff(
-        self, path: str | Path, region: tuple[int, int, int, int], *, mpp: float | None = None
+        self,
+        path: str | Path,
+        region: tuple[int, int, int, int],
+        *,
+        mpp: float | None = None,
+        source: str | None = None,
     ) -> Path:
         """Write the map of `region` (x, y, w, h, LR px) as a TIFF (`write_map_tiff`): the
         values computed for the viewer when all are, else the exact map
@@ -483,8 +497,9 @@ class LiveDeparture:
         x, y, w, h = (int(v) for v in region)
         values, mask = self.store.read(y, y + h, x, x + w)
         if mask.size and mask.all() and values.shape == (h, w):
-            return write_map_tiff(path, values, mpp=mpp, description=_description(self.pyramid))
-        return write_departure_tiff(self.pyramid, path, region=(x, y, w, h), mpp=mpp)
+            text = _description(self.pyramid, (x, y, w, h), source)
+            return write_map_tiff(path, values, mpp=mpp, description=text)
+        return write_departure_tiff(self.pyramid, path, region=(x, y, w, h), mpp=mpp, source=source)
 
     # ---------------------------------------------------------------- the worker
     def _request(self, box: tuple[int, int, int, int]) -> None:
