@@ -260,8 +260,19 @@ def test_uncertainty_stops(viewer, qtbot, sample_hr, tiny_model):
     compare.stop_uncertainty()
     qtbot.waitUntil(lambda: not compare.uncertainty_running, timeout=30000)
     assert compare.uncertainty_layer is None
-    assert "stopped" in compare.uncertainty_label.text()
+    assert compare.uncertainty_label.text() == "uncertainty stopped: nothing shown"
     assert compare.uncertainty_button.isEnabled()
+    # a map made before stays shown, and the line says it is the earlier one
+    with qtbot.waitSignal(compare.uncertainty_ready, timeout=30000):
+        assert compare.run_uncertainty(samples=2)
+    qtbot.waitUntil(lambda: not compare.uncertainty_running, timeout=30000)
+    assert compare.run_uncertainty(samples=32)
+    compare.stop_uncertainty()
+    qtbot.waitUntil(lambda: not compare.uncertainty_running, timeout=30000)
+    assert compare.uncertainty_layer is not None
+    assert compare.uncertainty_label.text() == (
+        "uncertainty stopped: the map shown is still the earlier one"
+    )
 
 
 def test_stochastic_model_has_uncertainty_and_no_departure(

@@ -1022,7 +1022,12 @@ class CompareWidget(QWidget):
         if job is not None:
             job.bar.close()
             if job.stop.is_set():
-                self.uncertainty_label.setText("uncertainty stopped: nothing shown")
+                shown = self.uncertainty_layer is not None
+                self.uncertainty_label.setText(
+                    "uncertainty stopped: the map shown is still the earlier one"
+                    if shown
+                    else "uncertainty stopped: nothing shown"
+                )
         if _workers.alive(self):
             self._sync_map_controls()
 
