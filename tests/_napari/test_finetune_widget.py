@@ -307,7 +307,9 @@ def test_zero_shot_on_this_view_trains_zssr_and_the_sr_layer_uses_it(
     widget.finished.connect(done.append)
     assert widget.start_zero_shot()
     assert not widget.zero_shot_button.isEnabled() and not widget.start_button.isEnabled()
+    assert not widget.steps_box.isEnabled() and not widget.lr_box.isEnabled()  # read at start
     qtbot.waitUntil(lambda: bool(done) and not widget.running, timeout=600_000)
+    assert widget.steps_box.isEnabled() and widget.mode_box.isEnabled()
     result = done[0]
     assert result.improved, widget.log.toPlainText()
     model = _layers.pyramid_of(sr).model

@@ -711,6 +711,10 @@ class FinetuneWidget(QWidget):
         self.zero_shot_button.setEnabled(False)
         self.adapt_button.setEnabled(False)
         self.stop_button.setEnabled(True)
+        for box in self._settings():  # read once at the start: changing them does nothing
+            box.setEnabled(False)
+        # a short dock (under Enhance and Compare) shows Stop, the status and the ETA
+        self.scroll_area.ensureWidgetVisible(self.eta_label)
         _workers.start(worker, owner=self, stop=job.stop_event.set)
 
     def view_region(self, max_side: int = ZERO_SHOT_MAX_SIDE) -> tuple[int, int, int, int] | None:
@@ -946,8 +950,24 @@ class FinetuneWidget(QWidget):
         self.zero_shot_button.setEnabled(True)
         self.adapt_button.setEnabled(True)
         self.stop_button.setEnabled(False)
+        for box in self._settings():
+            box.setEnabled(True)
         self.eta_label.setText("")
         self._adapting = False
+        if _workers.alive(self):
+            self.scroll_area.ensureWidgetVisible(self.result_label)
+
+    def _settings(self) -> list[QWidget]:
+        """The run's settings, disabled while it runs."""
+        return [
+            self.mode_box,
+            self.steps_box,
+            self.minutes_box,
+            self.lr_box,
+            self.loss_box,
+            self.layers_box,
+            self.val_box,
+        ]
 
     def _on_inserted(self, event: Any) -> None:
         """Keep the regions layer above new image layers (else rectangles hide under them),

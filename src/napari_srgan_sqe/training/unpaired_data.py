@@ -497,8 +497,8 @@ def _adapt(
         )
     if kept:
         notes.append(
-            f"the correction changes this slide's LR by {last['lr_change_db']:.1f} dB PSNR "
-            "(corrected vs original LR)"
+            f"corrected vs original LR of this slide: PSNR {last['lr_change_db']:.1f} dB "
+            "(the higher, the smaller the correction)"
         )
         meta = {
             **lineage(parent),
