@@ -229,7 +229,21 @@ def test_evaluate_bicubic_row_equals_hand_computed(crops: Path, tmp_path: Path):
     csv_path, json_path = result.write(tmp_path / "out")
     assert csv_path.read_text().count("\n") == 1 + len(result.rows)
     assert json.loads(json_path.read_text())["summary"]["bicubic"]["psnr"] > 15
-    assert len(list((tmp_path / "png").glob("*.png"))) == 2
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == 2
+    # LR | bicubic | bicubic-x4 | HR, each named in a white band above it
+    from napari_srgan_sqe.training.evaluate import CROP_LABEL_BAND
+
+    panel = np.asarray(Image.open(pngs[0]).convert("RGB"))
+    size = panel.shape[0] - CROP_LABEL_BAND
+    assert panel.shape[1] == 4 * size + 3 * 4
+    band = panel[:CROP_LABEL_BAND]
+    for i in range(4):  # dark text in each panel's band, white elsewhere in it
+        assert band[:, i * (size + 4) : i * (size + 4) + size].min() < 128
+    hr = load_rgb(crops / pngs[0].name)
+    y = (hr.shape[0] - size) // 2 // 4 * 4
+    x = (hr.shape[1] - size) // 2 // 4 * 4
+    assert np.array_equal(panel[CROP_LABEL_BAND:, -size:], hr[y : y + size, x : x + size])
 
 
 def test_training_refuses_an_empty_folder(tmp_path: Path):

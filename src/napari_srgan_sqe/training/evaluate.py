@@ -324,6 +324,10 @@ def _labels(sources: Sequence[SRModel | str | Path], models: Sequence[SRModel]) 
     return labels
 
 
+CROP_LABEL_BAND = 16
+"""Height (px) of the white band naming each panel above an evaluation crop."""
+
+
 def _save_crops(
     path: Path,
     lr: np.ndarray,
@@ -332,8 +336,9 @@ def _save_crops(
     scale: int,
     size: int,
 ) -> None:
-    """LR (nearest-neighbour) | each method | HR, for a centre crop, side by side."""
-    from PIL import Image
+    """LR (nearest-neighbour) | each method | HR, for a centre crop, side by side, each
+    panel named in a white band above it."""
+    from PIL import Image, ImageDraw
 
     size = min(size, hr.shape[0], hr.shape[1])
     size -= size % scale
@@ -345,6 +350,15 @@ def _save_crops(
     panels.append(hr[y : y + size, x : x + size])
     gap = np.full((size, 4, 3), 255, np.uint8)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+    band = CROP_LABEL_BAND
+    labelled = np.full((row.shape[0] + band, row.shape[1], 3), 255, np.uint8)
+    labelled[band:] = row
+    image = Image.fromarray(labelled)
+    draw = ImageDraw.Draw(image)
+    names = ["LR (nearest)", *outputs, "HR"]
+    for i, name in enumerate(names):
+        text = name if draw.textlength(name) <= size - 4 else name[: max(1, size // 7)] + "..."
+        draw.text((i * (size + 4) + 2, 3), text, fill=(0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        Image.fromarray(row).save(tmp, format="PNG")
+        image.save(tmp, format="PNG")
