@@ -170,6 +170,10 @@ def test_warm_start_refuses_a_different_architecture(crops: Path, tmp_path: Path
     Trainer(tiny_config(crops, tmp_path / "a")).run(max_steps=1)
     bigger = {"generator": {"arch": "lrnet", "n_blocks": 2, "channels": 8}}
     ckpt = str(tmp_path / "a" / "checkpoint.safetensors")
+    from napari_srgan_sqe.models.modelfile import ModelFileError
+
+    with pytest.raises(ModelFileError, match=r"is a training checkpoint \(step 1\), not a model"):
+        load_model(ckpt)  # e.g. given to enhance --model: says what to do with it
     with pytest.raises(ConfigError, match="do not fit this run's architecture"):
         Trainer(tiny_config(crops, tmp_path / "b", init_from=ckpt, model=bigger))
     with pytest.raises(ConfigError, match="init_from"):

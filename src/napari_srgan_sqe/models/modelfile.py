@@ -266,6 +266,12 @@ def _resolve(name_or_path: str | os.PathLike[str]) -> Path | SRModel:
 
 def _config_from(path: Path, meta: dict[str, str]) -> ModelConfig:
     fmt = meta.get("format")
+    if fmt != FORMAT and meta.get("kind") == "training-checkpoint":
+        raise ModelFileError(
+            f"{path} is a training checkpoint (step {meta.get('step', '?')}), not a model: "
+            "`srgan-sqe train --config ... --resume` continues its run, which writes "
+            "model.safetensors when it ends; `--init-from` starts a new run from it"
+        )
     if fmt != FORMAT:
         raise ModelFileError(
             f"{path} is a safetensors file but not a {FORMAT} model "
