@@ -436,3 +436,26 @@ def test_export_and_evaluate_stay_exact_and_blocking(lr, model, reference) -> No
     assert sr.exact_levels()[0] is not sr[0] and sr.exact_levels()[1] is sr[1]
     sr.set_placeholder(False)
     assert sr[0] is sr.exact_levels()[0] and sr.live is None
+
+
+@pytest.mark.parametrize("bad", [255.0, float("nan"), -0.5])
+def test_float_input_outside_0_1_is_refused_not_whitened(lr, model, bad) -> None:
+    """0-255 values stored as float would come out white, NaN black: both are refused,
+    by the Predictor at once and by the lazy pyramid when the chunk is read."""
+    img = lr[:40, :40].astype(np.float32) / 255.0
+    img[5, 7, 1] = bad
+    pred = Predictor(model, device="cpu")
+    with pytest.raises(DataError, match="float pixels must lie in"):
+        pred.predict_image(img)
+    with pytest.raises(DataError, match="float pixels must lie in"):
+        super_resolve(img, model, device="cpu", tile=32)[0].compute()
+    ok = lr[:40, :40].astype(np.float32) / 255.0  # in range: as the uint8 image
+    np.testing.assert_allclose(
+        pred.predict_image(ok), pred.predict_image(lr[:40, :40]) / 255.0, atol=1.01 / 255
+    )
+
+
+def test_predictor_takes_a_bundled_model_name() -> None:
+    pred = Predictor("bicubic-x4", device="cpu")
+    out = pred.predict_image(np.zeros((8, 8, 3), np.uint8))
+    assert out.shape == (32, 32, 3) and pred.model.name == "bicubic-x4"

@@ -905,6 +905,12 @@ def super_resolve(
     background in pieces of at most `live_piece` LR px (off: level 0 is the exact,
     blocking dask array, as export and evaluation need; `exact_levels()` gives it in
     either mode). Nothing is computed here.
+
+    The pyramid computes in this process (threads): its levels hold the model, the
+    predictor and the tile caches, so they cannot be sent to a dask.distributed
+    cluster; `inference.export.enhance_slide(..., scheduler=...)` runs an export there.
+    Float input must lie in [0, 1]; a chunk with values outside it (or NaN) raises
+    `DataError` when it is read.
     """
     levels, slide = _levels_of(slide_levels_or_array)
     model = resolve_model(model)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_srgan_sqe.io.errors import DataError
+from napari_srgan_sqe.io.errors import DataError, check_unit_range
 
 __all__ = [
     "BlockCache",
@@ -203,14 +203,14 @@ def as_rgb_uint8(level: Any, *, what: str = "image") -> Any:
     if np.issubdtype(dtype, np.floating):
 
         def _to_uint8(x: np.ndarray) -> np.ndarray:
+            check_unit_range(x, what)  # per chunk as it is read, for lazy input
             return np.clip(np.rint(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
         if hasattr(level, "map_blocks"):
             return level.map_blocks(_to_uint8, dtype=np.uint8)
         return _to_uint8(level)
-    raise DataError(
-        f"{what} must be uint8 or float in [0, 1]; got {dtype} (convert 16-bit data to 8-bit first)"
-    )
+    hint = " (convert 16-bit data to 8-bit first)" if dtype.itemsize == 2 else ""
+    raise DataError(f"{what} must be uint8 or float in [0, 1]; got {dtype}{hint}")
 
 
 def bicubic_region(level: Any, y0: int, y1: int, x0: int, x1: int, *, scale: int) -> np.ndarray:

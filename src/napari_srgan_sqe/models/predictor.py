@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from napari_srgan_sqe.io.errors import check_unit_range
 from napari_srgan_sqe.models.method import MethodDescriptor, SRMethod
 
 __all__ = ["DeviceError", "NonFiniteOutputError", "Predictor", "resolve_device"]
@@ -90,7 +92,9 @@ class Predictor:
     """A model on a device, applied to batches of RGB tiles.
 
     Tensor contract (see docs/architecture.md):
-    - input: tiles (N, h, w, 3) NHWC, uint8 in [0, 255] or float in [0, 1]; inside,
+    - `model`: an SRMethod, or a bundled model name / `.safetensors` path (loaded).
+    - input: tiles (N, h, w, 3) NHWC, uint8 in [0, 255] or float in [0, 1] (float
+      outside it, or NaN, raises `io.errors.DataError` naming the range); inside,
       float32 NCHW in [0, 1] (channels_last memory format).
     - the model's `infer_batch(x, seed=)` (the method interface) returns
       (N, 3, h*s, w*s), unclamped; for 'halo' tiling an output pixel depends only on
@@ -112,13 +116,17 @@ class Predictor:
 
     def __init__(
         self,
-        model: SRMethod,
+        model: SRMethod | str | os.PathLike[str],
         *,
         device: str | torch.device = "auto",
         precision: str = "auto",
         max_batch: int = 16,
         seed: int | None = None,
     ) -> None:
+        if isinstance(model, str | os.PathLike):  # a bundled name or a model file
+            from napari_srgan_sqe.models.modelfile import load_model
+
+            model = load_model(model)
         self.device = resolve_device(device)
         if precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
@@ -222,6 +230,8 @@ class Predictor:
             raise ValueError(f"expected tiles (N, h, w, 3), got shape {tiles.shape}")
         if tiles.dtype != np.uint8 and not np.issubdtype(tiles.dtype, np.floating):
             raise ValueError(f"tiles must be uint8 or float in [0, 1], got dtype {tiles.dtype}")
+        if tiles.dtype != np.uint8:  # 0-255 as float would come out white; NaN as black
+            check_unit_range(tiles, "the input tiles")
         n, h, w, _ = tiles.shape
         if origins is not None and len(origins) != n:
             raise ValueError(f"{len(origins)} origins for {n} tiles")
