@@ -459,3 +459,13 @@ def test_predictor_takes_a_bundled_model_name() -> None:
     pred = Predictor("bicubic-x4", device="cpu")
     out = pred.predict_image(np.zeros((8, 8, 3), np.uint8))
     assert out.shape == (32, 32, 3) and pred.model.name == "bicubic-x4"
+
+
+@pytest.mark.parametrize("region", [(10.5, 20.7, 30, 40), (10, 0, 100), "1,2,3,4", (None, 1, 2, 3)])
+def test_a_region_is_four_whole_numbers(lr, model, region) -> None:
+    with pytest.raises(DataError, match=r"region is \(x, y, w, h\): four whole numbers"):
+        super_resolve(lr, model, device="cpu", region=region)
+    assert super_resolve(lr, model, device="cpu", region=np.array([1, 2, 30, 40]))[0].shape[:2] == (
+        160,
+        120,
+    )

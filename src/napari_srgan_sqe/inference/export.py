@@ -137,9 +137,12 @@ def check_writable(path: Path, *, overwrite: bool) -> None:
 def check_region(region: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """(x, y, w, h) in LR level-0 px, entirely inside a slide of `shape` (y, x)."""
     try:
-        x, y, w, h = (int(v) for v in region)
+        values = [] if isinstance(region, str) else [float(v) for v in region]
     except (TypeError, ValueError):
-        raise RegionError(f"a region is x,y,w,h (four integers), got {region!r}") from None
+        values = []
+    if len(values) != 4 or any(not v.is_integer() for v in values):
+        raise RegionError(f"a region is x,y,w,h (four integers), got {region!r}")
+    x, y, w, h = (int(v) for v in values)
     height, width = shape
     if w <= 0 or h <= 0:
         raise RegionError(f"region {x},{y},{w},{h} is empty (width and height must be > 0)")
