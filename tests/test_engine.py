@@ -463,7 +463,7 @@ def test_predictor_takes_a_bundled_model_name() -> None:
 
 @pytest.mark.parametrize("region", [(10.5, 20.7, 30, 40), (10, 0, 100), "1,2,3,4", (None, 1, 2, 3)])
 def test_a_region_is_four_whole_numbers(lr, model, region) -> None:
-    with pytest.raises(DataError, match=r"region is \(x, y, w, h\): four whole numbers"):
+    with pytest.raises(DataError, match=r"a region is x, y, w, h: four whole numbers"):
         super_resolve(lr, model, device="cpu", region=region)
     assert super_resolve(lr, model, device="cpu", region=np.array([1, 2, 30, 40]))[0].shape[:2] == (
         160,

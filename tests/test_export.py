@@ -176,7 +176,7 @@ def test_clear_errors_before_any_work(cmu_svs, model, tmp_path) -> None:
         enhance_slide(cmu_svs, tmp_path / "b.zarr", model=model, region=(2000, 100, 500, 50))
     with pytest.raises(RegionError, match="empty"):
         enhance_slide(cmu_svs, tmp_path / "b.zarr", model=model, region=(0, 0, 0, 10))
-    with pytest.raises(RegionError, match="four integers"):  # not silently truncated
+    with pytest.raises(RegionError, match="four whole numbers"):  # not silently truncated
         enhance_slide(cmu_svs, tmp_path / "b.zarr", model=model, region=(0.5, 0, 64, 64))
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

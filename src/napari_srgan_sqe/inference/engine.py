@@ -69,6 +69,7 @@ from napari_srgan_sqe.inference.tiling import (
     bicubic_region,
     default_tile,
     read_region,
+    whole_region,
 )
 
 __all__ = [
@@ -933,13 +934,7 @@ def super_resolve(
         raise DataError(f"chunk_tiles must be at least 1, got {chunk_tiles}")
     source_id = _source_id(levels, slide, persistent=bool(disk_cache))
     if region is not None:
-        try:
-            values = [] if isinstance(region, str) else [float(v) for v in region]
-        except (TypeError, ValueError):
-            values = []
-        if len(values) != 4 or any(not v.is_integer() for v in values):
-            raise DataError(f"region is (x, y, w, h): four whole numbers of LR px, got {region!r}")
-        x, y, w, h = (int(v) for v in values)
+        x, y, w, h = whole_region(region)
         height, width = int(levels[0].shape[0]), int(levels[0].shape[1])
         if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
             raise DataError(f"region {x},{y},{w},{h} is not inside the {width} x {height} image")

@@ -44,7 +44,7 @@ from napari_srgan_sqe.inference.engine import (
     resolve_model,
     super_resolve,
 )
-from napari_srgan_sqe.inference.tiling import TileGrid, TileMask
+from napari_srgan_sqe.inference.tiling import TileGrid, TileMask, whole_region
 from napari_srgan_sqe.io.errors import DataError, RegionError
 
 __all__ = [
@@ -136,13 +136,7 @@ def check_writable(path: Path, *, overwrite: bool) -> None:
 
 def check_region(region: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """(x, y, w, h) in LR level-0 px, entirely inside a slide of `shape` (y, x)."""
-    try:
-        values = [] if isinstance(region, str) else [float(v) for v in region]
-    except (TypeError, ValueError):
-        values = []
-    if len(values) != 4 or any(not v.is_integer() for v in values):
-        raise RegionError(f"a region is x,y,w,h (four integers), got {region!r}")
-    x, y, w, h = (int(v) for v in values)
+    x, y, w, h = whole_region(region)
     height, width = shape
     if w <= 0 or h <= 0:
         raise RegionError(f"region {x},{y},{w},{h} is empty (width and height must be > 0)")

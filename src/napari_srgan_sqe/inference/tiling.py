@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_srgan_sqe.io.errors import DataError, check_unit_range
+from napari_srgan_sqe.io.errors import DataError, RegionError, check_unit_range
 
 __all__ = [
     "BlockCache",
@@ -39,6 +39,7 @@ __all__ = [
     "halo_overhead",
     "read_region",
     "symmetric_indices",
+    "whole_region",
 ]
 
 CPU_TILE = 256
@@ -211,6 +212,19 @@ def as_rgb_uint8(level: Any, *, what: str = "image") -> Any:
         return _to_uint8(level)
     hint = " (convert 16-bit data to 8-bit first)" if dtype.itemsize == 2 else ""
     raise DataError(f"{what} must be uint8 or float in [0, 1]; got {dtype}{hint}")
+
+
+def whole_region(region: Any) -> tuple[int, int, int, int]:
+    """(x, y, w, h) as ints; `RegionError` unless `region` is four whole numbers (10.5
+    is refused, not truncated). Bounds are the caller's to check."""
+    try:
+        values = [] if isinstance(region, str) else [float(v) for v in region]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 4 or any(not v.is_integer() for v in values):
+        raise RegionError(f"a region is x, y, w, h: four whole numbers of LR px, got {region!r}")
+    x, y, w, h = (int(v) for v in values)
+    return x, y, w, h
 
 
 def bicubic_region(level: Any, y0: int, y1: int, x0: int, x1: int, *, scale: int) -> np.ndarray:
