@@ -469,3 +469,15 @@ def test_a_region_is_four_whole_numbers(lr, model, region) -> None:
         160,
         120,
     )
+
+
+def test_data_errors_are_one_public_class(lr, model) -> None:
+    """A pipeline catches bad input with `napari_srgan_sqe.DataError`, whichever call
+    raised it (and `except ValueError` still works)."""
+    import napari_srgan_sqe as sq
+
+    assert issubclass(sq.DataError, ValueError) and "DataError" in dir(sq)
+    with pytest.raises(sq.DataError):
+        super_resolve(lr[..., :2], model, device="cpu")  # two channels
+    with pytest.raises(sq.DataError):
+        super_resolve(lr, model, device="cpu", region=(0, 0, 10_000, 10))

@@ -15,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     "open_slide": "napari_srgan_sqe.io.slides",
     "Slide": "napari_srgan_sqe.io.slides",
     "SlideError": "napari_srgan_sqe.io.slides",
+    "DataError": "napari_srgan_sqe.io.errors",
     "load_model": "napari_srgan_sqe.models.modelfile",
     "save_model": "napari_srgan_sqe.models.modelfile",
     "ModelFileError": "napari_srgan_sqe.models.modelfile",
@@ -26,6 +27,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {"metrics", "config", "degradation", "losses"}
 
 __all__ = [
+    "DataError",
     "ModelFileError",
     "Predictor",
     "Slide",
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from napari_srgan_sqe import config, degradation, losses, metrics
     from napari_srgan_sqe.degradation import degrade
     from napari_srgan_sqe.inference.engine import super_resolve
+    from napari_srgan_sqe.io.errors import DataError
     from napari_srgan_sqe.io.slides import Slide, SlideError, open_slide
     from napari_srgan_sqe.models.modelfile import ModelFileError, load_model, save_model
     from napari_srgan_sqe.models.predictor import Predictor
