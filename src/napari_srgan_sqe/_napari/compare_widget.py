@@ -622,7 +622,7 @@ class CompareWidget(QWidget):
             index = self.pair_box.findData(source_pid)
             if is_sr and event.type == "name" and index >= 0:  # the Pair box names the SR layer
                 self.pair_box.setItemText(index, event.source.name)
-            if source_pid != pid or self.pair_box.findData(source_pid) < 0:
+            if source_pid != pid or index < 0:
                 self._refresh_pairs()
             else:
                 self.schedule_update()

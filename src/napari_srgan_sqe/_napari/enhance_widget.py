@@ -20,6 +20,7 @@ Programmatic use (tests, `srgan-sqe view`):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Generator
@@ -210,17 +211,15 @@ def _simulate_lr(hr_levels: list[Any], s: int, preset: str = "clean") -> list[An
 
 
 SIMULATED_LR_CACHE_MB = 256
-_SIMULATED_LR: list[Any] = []
 
 
+@functools.cache
 def _simulated_lr_cache() -> Any:
     """The memory cache of simulated LR chunks, shared by every layer (keys are the
     lazy graphs' names: the same HR and preset give the same name and pixels)."""
     from napari_srgan_sqe.inference.cache import TileCache
 
-    if not _SIMULATED_LR:
-        _SIMULATED_LR.append(TileCache(SIMULATED_LR_CACHE_MB))
-    return _SIMULATED_LR[0]
+    return TileCache(SIMULATED_LR_CACHE_MB)
 
 
 def _set_model(pyramid: Any, model: Any) -> Generator[str, None, Prepared]:
@@ -574,7 +573,6 @@ class EnhanceWidget(QWidget):
                 tag["model_path"] = req.model_path
             _layers.mark(sr, "sr", req.pair_id, scale=s, **tag)
         sr.name = self._sr_name(sr)
-        source = req.hr_layer if req.hr_layer is not None else req.lr_layer
         if "mpp" in source.metadata:  # read from the file (None: it records none)
             mpp = source.metadata["mpp"]
             if req.hr_layer is not None:  # LR simulated from HR, SR on the HR grid

@@ -58,11 +58,11 @@ MODES = ("paired", "self-supervised")
 ZERO_SHOT_MAX_SIDE = 512
 """Zero-shot trains on at most this many LR px a side of the view (around its centre)."""
 ADAPT_MAX_SIDE = 1024
+"""Without drawn rectangles, adaptation draws its real LR from at most this many LR px
+a side of the view (around its centre)."""
 OPTIMIZER_IMPORTS = "torch._dynamo"
 """What torch's optimizers import at their first step (some 800 modules): preloaded in
 the background when the widget opens."""
-"""Without drawn rectangles, adaptation draws its real LR from at most this many LR px
-a side of the view (around its centre)."""
 
 
 def models_dir() -> Path:
@@ -707,12 +707,7 @@ class FinetuneWidget(QWidget):
         self.result_label.setText("measuring the model before fine-tuning ...")
         self.status.setText("training")
         self.log.appendPlainText(what)
-        self.start_button.setEnabled(False)
-        self.zero_shot_button.setEnabled(False)
-        self.adapt_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
-        for box in self._settings():  # read once at the start: changing them does nothing
-            box.setEnabled(False)
+        self._set_running(True)
         # a short dock (under Enhance and Compare) shows Stop, the status and the ETA
         self.scroll_area.ensureWidgetVisible(self.eta_label)
         _workers.start(worker, owner=self, stop=job.stop_event.set)
@@ -946,28 +941,21 @@ class FinetuneWidget(QWidget):
         self._pbar, self._job = None, None
         if self._sr is not None:
             _set_busy(self._sr, False)
-        self.start_button.setEnabled(True)
-        self.zero_shot_button.setEnabled(True)
-        self.adapt_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-        for box in self._settings():
-            box.setEnabled(True)
+        self._set_running(False)
         self.eta_label.setText("")
         self._adapting = False
         if _workers.alive(self):
             self.scroll_area.ensureWidgetVisible(self.result_label)
 
-    def _settings(self) -> list[QWidget]:
-        """The run's settings, disabled while it runs."""
-        return [
-            self.mode_box,
-            self.steps_box,
-            self.minutes_box,
-            self.lr_box,
-            self.loss_box,
-            self.layers_box,
-            self.val_box,
-        ]
+    def _set_running(self, running: bool) -> None:
+        """Only Stop while a run goes; its settings are read at the start, so they are
+        greyed out until it ends."""
+        idle: list[QWidget] = [self.start_button, self.zero_shot_button, self.adapt_button]
+        idle += [self.mode_box, self.steps_box, self.minutes_box, self.lr_box]
+        idle += [self.loss_box, self.layers_box, self.val_box]
+        for w in idle:
+            w.setEnabled(not running)
+        self.stop_button.setEnabled(running)
 
     def _on_inserted(self, event: Any) -> None:
         """Keep the regions layer above new image layers (else rectangles hide under them),

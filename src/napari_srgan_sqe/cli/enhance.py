@@ -176,7 +176,6 @@ def run(args: argparse.Namespace) -> int:
         check_writable,
         default_model_for,
         enhance_slide,
-        output_format,
     )
     from napari_srgan_sqe.inference.tiling import DataError
     from napari_srgan_sqe.io.slides import open_slide
@@ -193,7 +192,6 @@ def run(args: argparse.Namespace) -> int:
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be 1 to 100, got {args.quality}")
     try:  # the output first: a wrong name or an existing file, before anything is read
-        output_format(args.output)
         check_writable(args.output.expanduser(), overwrite=args.overwrite)
     except DataError as exc:
         raise UserError(str(exc)) from None

@@ -52,8 +52,7 @@ def check_common(args: argparse.Namespace) -> None:
     """UserError for a bad --out or --threads, before any training: the name, an
     existing file without --overwrite, a folder that cannot be made or written;
     applies --threads to torch."""
-    import os
-    import tempfile
+    from napari_srgan_sqe.io.atomic import probe_writable
 
     if args.out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {args.out}")
@@ -64,9 +63,7 @@ def check_common(args: argparse.Namespace) -> None:
         raise UserError(f"{out} already exists (replace it with --overwrite)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".srgan-sqe-probe-", dir=out.parent)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(out.parent)
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     if args.threads is not None:

@@ -98,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"cannot make the run folder {trainer.out_dir}: {exc.strerror or exc}"
         ) from None
-    if not trainer.out_dir.is_dir():
-        raise UserError(f"the run folder {trainer.out_dir} is a file")
     existing = run_files(trainer.out_dir)
     if args.resume and not existing:
         print(f"nothing to resume in {trainer.out_dir}: starting the run from step 0")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -110,22 +109,23 @@ def output_format(path: str | os.PathLike[str]) -> Literal["zarr", "tiff"]:
 
 
 def check_writable(path: Path, *, overwrite: bool) -> None:
-    """Fail early, with a clear message, if `path` cannot be written."""
+    """Fail early, with a clear message, if `path` cannot be written: its name (the
+    format), its folder, and what is there already (`io.pyramid.check_target`)."""
+    from napari_srgan_sqe.io.atomic import probe_writable
     from napari_srgan_sqe.io.pyramid import check_target
 
+    kind = output_format(path)
     parent = path.parent
     if not parent.exists():
         raise DataError(f"cannot write {path}: the folder {parent} does not exist")
     if not parent.is_dir():
         raise DataError(f"cannot write {path}: {parent} is not a folder")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".srgan-sqe-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(parent)
     except OSError as exc:
         raise DataError(f"cannot write {path}: {exc.strerror or exc} in {parent}") from None
     try:
-        check_target(path, output_format(path), overwrite=overwrite)
+        check_target(path, kind, overwrite=overwrite)
     except FileExistsError as exc:
         if not overwrite:
             raise DataError(

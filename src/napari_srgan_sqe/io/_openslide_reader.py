@@ -123,15 +123,16 @@ def _inspect_tiff(path: Path) -> SlideCoding:
     import tifffile
 
     from napari_srgan_sqe.io._tiff_reader import (
-        _tifffile_messages,
         data_extent_problem,
         ifd_chain_problem,
         page_coding,
+        tifffile_messages,
     )
 
-    messages: list[str] = []  # tifffile logs the directories it cannot reach: said below
+    # what tifffile logs (a directory it cannot reach) is not printed raw:
+    # `ifd_chain_problem` says it in words
     try:
-        with _tifffile_messages(path, messages), tifffile.TiffFile(path) as tif:
+        with tifffile_messages(path, []), tifffile.TiffFile(path) as tif:
             size = path.stat().st_size
             problem = ifd_chain_problem(tif, size) or data_extent_problem(tif, size)
             pages = [pg for pg in tif.pages if isinstance(pg, tifffile.TiffPage)]

@@ -351,7 +351,7 @@ def _tag_values_problem(tif: Any, offset: int, size: int) -> str | None:
 
 
 @contextlib.contextmanager
-def _tifffile_messages(path: Path, into: list[str]) -> Iterator[None]:
+def tifffile_messages(path: Path, into: list[str]) -> Iterator[None]:
     """Collect what tifffile logs while parsing `path` (a truncated file makes it log
     the pages it drops) instead of printing it; the caller decides what to say."""
 
@@ -383,7 +383,7 @@ def open_tiff(path: Path, *, chunk: int) -> Slide:
     if problem:
         raise SlideError(path, problem)
     messages: list[str] = []
-    with _tifffile_messages(path, messages):
+    with tifffile_messages(path, messages):
         try:
             handle = shared_handle(TiffLevel.kind, path, _TiffHandle)
         except tifffile.TiffFileError as exc:

@@ -18,9 +18,25 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "file_lock", "remove_path", "remove_stale_temporaries"]
+__all__ = [
+    "atomic_path",
+    "file_lock",
+    "probe_writable",
+    "remove_path",
+    "remove_stale_temporaries",
+]
 
 log = logging.getLogger(__name__)
+
+
+def probe_writable(folder: Path) -> None:
+    """Create and remove a hidden file in `folder`: an OSError (read-only, full, no
+    permission) says before any work that outputs cannot be written there."""
+    import tempfile
+
+    fd, probe = tempfile.mkstemp(prefix=".srgan-sqe-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def remove_path(path: Path) -> None:
