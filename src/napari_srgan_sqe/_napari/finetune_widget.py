@@ -842,12 +842,12 @@ class FinetuneWidget(QWidget):
             self.result_label.setText(_before_text(ev.before))
         elif isinstance(ev, Step):
             self.plot.add_loss(ev.step, ev.loss)
-            if self._pbar is not None:
-                self._pbar.update(ev.step - self._pbar.n)
-            total = self._pbar.total if self._pbar is not None else None
-            eta = self._eta(ev.step, total)
-            shown = "measuring ..." if eta is None else _fmt_s(eta)
-            self.eta_label.setText(f"step {ev.step}/{total or '?'}, ETA {shown}")
+            bar = self._pbar
+            if bar is not None:  # not a step that arrives after the run ended
+                eta = self._eta(ev.step, bar.total)
+                shown = "measuring ..." if eta is None else _fmt_s(eta)
+                self.eta_label.setText(f"step {ev.step}/{bar.total}, ETA {shown}")
+                bar.update(ev.step - bar.n)  # last: napari's bar processes Qt events
         elif isinstance(ev, Validated):
             self.plot.add_val(ev.step, ev.psnr)
             if ev.step > 0 and self._adapting:  # no HR of the slide: a check, not a score
