@@ -375,3 +375,35 @@ def test_repr_is_one_short_line(cmu_svs: Path) -> None:
         "JPEG Q=30 (quantisation tables))"
     )
     assert len(slide.metadata["properties"]) > 20  # the vendor metadata are still there
+
+
+@pytest.mark.parametrize("kind", ["tiff", "svs"])
+def test_closing_a_slide_releases_its_file_and_a_later_read_reopens_it(
+    kind: str, he_crop: np.ndarray, cmu_svs: Path, tmp_path: Path
+) -> None:
+    import psutil
+
+    if kind == "tiff":
+        path = tmp_path / "tiled.tif"
+        tifffile.imwrite(path, he_crop, tile=(64, 64), photometric="rgb")
+    else:  # OpenSlide's handle; a copy, so that no other test's open slide shares it
+        path = tmp_path / cmu_svs.name
+        path.write_bytes(cmu_svs.read_bytes())
+
+    def held() -> bool:
+        """The file is open in this process: tifffile keeps it open (psutil sees it),
+        OpenSlide holds a library handle of its own (in the shared registry)."""
+        from napari_srgan_sqe.io import _slide
+
+        if any(Path(k[1]) == path for k in _slide._HANDLES):
+            return True
+        return any(Path(f.path) == path.resolve() for f in psutil.Process().open_files())
+
+    with open_slide(path) as slide:
+        first = np.asarray(slide.levels[0][:64, :80])
+        assert held()
+    assert not held()
+    again = np.asarray(slide.levels[0][:64, :80])  # reopened on demand
+    assert np.array_equal(first, again) and held()
+    slide.close()
+    assert not held()

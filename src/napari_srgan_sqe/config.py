@@ -495,7 +495,7 @@ class TrainConfig(_Strict):
     """A training run: data, model, objective, schedule."""
 
     data: list[str] = Field(min_length=1)
-    """Folders of HR images (PNG/JPEG/TIFF) or single image files. Relative paths are
+    """Folders of HR images (PNG/JPEG/TIFF/WebP) or single image files. Relative paths are
     resolved against the config file's folder."""
     split_file: str | None = None
     """JSON file with "train" and "val" lists of file names (found in `data`); without
@@ -539,6 +539,11 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = "auto"
     num_threads: int | None = Field(None, ge=1)
+    data_workers: int = Field(0, ge=0, le=256)
+    """Processes that make the next batches (patches, degradation, coding) while the
+    model trains: 0 makes them in the training process. Batches are the same for any
+    number (they depend on seed and step only); worth it on a GPU, where the scanner
+    chain's coding, not the network, bounds the step rate."""
     checkpoint_every: int = Field(500, ge=1)
     val_every: int = Field(500, ge=1)
     out_dir: str = "runs/default"

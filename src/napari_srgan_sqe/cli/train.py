@@ -10,6 +10,7 @@ resumed run takes again).
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 from pathlib import Path
 
@@ -38,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument(
+        "--data-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes that make the next batches while the model trains (overrides "
+        "data_workers in the config; 0: in the training process)",
+    )
+    parser.add_argument(
         "--init-from",
         default=None,
         metavar="MODEL",
@@ -52,16 +61,19 @@ autoencoder and fidelity terms, SR3's v_mse, and the 'unpaired' recipe's adversa
 cycle, identity, geometric-ensemble and SR terms."""
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+def _stop_on_signals(stop: threading.Event) -> list[int]:
     """SIGTERM and SIGINT (which background jobs ignore) ask the trainer to stop between
-    two steps; it then writes a checkpoint, so `--resume` continues exactly."""
-    import signal
+    two steps; it then writes a checkpoint, so `--resume` continues exactly. Returns the
+    list the signals received are appended to (the exit status is 128 + the first)."""
+    received: list[int] = []
 
     def _request_stop(signum, frame):  # noqa: ARG001
+        received.append(signum)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _request_stop)
+    return received
 
 
 def run_files(out_dir: Path) -> list[Path]:
@@ -81,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--resume continues a run and --overwrite starts it again: give one")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.data_workers is not None and args.data_workers < 0:
+        raise UserError(f"--data-workers must be 0 or more, got {args.data_workers}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
     cfg: TrainConfig = load_config(args.config, TrainConfig)
@@ -88,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.out_dir = str(args.out.resolve())
     if args.threads is not None:
         cfg.num_threads = args.threads
+    if args.data_workers is not None:
+        cfg.data_workers = args.data_workers
     if args.init_from is not None:
         given = Path(args.init_from)
         cfg.init_from = str(given.resolve()) if given.exists() else args.init_from
@@ -113,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if trainer.vgg_content is not None:
         print(f"VGG19 content loss: {trainer.vgg_content}")
     stop = threading.Event()
-    _stop_on_signals(stop)
+    received = _stop_on_signals(stop)
     bar = tqdm(total=trainer.total, unit="step", dynamic_ncols=True)
 
     def show(ev) -> None:
@@ -137,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"stopped at step {trainer.step}; checkpoint saved in {trainer.out_dir} (use --resume)"
         )
-        return 130
+        return 128 + (received[0] if received else signal.SIGINT)  # 143 on SIGTERM
     done = trainer.step >= trainer.total
     where = trainer.out_dir / ("model.safetensors" if done else "checkpoint.safetensors")
     print(f"{'finished' if done else 'paused'} at step {trainer.step}/{trainer.total}: {where}")

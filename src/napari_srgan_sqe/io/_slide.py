@@ -75,6 +75,21 @@ class Slide:
             f"level(s), {mpp}, {self.coding})"
         )
 
+    def close(self) -> None:
+        """Close the file handles this process holds for the slide (TIFF, OpenSlide).
+
+        A later read of any of its levels opens the file again, so arrays handed on (to
+        napari layers, to a pyramid being computed) keep working. `with open_slide(p) as
+        s:` closes at the end of the block.
+        """
+        close_handles(self.path)
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def codec(self) -> str:
         """'jpeg', 'jpeg2000', 'none' (lossless) or 'unknown'."""
@@ -124,6 +139,8 @@ def downsamples_of(shapes: list[tuple[int, ...]]) -> list[float]:
 
 
 _HANDLES: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
+_CLOSED: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Handles closed by `close_handles`: a source holding one opens the file again."""
 _HANDLES_LOCK = threading.Lock()
 
 
@@ -141,6 +158,19 @@ def shared_handle(kind: str, path: Path, opener: Callable[[Path], Any]) -> Any:
             handle = opener(path)
             _HANDLES[key] = handle
     return handle
+
+
+def close_handles(path: Path) -> int:
+    """Close this process's shared handles of `path` (or of files inside it: a DICOM
+    folder); returns how many were closed."""
+    path = Path(path)
+    with _HANDLES_LOCK:
+        keys = [k for k in _HANDLES if Path(k[1]) == path or path in Path(k[1]).parents]
+        handles = [h for h in (_HANDLES.pop(k, None) for k in keys) if h is not None]
+        for handle in handles:
+            _CLOSED.add(handle)
+            handle.close()
+    return len(handles)
 
 
 class LevelSource(ABC):
@@ -172,7 +202,7 @@ class LevelSource(ABC):
 
     @property
     def handle(self) -> Any:
-        if self._handle is None:
+        if self._handle is None or self._handle in _CLOSED:
             self._handle = shared_handle(self.kind, self.path, self._open)
         return self._handle
 

@@ -89,6 +89,11 @@ class _TiffHandle:
                     self._arrays[0] = zarr.open_array(store, mode="r")
             return self._arrays[level]
 
+    def close(self) -> None:
+        with self._lock:
+            self._arrays.clear()
+            self.tif.close()
+
 
 class TiffLevel(LevelSource):
     """One level of the first series of a TIFF, in the file's own axes and dtype."""

@@ -8,7 +8,9 @@ uninterrupted run would have seen, with no sampler state to save.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +20,10 @@ from napari_srgan_sqe.config import CorruptionConfig, DegradationConfig
 from napari_srgan_sqe.degradation import apply_scanner, corrupt, draw_scanner
 from napari_srgan_sqe.io.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 
 __all__ = [
+    "BatchPrefetcher",
     "DataError",
     "PatchBatch",
     "PatchSampler",
@@ -177,7 +180,7 @@ class PatchSampler:
     ) -> None:
         if not images:
             raise DataError(
-                "no training images: the folders are empty or hold no PNG/JPEG/TIFF files"
+                "no training images: the folders are empty or hold no PNG/JPEG/TIFF/WebP files"
             )
         self.degradation = degradation or DegradationConfig()
         self.scale = scale
@@ -250,3 +253,63 @@ class PatchSampler:
             corrupted=flags,
             lr=None if lr is None else np.ascontiguousarray(lr.transpose(0, 3, 1, 2)),
         )
+
+
+_WORKER_SAMPLER: PatchSampler | None = None
+
+
+def _init_worker(sampler: PatchSampler) -> None:
+    global _WORKER_SAMPLER
+    _WORKER_SAMPLER = sampler
+    # Ctrl-C reaches the whole process group: the trainer stops between two steps and
+    # closes the pool; a worker killed by it would break the pool under a pending step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_batch(step: int) -> PatchBatch:
+    assert _WORKER_SAMPLER is not None, "worker started without its sampler"
+    return _WORKER_SAMPLER.batch(step)
+
+
+class BatchPrefetcher:
+    """Makes the batches of the next steps in `workers` processes while the model trains.
+
+    A batch is a pure function of (seed, step), so `batch(step)` returns exactly what
+    `sampler.batch(step)` would: any number of workers, any order of completion, and a
+    jump (a resume) only restarts the queue. Workers are spawned, not forked, so a
+    trainer that already holds threads, a GPU context or a GUI cannot deadlock them; each
+    holds its own copy of the training images. An error in a worker is raised here.
+    """
+
+    def __init__(self, sampler: PatchSampler, workers: int, depth: int | None = None) -> None:
+        import multiprocessing
+
+        if workers < 1:
+            raise ValueError(f"a prefetcher needs at least one worker, got {workers}")
+        self.depth = depth if depth is not None else 2 * workers
+        self._pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(sampler,),
+        )
+        self._pending: dict[int, Future[PatchBatch]] = {}
+
+    def batch(self, step: int) -> PatchBatch:
+        ahead = range(step, step + self.depth)
+        for s in [s for s in self._pending if s not in ahead]:
+            self._pending.pop(s).cancel()
+        for s in ahead:
+            if s not in self._pending:
+                self._pending[s] = self._pool.submit(_worker_batch, s)
+        return self._pending.pop(step).result()
+
+    def close(self) -> None:
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> BatchPrefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -29,7 +29,13 @@ from napari_srgan_sqe.io.checkpoints import read_safetensors, write_safetensors
 from napari_srgan_sqe.metrics import psnr, qilv, ssim
 from napari_srgan_sqe.models.modelfile import SRModel, save_model
 from napari_srgan_sqe.models.predictor import Predictor, resolve_device
-from napari_srgan_sqe.training.data import PatchSampler, load_rgb, resolve_path, resolve_split
+from napari_srgan_sqe.training.data import (
+    BatchPrefetcher,
+    PatchSampler,
+    load_rgb,
+    resolve_path,
+    resolve_split,
+)
 from napari_srgan_sqe.training.recipes import Recipe, TrainingBatch, make_recipe
 from napari_srgan_sqe.training.state import (
     pack_modules,
@@ -94,6 +100,7 @@ class Trainer:
         self.recipe: Recipe = make_recipe(cfg, self.device, base)
         self.total = self.recipe.total
         self.step = 0
+        self._prefetch: BatchPrefetcher | None = None
 
     @property
     def init_source(self) -> str | None:
@@ -110,7 +117,7 @@ class Trainer:
 
     def batch(self, step: int) -> TrainingBatch:
         """The batch of global step `step` on the device: HR and its LR."""
-        batch = self.sampler.batch(step)
+        batch = (self._prefetch or self.sampler).batch(step)
         hr = torch.from_numpy(batch.hr).to(self.device)
         if batch.lr is not None:  # made by the sampler (scanner preset)
             lr = torch.from_numpy(batch.lr).to(self.device)
@@ -209,6 +216,8 @@ class Trainer:
         end = self.total if max_steps is None else min(self.total, self.step + max_steps)
         t0 = time.perf_counter()
         logf = (self.out_dir / LOG).open("a")
+        if self.cfg.data_workers and self.step < end:
+            self._prefetch = BatchPrefetcher(self.sampler, self.cfg.data_workers)
         try:
             while self.step < end:
                 if stop_event is not None and stop_event.is_set():
@@ -247,6 +256,9 @@ class Trainer:
             raise
         finally:
             logf.close()
+            if self._prefetch is not None:
+                self._prefetch.close()
+                self._prefetch = None
         self.save_checkpoint()
         provenance = {"initialised_from": self.init_source} if self.init_source else {}
         provenance |= self.recipe.provenance()
@@ -275,6 +287,7 @@ def _schedule_free(cfg: TrainConfig) -> dict:
         "val_every",
         "out_dir",
         "num_threads",
+        "data_workers",
         "device",
     ):
         d.pop(k, None)
