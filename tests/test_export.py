@@ -186,6 +186,8 @@ def test_clear_errors_before_any_work(cmu_svs, model, tmp_path) -> None:
         enhance_slide(cmu_svs, tmp_path / "missing" / "c.zarr", model=model)
     with pytest.raises(DataError, match="output format"):
         enhance_slide(cmu_svs, tmp_path / "c.png", model=model)
+    with pytest.raises(DataError, match="threads must be a whole number of at least 1, got 0"):
+        enhance_slide(cmu_svs, tmp_path / "d.zarr", model=model, threads=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
@@ -195,13 +197,22 @@ def test_cli_enhance(cmu_svs, model, tmp_path, capsys) -> None:
     model_file = save_model(model, tmp_path / "tiny.safetensors")
     out = tmp_path / "cli.ome.zarr"
     argv = ["enhance", str(cmu_svs), str(out), "--model", str(model_file), "--device", "cpu"]
-    assert main([*argv, "--region", "10,20,64,64", "--tile", "64"]) == 0
+    import torch
+
+    before = torch.get_num_threads()
+    try:  # --threads 1: what a shared machine's user asks for, and torch keeps it
+        assert main([*argv, "--region", "10,20,64,64", "--tile", "64", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "Mpx/s" in printed and "peak RSS" in printed
     assert open_slide(out).levels[0].shape == (256, 256, 3)
     assert main([*argv, "--region", "10,20,64,64"]) == 2  # exists, no --overwrite
     assert "already exists" in capsys.readouterr().err
     argv[2] = str(tmp_path / "other.ome.zarr")
+    assert main([*argv, "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
     assert main([*argv, "--region", "0,0,99999,10"]) == 2
     err = capsys.readouterr().err
     assert "error: region x=0 y=0 w=99999 h=10 is not inside the slide" in err

@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--scale", type=int, default=None, help="refuse a model of another scale")
     parser.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help="CPU threads to use (torch's, and chunks read, computed and written at once; "
+        "default: all cores)",
+    )  # fmt: skip
+    parser.add_argument(
         "--scheduler", default=None, metavar="ADDRESS",
         help="dask.distributed scheduler address (e.g. tcp://host:8786) to compute on; "
         "an address where no scheduler answers fails at once (refused) or after 10 s",
@@ -185,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--tile must be {lo} to {hi} pixels, got {args.tile}")
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.mpp is not None and not (math.isfinite(args.mpp) and 0 < args.mpp <= 1000):
         raise UserError(f"--mpp must be a pixel size in micrometres (> 0), got {args.mpp}")
     if args.quality is not None and args.compression != "jpeg":
@@ -257,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
                 mpp=args.mpp,
                 ngff=args.ngff,
                 seed=args.seed,
+                threads=args.threads,
             )
     except KeyboardInterrupt:
         if bars:  # something was written: say how to go on

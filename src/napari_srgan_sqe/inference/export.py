@@ -251,6 +251,7 @@ def enhance_slide(
     mpp: float | None = None,
     ngff: str = "0.4",
     seed: int | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Super-resolve the slide `input` and write the pyramid to `output`.
 
@@ -272,6 +273,9 @@ def enhance_slide(
     `ngff`: the OME-Zarr version, "0.4" (zarr format 2; read by QuPath, Bio-Formats and
     most viewers) or "0.5" (zarr format 3, sharded: `io.pyramid.NGFF_VERSIONS`).
     `seed`: the sample of a stochastic model (default 0; ignored by deterministic ones).
+    `threads`: CPU threads for this export (torch's threads, which stay set for the
+    process, and the chunks read, computed and written at once); None: all cores. A
+    cluster's workers keep their own.
     The output records how it was made (`export_provenance`: model, its identity, the
     seed of a stochastic model, the source's file name and the region) in its metadata.
 
@@ -307,6 +311,10 @@ def enhance_slide(
         raise DataError(f"the pixel size must be a positive number of um, got {mpp}")
     if ngff not in NGFF_VERSIONS:
         raise DataError(f"ngff must be one of {', '.join(NGFF_VERSIONS)}, not {ngff!r}")
+    if threads is not None and (
+        isinstance(threads, bool) or int(threads) != threads or threads < 1
+    ):
+        raise DataError(f"threads must be a whole number of at least 1, got {threads!r}")
     if fmt == "tiff" and ngff != "0.4":
         raise DataError(f"cannot write {out}: an NGFF version applies to OME-Zarr (.ome.zarr) only")
     check_writable(out, overwrite=overwrite)
@@ -331,6 +339,10 @@ def enhance_slide(
         region = check_region(region if region is not None else (0, 0, full[1], full[0]), full)
         x, y, w, h = region
         seed = (0 if seed is None else int(seed)) if model.descriptor.stochastic else None
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(int(threads))
         predictor = Predictor(model, device=device, max_batch=batch or 16, seed=seed)
         tile = tile or EXPORT_TILE
         mask = None
@@ -375,6 +387,11 @@ def enhance_slide(
                 ),
                 "provenance": provenance,
             }
+            if threads is not None and client is None:
+                import dask
+
+                stack.enter_context(dask.config.set(num_workers=int(threads)))
+                kwargs["concurrency"] = int(threads)
             if client is not None:  # the writer's own tasks stay in this process
                 import dask
 
