@@ -91,6 +91,22 @@ def test_departure_layer_shows_the_map_next_to_sr(viewer, qtbot, sample_hr, tiny
     assert values[mask].mean() > 0.5  # a random network is far from rotation-equivariant
     assert errors() == []
 
+    # the bar's clear end shows what the map is seen over: its own cell's canvas side
+    # by side (black in the dark theme, white in the light one), the white slide overlaid
+    def clear_end() -> tuple[int, int, int]:
+        c = legend.bar.pixmap().toImage().pixelColor(0, legend.BAR[1] // 2)
+        return c.red(), c.green(), c.blue()
+
+    viewer.theme = "dark"
+    assert clear_end() == (0, 0, 0)
+    viewer.theme = "light"
+    assert clear_end() == (255, 255, 255)
+    viewer.theme = "dark"
+    compare.arrange("overlay")
+    assert clear_end() == (255, 255, 255)
+    compare.arrange("side by side")
+    assert clear_end() == (0, 0, 0) and viewer.canvas.grid.shape == (1, 4)
+
     compare.departure_box.setChecked(False)
     assert compare.departure_layer is None and layer not in viewer.layers
     assert viewer.canvas.grid.shape == (1, 3) and compare.departure_legend.isHidden()

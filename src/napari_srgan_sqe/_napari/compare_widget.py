@@ -322,6 +322,7 @@ class CompareWidget(QWidget):
         if canvas is not None:
             canvas.events.size.connect(self.schedule_update)
         self._grid().events.enabled.connect(self._on_grid_enabled)
+        self.viewer.events.theme.connect(self._sync_legend_backdrops)
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self._refresh_pairs)
         self.viewer.layers.events.removed.connect(self._on_removed)
@@ -397,6 +398,7 @@ class CompareWidget(QWidget):
         finally:
             self._arranging = False
         self.opacity.setEnabled(not side_by_side)
+        self._sync_legend_backdrops()
         if first:  # a new pair: fit the image in one view
             self.viewer.reset_view()
         else:  # keep what the user is looking at
@@ -581,9 +583,25 @@ class CompareWidget(QWidget):
             and self._grid().enabled
         )
 
+    def _sync_legend_backdrops(self, event: Any = None) -> None:
+        """Side by side, a map has its own cell over the canvas; else it lies over SR,
+        whose background (glass) is white."""
+        backdrop = (1.0, 1.0, 1.0)
+        if self._side_by_side_shown():
+            try:
+                from napari.utils.theme import get_theme
+
+                canvas = get_theme(self.viewer.theme).canvas.as_rgb_tuple()
+                backdrop = tuple(v / 255.0 for v in canvas[:3])
+            except Exception:  # noqa: BLE001 - an unknown theme: napari's default canvas
+                backdrop = (0.0, 0.0, 0.0)
+        for legend in (self.departure_legend, self.uncertainty_legend):
+            legend.set_backdrop(backdrop)
+
     def _on_grid_enabled(self, event: Any = None) -> None:
         """napari's grid was switched by someone else: follow it (grid on = side by side)."""
         self.schedule_update()
+        self._sync_legend_backdrops()
         if self._arranging or self.pair is None or self._arranged_pair is None:
             return
         wanted = MODES[0] if self._grid().enabled else MODES[1]
@@ -1189,13 +1207,19 @@ def _map_colormap() -> Any:
 
 
 class _Legend(QWidget):
-    """A map layer's legend: colour bar over white, its range, and what it means."""
+    """A map layer's legend: colour bar, its range, and what it means.
+
+    The bar is drawn over what the map is seen over: white (the slide's background,
+    where the map lies over SR) or, side by side, the canvas the map's own cell shows
+    (black in napari's dark theme): `set_backdrop`.
+    """
 
     BAR = (240, 14)
 
     def __init__(self, title: str, template: str) -> None:
         super().__init__()
         self.template = template
+        self.backdrop: tuple[float, float, float] = (1.0, 1.0, 1.0)
         self.fields: dict[str, Any] = {}
         self._layer: Any = None
         self.title = QLabel(f"<b>{title}</b>")
@@ -1238,6 +1262,13 @@ class _Legend(QWidget):
         self._update()
         self.setVisible(layer is not None)
 
+    def set_backdrop(self, rgb: tuple[float, float, float]) -> None:
+        """Draw the bar over `rgb` (0-1): what the map's clear end shows."""
+        rgb = tuple(float(v) for v in rgb)[:3]
+        if rgb != self.backdrop:
+            self.backdrop = rgb  # type: ignore[assignment]
+            self._update()
+
     def _update(self, event: Any = None) -> None:
         import numpy as np
 
@@ -1246,7 +1277,8 @@ class _Legend(QWidget):
             return
         lo, hi = (float(v) for v in layer.contrast_limits)
         rgba = np.asarray(layer.colormap.map(np.linspace(0.0, 1.0, self.BAR[0])), np.float64)
-        rgb = rgba[:, :3] * rgba[:, 3:] + (1.0 - rgba[:, 3:])  # over white
+        under = np.asarray(self.backdrop, np.float64)
+        rgb = rgba[:, :3] * rgba[:, 3:] + under * (1.0 - rgba[:, 3:])
         row = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
         img = np.ascontiguousarray(np.repeat(row[None], self.BAR[1], axis=0))
         h, w = img.shape[:2]
