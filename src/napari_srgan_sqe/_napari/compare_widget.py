@@ -1264,9 +1264,9 @@ class _Legend(QWidget):
 
     def set_backdrop(self, rgb: tuple[float, float, float]) -> None:
         """Draw the bar over `rgb` (0-1): what the map's clear end shows."""
-        rgb = tuple(float(v) for v in rgb)[:3]
-        if rgb != self.backdrop:
-            self.backdrop = rgb  # type: ignore[assignment]
+        r, g, b = (float(v) for v in rgb[:3])
+        if (r, g, b) != self.backdrop:
+            self.backdrop = (r, g, b)
             self._update()
 
     def _update(self, event: Any = None) -> None:
