@@ -4,8 +4,8 @@ machine (or on the CPU, to test the script), and copy models and logs to OUT.
     python experiments/gpu/train_gpu.py --budget-s 360 --workers 14 --out "$OUT"
 
 A run that starts from a grown model (`grow` in runs.json) first grows the shipped one
-(`experiments/grow.py`: same output, more capacity) into `.gpu-pack/init/`. Each run times 40 steps of its own recipe (its data workers started, the first 10
-steps not counted), then gets its share of the budget as a schedule of that many
+(`experiments/grow.py`: same output, more capacity) into `.gpu-pack/init/`. Each run times 160 steps of its own recipe (its data workers started; the first 60,
+which the workers' queue serves faster than they make batches, not counted), then gets its share of the budget as a schedule of that many
 steps; the learning rate decays over the whole schedule, so a run ends at its decayed
 rate instead of being cut off. Summary: OUT/summary.json.
 """
@@ -18,17 +18,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 from napari_srgan_sqe.config import TrainConfig, load_config
+from napari_srgan_sqe.models.modelfile import save_model
 from napari_srgan_sqe.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 PACK = REPO / ".gpu-pack"
-CALIBRATE, SKIP = 40, 10
+CALIBRATE, SKIP = 160, 60  # past the queue the workers fill while the first steps run
 
 
 def steps_per_second(cfg: TrainConfig, base: Path) -> float:
@@ -104,8 +106,21 @@ def main() -> None:
         trainer = Trainer(cfg, base_dir=path.parent)
         shutil.rmtree(trainer.out_dir, ignore_errors=True)
         t1 = time.perf_counter()
-        trainer.run(callback=lambda ev: ev.val and print(ev.step, ev.val, flush=True))
+        # a rate measured too high must not overrun the machine's time: stop at 1.3x
+        stop = threading.Event()
+        timer = threading.Timer(1.3 * budget, stop.set)
+        timer.start()
+        try:
+            trainer.run(
+                stop_event=stop,
+                callback=lambda ev: ev.val and print(ev.step, ev.val, flush=True),
+            )
+        finally:
+            timer.cancel()
         wall = time.perf_counter() - t1
+        if trainer.step < trainer.total:  # stopped by the guard: keep what it reached
+            partial = trainer.as_model(steps=str(trainer.step))
+            save_model(partial, trainer.out_dir / "model.safetensors")
         dest = args.out / run["name"]
         dest.mkdir(exist_ok=True)
         for name in ("model.safetensors", "log.jsonl"):
@@ -115,6 +130,7 @@ def main() -> None:
                 "name": run["name"],
                 "steps_per_s": round(rate, 2),
                 "steps": steps,
+                "done": trainer.step,
                 "train_s": round(wall, 1),
             }
         )
