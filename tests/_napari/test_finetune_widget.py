@@ -262,17 +262,39 @@ def test_regions_layer_has_the_images_units(make_napari_viewer, qtbot, sample_hr
 
 
 def test_three_docks_fit_a_1000_px_screen(make_napari_viewer, qtbot, pair_layers, tmp_path):
-    """Enhance, Compare and Fine-tune docked in a 1600 x 980 window: it does not grow,
-    and every control of Fine-tune can be scrolled into view."""
+    """Enhance, Compare and Fine-tune docked in a 1600 x 980 window: Fine-tune becomes a
+    tab beside Enhance, in front; the window does not grow, and every control of
+    Fine-tune can be scrolled into view."""
+
     viewer = pair_layers
     window = viewer.window._qt_window
     window.resize(1600, 980)
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Compare")
+    _, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare")
+    qtbot.waitUntil(compare.isVisible, timeout=5000)  # docked, then Fine-tune from the menu
     widget = _widget(viewer, tmp_path)
     area = widget.scroll_area
-    # docked, it takes room from the docks above (up to 45% of the window's height)
-    qtbot.waitUntil(lambda: widget.room, timeout=10_000)
-    assert area.viewport().height() > 300
+
+    def tabs() -> list[str]:
+        """The tabs of the group Fine-tune is in, the one in front first."""
+        from qtpy.QtWidgets import QTabBar
+
+        for bar in window.findChildren(QTabBar):
+            titles = [bar.tabText(i) for i in range(bar.count())]
+            if bar.isVisible() and any(t.startswith("Fine-tune") for t in titles):
+                front = bar.currentIndex()
+                return [titles[front]] + titles[:front] + titles[front + 1 :]
+        return []
+
+    # a tab in front of Enhance, taking what room Compare below can spare
+    def in_front_of_enhance() -> bool:
+        names = [t.split(" ")[0] for t in tabs()]
+        return names[:1] == ["Fine-tune"] and "Enhance" in names
+
+    def laid_out() -> bool:  # Compare keeps what it needs below (its table in view)
+        return area.viewport().height() > 300 and compare.height() > 300
+
+    qtbot.waitUntil(lambda: widget.room and in_front_of_enhance() and laid_out(), timeout=10_000)
+    assert compare.isVisible()
     assert window.height() <= 1000 and window.minimumSizeHint().height() <= 1000
     for control in (widget.draw_button, widget.start_button, widget.plot, widget.result_label):
         area.ensureWidgetVisible(control, 0, 0)

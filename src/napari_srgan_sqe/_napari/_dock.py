@@ -4,14 +4,15 @@ and their error notifications.
 napari gives a newly docked widget only the height the docks above it leave over,
 often a sliver; `claim_height` asks the main window to resize the widget's dock,
 taking the height from docks of the same area that are taller than they need (never
-below their minimum sizes).
+below their minimum sizes). When the window is too short for every dock of a column,
+`tabify_if_short` makes the widget a tab beside one of this plugin's other docks.
 """
 
 from __future__ import annotations
 
 import re
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "main_window",
     "notify_error",
     "scroll_contents",
+    "tabify_if_short",
 ]
 
 # an absolute path (POSIX, home or Windows) of two or more parts: its last part is kept
@@ -66,10 +68,12 @@ def claim_height(widget: QWidget, height: int, *, share: float = 1.0) -> bool:
     if dock is None or window is None or dock.isFloating():
         return False
     area = window.dockWidgetArea(dock)
+    tabs = window.tabifiedDockWidgets(dock)  # share its place: not resized apart
     others = [
         d
         for d in window.findChildren(QDockWidget)
         if d is not dock
+        and d not in tabs
         and d.isVisible()
         and not d.isFloating()
         and window.dockWidgetArea(d) == area
@@ -80,6 +84,40 @@ def claim_height(widget: QWidget, height: int, *, share: float = 1.0) -> bool:
     height = max(height, dock.minimumSizeHint().height(), dock.height())
     window.resizeDocks([*others, dock], [*needs, height], Qt.Orientation.Vertical)
     return True
+
+
+def tabify_if_short(widget: QWidget, height: int, prefer: tuple[type, ...]) -> bool:
+    """When `height` px for `widget` and what the other docks of its area ask for do not
+    fit the main window's height, make `widget`'s dock a tab of the dock that holds a
+    widget of the first type in `prefer` found there, in front; True if it did.
+
+    Three docks stacked in one column of a laptop screen leave each a sliver; napari
+    docks a widget from the Plugins menu below the others, never as a tab.
+    """
+    dock, window = dock_of(widget), main_window(widget)
+    if dock is None or window is None or dock.isFloating():
+        return False
+    area = window.dockWidgetArea(dock)
+    others = [
+        d
+        for d in window.findChildren(QDockWidget)
+        if d is not dock
+        and d.isVisible()
+        and not d.isFloating()
+        and window.dockWidgetArea(d) == area
+    ]
+    if height + sum(_needed_height(d) for d in others) <= window.height():
+        return False
+    for kind in prefer:
+        for other in others:
+            inner = other.widget()
+            if inner is not None and (isinstance(inner, kind) or inner.findChild(kind)):
+                window.tabifyDockWidget(other, dock)
+                dock.show()
+                dock.raise_()
+                QTimer.singleShot(0, dock.raise_)  # the tab bar is made at the next layout
+                return True
+    return False
 
 
 def _needed_height(dock: QDockWidget) -> int:

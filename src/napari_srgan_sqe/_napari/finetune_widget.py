@@ -1003,12 +1003,28 @@ class FinetuneWidget(QWidget):
             QTimer.singleShot(0, self._claim_room)
 
     def _claim_room(self) -> None:
-        """Once docked: take up to 45% of the window's height from the docks above
-        (a new dock otherwise gets a sliver); the rest of the form scrolls."""
+        """Once docked: a tab beside Enhance when the window is too short for every dock,
+        and up to 45% of the window's height from the docks above (a new dock otherwise
+        gets a sliver); the rest of the form scrolls."""
+        from napari_srgan_sqe._napari.compare_widget import CompareWidget
+        from napari_srgan_sqe._napari.enhance_widget import EnhanceWidget
+
         content = self.scroll_area.widget()
         assert content is not None
-        _dock.claim_height(self, content.sizeHint().height(), share=0.45)
+        need = content.sizeHint().height()
+        # too short for all the docks: a tab next to Enhance (making the model and
+        # adapting it go together), else next to Compare
+        if _dock.tabify_if_short(self, need, (EnhanceWidget, CompareWidget)):
+            # the group takes Enhance's place; once laid out, all the docks below spare
+            QTimer.singleShot(0, lambda: self._claim_tab_room(need))
+            return
+        _dock.claim_height(self, need, share=0.45)
         self.room = True
+
+    def _claim_tab_room(self, need: int) -> None:
+        if _workers.alive(self):
+            _dock.claim_height(self, need)
+            self.room = True
 
     def changeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
         super().changeEvent(event)
