@@ -295,3 +295,69 @@ def test_cli_checks_the_output_first_and_says_how_to_resume(
     printed = capsys.readouterr().out
     assert "resuming an interrupted export: 3 of " in printed
     assert "the 18 chunks left of 21" in printed and "Mpx/s" not in printed
+
+
+def test_sigterm_stops_an_export_like_ctrl_c(cmu_svs, model, tmp_path, capsys, monkeypatch):
+    """`kill`, `timeout` or a batch system's time limit: no temporary TIFF or lock left
+    behind, the computed chunks kept, exit status 143; the same command resumes."""
+    import os
+    import signal
+
+    from napari_srgan_sqe.cli import main
+    from napari_srgan_sqe.io import pyramid
+
+    model_file = save_model(model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "cut.ome.tif"
+    argv = ["enhance", str(cmu_svs), str(out), "--model", str(model_file), "--device", "cpu",
+            "--region", "0,0,256,256", "--tile", "64"]  # fmt: skip
+    write_levels = pyramid._write_levels
+
+    def term_after_3(*args, progress, **kwargs):
+        def term(done: int, total: int) -> None:
+            progress(done, total)
+            if done == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        return write_levels(*args, progress=term, **kwargs)
+
+    monkeypatch.setattr(pyramid, "_write_levels", term_after_3)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert main(argv) == 143
+    err = capsys.readouterr().err
+    assert "terminated" in err and "run the same command again to resume" in err
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".cut.ome.tif.partial.zarr", "tiny.safetensors"], left
+    assert signal.getsignal(signal.SIGTERM) == handler  # the command's is gone with it
+    monkeypatch.setattr(pyramid, "_write_levels", write_levels)
+    assert main(argv) == 0
+    assert "resuming an interrupted export: 3 of " in capsys.readouterr().out
+    assert open_slide(out).levels[0].shape == (1024, 1024, 3)
+
+
+@pytest.mark.parametrize("name", ["in.ome.tif", "in.ome.zarr"])
+def test_an_export_over_its_own_input_is_refused_and_the_input_kept(
+    model, he_crop, tmp_path, capsys, name
+) -> None:
+    """`enhance x x --overwrite` would replace the slide it reads with its SR."""
+    import tifffile
+    from PIL import Image
+
+    from napari_srgan_sqe.cli import main
+
+    src = tmp_path / name
+    if name.endswith(".tif"):
+        tifffile.imwrite(src, he_crop[:96, :128], photometric="rgb")
+    else:  # an earlier export
+        png = tmp_path / "lr.png"
+        Image.fromarray(he_crop[:24, :32]).save(png)
+        enhance_slide(png, src, model=model, device="cpu")
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    with pytest.raises(DataError, match="it is the input"):
+        enhance_slide(src, src, model=model, device="cpu", overwrite=True)
+    assert main(["enhance", str(src), str(src), "--overwrite", "--device", "cpu"]) == 2
+    assert "it is the input" in capsys.readouterr().err
+    if name.endswith(".zarr"):  # an output inside the input folder, or holding it
+        with pytest.raises(DataError, match="lies inside the input"):
+            enhance_slide(src, src / "sub.ome.zarr", model=model, device="cpu")
+    after = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    assert after == before

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from napari_srgan_sqe import __version__
 
@@ -81,8 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"srgan-sqe {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
+    previous = _terminate_like_ctrl_c()
     try:
         return int(module.run(args) or 0)
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -91,6 +97,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"srgan-sqe {name}: error: {exc}", file=sys.stderr)
             return 2
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a batch system's time limit), raised where Ctrl-C's
+    KeyboardInterrupt would be, so that it unwinds the same way: partial files removed
+    or kept to resume, locks released, the same message."""
+
+
+def _terminate_like_ctrl_c() -> Any:
+    """Make SIGTERM raise `_Terminated` in the main thread for the command's run (train
+    and finetune install their own, gentler handlers); returns the previous handler,
+    or None where signals cannot be set (not the main thread)."""
+
+    def _raise(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise _Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _is_user_error(exc: BaseException) -> bool:

@@ -317,6 +317,7 @@ def enhance_slide(
         raise DataError(f"threads must be a whole number of at least 1, got {threads!r}")
     if fmt == "tiff" and ngff != "0.4":
         raise DataError(f"cannot write {out}: an NGFF version applies to OME-Zarr (.ome.zarr) only")
+    _check_not_the_input(out, getattr(input, "path", input))
     check_writable(out, overwrite=overwrite)
     if scheduler is not None:  # before the model is loaded: an address nobody answers
         from napari_srgan_sqe.inference.distributed import check_scheduler
@@ -424,6 +425,20 @@ def enhance_slide(
             stats["coding"] = str(slide.coding)
             stats["provenance"] = dict(provenance)
         return Path(path)
+
+
+def _check_not_the_input(out: Path, source: Any) -> None:
+    """Refuse an output that is the input, holds it or lies inside it: `overwrite`
+    would delete the slide being read."""
+    try:
+        o, src = out.expanduser().resolve(), Path(source).expanduser().resolve()
+    except TypeError:  # an input that is not a path (an array wrapped as a slide)
+        return
+    if o == src or o in src.parents or src in o.parents:
+        what = "is" if o == src else ("holds" if o in src.parents else "lies inside")
+        raise DataError(
+            f"cannot write {out}: it {what} the input {source}; choose another output name"
+        )
 
 
 def export_fingerprint(
