@@ -106,6 +106,7 @@ def test_departure_layer_shows_the_map_next_to_sr(viewer, qtbot, sample_hr, tiny
     assert clear_end() == (255, 255, 255)
     compare.arrange("side by side")
     assert clear_end() == (0, 0, 0) and viewer.canvas.grid.shape == (1, 4)
+    qtbot.waitUntil(lambda: not live.busy, timeout=30000)  # the re-layouts' redraws
 
     compare.departure_box.setChecked(False)
     assert compare.departure_layer is None and layer not in viewer.layers
