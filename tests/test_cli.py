@@ -200,7 +200,7 @@ def test_train_options_and_run_folder_are_checked_first(crops: Path, tmp_path: P
     for extra, reason in [
         (["--threads", "0"], "--threads must be at least 1, got 0"),
         (["--max-steps", "-3"], "--max-steps must be at least 1, got -3"),
-        (["--data-workers", "-1"], "--data-workers must be 0 or more, got -1"),
+        (["--data-workers", "-1"], "--data-workers must be 0 to 256, got -1"),
         (["--out", str(path)], f"cannot make the run folder {path}"),
     ]:
         assert main(["train", "--config", str(path), *extra]) == 2

@@ -350,7 +350,7 @@ def test_an_export_over_its_own_input_is_refused_and_the_input_kept(
     else:  # an earlier export
         png = tmp_path / "lr.png"
         Image.fromarray(he_crop[:24, :32]).save(png)
-        enhance_slide(png, src, model=model, device="cpu")
+        enhance_slide(png, src, model=model, device="cpu", mpp=0.5)
     before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
     with pytest.raises(DataError, match="it is the input"):
         enhance_slide(src, src, model=model, device="cpu", overwrite=True)

@@ -377,7 +377,7 @@ def test_repr_is_one_short_line(cmu_svs: Path) -> None:
     assert len(slide.metadata["properties"]) > 20  # the vendor metadata are still there
 
 
-@pytest.mark.parametrize("kind", ["tiff", "svs"])
+@pytest.mark.parametrize("kind", ["tiff", "svs", "png", "zarr"])
 def test_closing_a_slide_releases_its_file_and_a_later_read_reopens_it(
     kind: str, he_crop: np.ndarray, cmu_svs: Path, tmp_path: Path
 ) -> None:
@@ -386,9 +386,16 @@ def test_closing_a_slide_releases_its_file_and_a_later_read_reopens_it(
     if kind == "tiff":
         path = tmp_path / "tiled.tif"
         tifffile.imwrite(path, he_crop, tile=(64, 64), photometric="rgb")
-    else:  # OpenSlide's handle; a copy, so that no other test's open slide shares it
+    elif kind == "svs":  # OpenSlide's handle; a copy, so that no other test's open slide shares it
         path = tmp_path / cmu_svs.name
         path.write_bytes(cmu_svs.read_bytes())
+    elif kind == "png":  # its "handle" is the decoded image, which has nothing to close
+        path = tmp_path / "crop.png"
+        Image.fromarray(he_crop).save(path)
+    else:
+        from napari_srgan_sqe.io.pyramid import write_ome_zarr
+
+        path = write_ome_zarr(he_crop, tmp_path / "crop.ome.zarr", chunk=64)
 
     def held() -> bool:
         """The file is open in this process: tifffile keeps it open (psutil sees it),
@@ -401,6 +408,7 @@ def test_closing_a_slide_releases_its_file_and_a_later_read_reopens_it(
 
     with open_slide(path) as slide:
         first = np.asarray(slide.levels[0][:64, :80])
+        assert np.array_equal(np.asarray(slide.levels[0][:64, :80]), first)  # read twice
         assert held()
     assert not held()
     again = np.asarray(slide.levels[0][:64, :80])  # reopened on demand

@@ -434,3 +434,22 @@ def test_data_workers_train_the_same_model_as_the_training_process(crops: Path, 
     assert parallel.step == serial.step
     a, b = serial.recipe.G.state_dict(), parallel.recipe.G.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # a worker killed mid-run (SIGTERM to the process group, the OOM killer): the
+    # training process makes the batches from there on, the same ones
+    import os
+    import signal
+
+    killed: list[int] = []
+
+    def kill_workers(event) -> None:  # noqa: ANN001
+        if event.step == 3:
+            for pid in list(broken._prefetch._pool._processes):  # noqa: SLF001
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    broken = Trainer(cfg.model_copy(update={"out_dir": str(tmp_path / "k"), "data_workers": 1}))
+    broken.run(callback=kill_workers)
+    assert killed and broken.step == serial.step and broken._prefetch is None  # noqa: SLF001
+    c = broken.recipe.G.state_dict()
+    assert all(torch.equal(a[k], c[k]) for k in a)

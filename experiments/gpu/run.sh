@@ -12,6 +12,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --target /tmp/site .gpu-pack/wheels/*.whl
 export PYTHONPATH="$PWD/experiments/gpu/shim:/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi -L || true
-workers=$(( $(nproc) - 2 ))
+workers=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
 python3 experiments/gpu/train_gpu.py --budget-s "$budget" --workers "$workers" --out "$out" \
     "${@:2}" 2>&1 | tee "$out/log.txt"

@@ -83,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"srgan-sqe {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
-    previous = _terminate_like_ctrl_c()
+    # the viewer's Qt event loop has its own way to end (its window closed)
+    previous = _terminate_like_ctrl_c() if name != "view" else None
     try:
         return int(module.run(args) or 0)
     except _Terminated:
@@ -110,8 +111,9 @@ class _Terminated(KeyboardInterrupt):
 
 def _terminate_like_ctrl_c() -> Any:
     """Make SIGTERM raise `_Terminated` in the main thread for the command's run (train
-    and finetune install their own, gentler handlers); returns the previous handler,
-    or None where signals cannot be set (not the main thread)."""
+    and finetune install their own, gentler handlers; `view` none: an exception inside
+    Qt's event loop would abort it); returns the previous handler, or None where
+    signals cannot be set (not the main thread)."""
 
     def _raise(signum: int, frame: Any) -> None:  # noqa: ARG001
         raise _Terminated

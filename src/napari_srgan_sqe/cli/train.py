@@ -13,6 +13,7 @@ import argparse
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 from napari_srgan_sqe.cli import UserError
 
@@ -61,19 +62,21 @@ autoencoder and fidelity terms, SR3's v_mse, and the 'unpaired' recipe's adversa
 cycle, identity, geometric-ensemble and SR terms."""
 
 
-def _stop_on_signals(stop: threading.Event) -> list[int]:
+def _stop_on_signals(stop: threading.Event) -> tuple[list[int], dict[int, Any]]:
     """SIGTERM and SIGINT (which background jobs ignore) ask the trainer to stop between
     two steps; it then writes a checkpoint, so `--resume` continues exactly. Returns the
-    list the signals received are appended to (the exit status is 128 + the first)."""
+    list the signals received are appended to (the exit status is 128 + the first) and
+    the handlers they replaced, to put back."""
     received: list[int] = []
 
     def _request_stop(signum, frame):  # noqa: ARG001
         received.append(signum)
         stop.set()
 
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _request_stop)
-    return received
+        previous[sig] = signal.signal(sig, _request_stop)
+    return received, previous
 
 
 def run_files(out_dir: Path) -> list[Path]:
@@ -93,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--resume continues a run and --overwrite starts it again: give one")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
-    if args.data_workers is not None and args.data_workers < 0:
-        raise UserError(f"--data-workers must be 0 or more, got {args.data_workers}")
+    if args.data_workers is not None and not 0 <= args.data_workers <= 256:
+        raise UserError(f"--data-workers must be 0 to 256, got {args.data_workers}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
     cfg: TrainConfig = load_config(args.config, TrainConfig)
@@ -129,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if trainer.vgg_content is not None:
         print(f"VGG19 content loss: {trainer.vgg_content}")
     stop = threading.Event()
-    received = _stop_on_signals(stop)
+    received, previous = _stop_on_signals(stop)
     bar = tqdm(total=trainer.total, unit="step", dynamic_ncols=True)
 
     def show(ev) -> None:
@@ -148,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
             f"interrupted at step {trainer.step}; checkpoint saved in {trainer.out_dir} (use --resume)"
         )
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     bar.close()
     if stop.is_set():
         print(

@@ -311,8 +311,8 @@ def enhance_slide(
         raise DataError(f"the pixel size must be a positive number of um, got {mpp}")
     if ngff not in NGFF_VERSIONS:
         raise DataError(f"ngff must be one of {', '.join(NGFF_VERSIONS)}, not {ngff!r}")
-    if threads is not None and (
-        isinstance(threads, bool) or int(threads) != threads or threads < 1
+    if threads is not None and not (
+        isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1
     ):
         raise DataError(f"threads must be a whole number of at least 1, got {threads!r}")
     if fmt == "tiff" and ngff != "0.4":
@@ -430,12 +430,17 @@ def enhance_slide(
 def _check_not_the_input(out: Path, source: Any) -> None:
     """Refuse an output that is the input, holds it or lies inside it: `overwrite`
     would delete the slide being read."""
+    if source is None or str(source) in ("", "."):  # a slide not read from a file
+        return
     try:
         o, src = out.expanduser().resolve(), Path(source).expanduser().resolve()
     except TypeError:  # an input that is not a path (an array wrapped as a slide)
         return
-    if o == src or o in src.parents or src in o.parents:
-        what = "is" if o == src else ("holds" if o in src.parents else "lies inside")
+    same = o == src
+    if not same and o.exists() and src.exists():  # case-insensitive file systems, links
+        same = os.path.samefile(o, src)
+    if same or o in src.parents or src in o.parents:
+        what = "is" if same else ("holds" if o in src.parents else "lies inside")
         raise DataError(
             f"cannot write {out}: it {what} the input {source}; choose another output name"
         )

@@ -79,8 +79,8 @@ class Slide:
         """Close the file handles this process holds for the slide (TIFF, OpenSlide).
 
         A later read of any of its levels opens the file again, so arrays handed on (to
-        napari layers, to a pyramid being computed) keep working. `with open_slide(p) as
-        s:` closes at the end of the block.
+        napari layers, a pyramid computed later) keep working; close once the reads in
+        flight are done. `with open_slide(p) as s:` closes at the end of the block.
         """
         close_handles(self.path)
 
@@ -139,8 +139,10 @@ def downsamples_of(shapes: list[tuple[int, ...]]) -> list[float]:
 
 
 _HANDLES: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
-_CLOSED: weakref.WeakSet[Any] = weakref.WeakSet()
-"""Handles closed by `close_handles`: a source holding one opens the file again."""
+_GENERATION: dict[str, int] = {}
+"""How often `close_handles` closed each path's handles: a source whose handle is of an
+older generation opens the file again. (Handles themselves need not be hashable: a
+plain image's "handle" is its decoded array.)"""
 _HANDLES_LOCK = threading.Lock()
 
 
@@ -162,14 +164,22 @@ def shared_handle(kind: str, path: Path, opener: Callable[[Path], Any]) -> Any:
 
 def close_handles(path: Path) -> int:
     """Close this process's shared handles of `path` (or of files inside it: a DICOM
-    folder); returns how many were closed."""
+    folder); returns how many there were. Sources read the file again on demand; a
+    read running in another thread at that moment may fail (close a slide once its
+    reads are done)."""
     path = Path(path)
     with _HANDLES_LOCK:
         keys = [k for k in _HANDLES if Path(k[1]) == path or path in Path(k[1]).parents]
         handles = [h for h in (_HANDLES.pop(k, None) for k in keys) if h is not None]
-        for handle in handles:
-            _CLOSED.add(handle)
-            handle.close()
+        for key in keys:
+            _GENERATION[key[1]] = _GENERATION.get(key[1], 0) + 1
+    for handle in handles:
+        close = getattr(handle, "close", None)  # a decoded image has nothing to close
+        if callable(close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - one handle must not keep the others open
+                log.debug("closing a handle of %s failed", path, exc_info=True)
     return len(handles)
 
 
@@ -189,6 +199,7 @@ class LevelSource(ABC):
         self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
         self._handle: Any = None
+        self._generation = -1
         st = path.stat()
         self._stamp = (st.st_size, st.st_mtime_ns)
 
@@ -202,8 +213,10 @@ class LevelSource(ABC):
 
     @property
     def handle(self) -> Any:
-        if self._handle is None or self._handle in _CLOSED:
+        generation = _GENERATION.get(str(self.path), 0)
+        if self._handle is None or self._generation != generation:
             self._handle = shared_handle(self.kind, self.path, self._open)
+            self._generation = generation
         return self._handle
 
     def __getitem__(self, key: Any) -> np.ndarray:

@@ -798,6 +798,8 @@ def write_ome_tiff(
                 codec=_tiff_codec(compression, quality),
                 icc_profile=icc_profile,
                 tick=tick,
+                # tiles are coded here, also for a cluster's export: at most our cores
+                maxworkers=min(concurrency, os.cpu_count() or 1) if concurrency else None,
                 description=provenance_text(provenance),
             )
             if layout == "both":
@@ -839,6 +841,7 @@ def _stream_tiff(
     icc_profile: bytes | None,
     tick: Callable[[], None],
     description: str | None = None,
+    maxworkers: int | None = None,
 ) -> None:
     metadata: dict[str, Any] = {"axes": "YXS", "Name": name}
     if description:
@@ -867,7 +870,7 @@ def _stream_tiff(
                 options.update(subifds=len(pyr.shapes) - 1, metadata=metadata)
             else:
                 options.update(subfiletype=1, metadata=None)
-            tw.write(_tiles(group[str(i)], tile, tick), **options)
+            tw.write(_tiles(group[str(i)], tile, tick), maxworkers=maxworkers, **options)
 
 
 def _chain_subifds(path: Path) -> None:

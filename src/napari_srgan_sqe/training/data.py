@@ -8,6 +8,7 @@ uninterrupted run would have seen, with no sampler state to save.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -19,6 +20,8 @@ import numpy as np
 from napari_srgan_sqe.config import CorruptionConfig, DegradationConfig
 from napari_srgan_sqe.degradation import apply_scanner, corrupt, draw_scanner
 from napari_srgan_sqe.io.errors import DataError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 
@@ -306,7 +309,10 @@ class BatchPrefetcher:
 
     def close(self) -> None:
         self._pending.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        except Exception:  # noqa: BLE001 - a broken pool has nothing left to wait for
+            log.debug("closing the data workers", exc_info=True)
 
     def __enter__(self) -> BatchPrefetcher:
         return self

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,16 @@ class Trainer:
 
     def batch(self, step: int) -> TrainingBatch:
         """The batch of global step `step` on the device: HR and its LR."""
-        batch = (self._prefetch or self.sampler).batch(step)
+        batch = None
+        if self._prefetch is not None:
+            try:
+                batch = self._prefetch.batch(step)
+            except BrokenProcessPool as exc:  # a worker killed (SIGTERM to the group, OOM)
+                log.warning("the data workers stopped (%s); batches are made here now", exc)
+                self._prefetch.close()
+                self._prefetch = None
+        if batch is None:  # the same batch the workers would have made
+            batch = self.sampler.batch(step)
         hr = torch.from_numpy(batch.hr).to(self.device)
         if batch.lr is not None:  # made by the sampler (scanner preset)
             lr = torch.from_numpy(batch.lr).to(self.device)
