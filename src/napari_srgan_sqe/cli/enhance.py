@@ -267,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
                 threads=args.threads,
             )
     except KeyboardInterrupt:
+        for bar in bars:  # before the hint, so the bar is not drawn again under it
+            bar.close()
         if bars:  # something was written: say how to go on
             print(
                 "interrupted: the chunks written so far are kept; run the same command "
