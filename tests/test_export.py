@@ -216,6 +216,8 @@ def test_cli_enhance(cmu_svs, model, tmp_path, capsys) -> None:
     assert main([*argv, "--region", "0,0,99999,10"]) == 2
     err = capsys.readouterr().err
     assert "error: region x=0 y=0 w=99999 h=10 is not inside the slide" in err
+    assert main([*argv, "--region", "-10,0,64,64"]) == 2  # a value, not an option
+    assert "error: region x=-10 y=0 w=64 h=64 is not inside" in capsys.readouterr().err
     assert "Traceback" not in err and not (tmp_path / "other.ome.zarr").exists()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"srgan-sqe {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
+    args = sub.parse_args(_attach_negative_values(list(argv[1:])))
     # the viewer's Qt event loop has its own way to end (its window closed)
     previous = _terminate_like_ctrl_c() if name != "view" else None
     try:
@@ -101,6 +102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+_NUMBERS = re.compile(r"^-\d[\d.]*(,-?[\d.]+)+$")
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """`--region -10,0,64,64` as `--region=-10,0,64,64`: argparse takes a value that
+    starts with '-' for an option, and the user would read "expected one argument"
+    instead of why the region is refused."""
+    out: list[str] = []
+    for tok in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NUMBERS.match(tok):
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
 
 
 class _Terminated(KeyboardInterrupt):
