@@ -322,3 +322,36 @@ def test_stochastic_model_has_uncertainty_and_no_departure(
     assert len(scores) == 2 and scores[0] != scores[1] and all(5 < v < 60 for v in scores)
     assert f"{compare.last_spread.psnr_mean:.2f} ±" in compare.uncertainty_label.text()
     assert errors() == []
+
+
+def test_closing_the_viewer_with_a_map_overlaid_ends_cleanly(
+    async_viewer, qtbot, sample_hr, tiny_model
+):
+    """viewer.close() shuts napari's slicer down before it removes the layers: Compare
+    must not re-arrange the grid (which slices) while the map layer goes."""
+    viewer = async_viewer
+    enhance, compare, pair = paired(viewer, qtbot, sample_hr, tiny_model)
+    compare.arrange("overlay")
+    compare.show_departure()
+    assert compare.departure_layer is not None
+    settle(qtbot, compare)
+    viewer.close()  # raised "cannot schedule new futures after shutdown"
+    qtbot.wait(50)  # the deferred re-arrangement runs, on an empty viewer
+    assert len(viewer.layers) == 0
+
+
+def test_switching_to_a_stochastic_model_draws_the_seed_box_sample(
+    viewer, qtbot, sample_hr, tiny_model, tmp_path
+):
+    """The Model box switches the SR layer in place: a stochastic model draws the
+    sample the Seed box names, as Enhance would, and the layer's name says which."""
+    from napari_srgan_sqe.models.modelfile import save_model
+    from tiny_runs import tiny_sr3
+
+    path = save_model(tiny_sr3(steps=2), tmp_path / "tiny-sr3.safetensors")
+    enhance, _, pair = paired(viewer, qtbot, sample_hr[:96, :96], tiny_model)
+    enhance.seed_box.setValue(3)
+    sr = enhance.set_model(str(path), wait=True)
+    assert _layers.pyramid_of(sr).seed == 3 and "seed 3" in sr.name
+    assert enhance.set_model(str(path), wait=True, seed=5) is sr
+    assert _layers.pyramid_of(sr).seed == 5 and "seed 5" in sr.name

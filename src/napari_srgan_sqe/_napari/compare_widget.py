@@ -219,6 +219,7 @@ class CompareWidget(QWidget):
         self._hidden: list[Any] = []
         self._arranged_pair: str | None = None  # the pair laid out last (None: none yet)
         self._arranging = False
+        self._own_removal = False
         self._closed = False
         self.room: bool | None = None
         """None until shown; False while asking the dock area for room; True after."""
@@ -730,7 +731,7 @@ class CompareWidget(QWidget):
         layer = self.departure_layer
         if not on:
             if layer is not None:
-                self.viewer.layers.remove(layer)
+                self._remove_layer(layer)
             self._sync_map_controls()
             return None
         if layer is not None:
@@ -788,8 +789,13 @@ class CompareWidget(QWidget):
             layer.refresh()
 
     def _remove_layer(self, layer: Any) -> None:
+        """Remove a layer of ours: the grid follows at once (`_on_removed`)."""
         if layer in self.viewer.layers:
-            self.viewer.layers.remove(layer)
+            self._own_removal = True
+            try:
+                self.viewer.layers.remove(layer)
+            finally:
+                self._own_removal = False
 
     def _on_removed(self, event: Any) -> None:
         layer = event.value
@@ -800,6 +806,14 @@ class CompareWidget(QWidget):
             for other in self._map_layers(_layers.pair_id_of(layer)):
                 QTimer.singleShot(0, lambda x=other: self._remove_layer(x))
         if map_kind(layer) in MAP_ROLES:
+            if self._own_removal:
+                self._maps_changed()
+            else:  # the user's, or napari closing the viewer (its slicer already shut
+                # down: re-arranging the grid now would fail): once the removal is over
+                QTimer.singleShot(0, self._maps_changed_if_alive)
+
+    def _maps_changed_if_alive(self) -> None:
+        if _workers.alive(self):
             self._maps_changed()
 
     def _maps_changed(self) -> None:

@@ -222,7 +222,7 @@ def _simulated_lr_cache() -> Any:
     return TileCache(SIMULATED_LR_CACHE_MB)
 
 
-def _set_model(pyramid: Any, model: Any) -> Generator[str, None, Prepared]:
+def _set_model(pyramid: Any, model: Any, seed: int | None = None) -> Generator[str, None, Prepared]:
     """Switch an SR pyramid to another model (worker side)."""
     try:
         from napari_srgan_sqe.models.modelfile import load_model
@@ -235,7 +235,7 @@ def _set_model(pyramid: Any, model: Any) -> Generator[str, None, Prepared]:
                 f"model {loaded.name!r} is {loaded.scale}x but the SR layer is {pyramid.scale}x; "
                 "press Enhance to make a new SR layer"
             )
-        pyramid.set_model(loaded)
+        pyramid.set_model(loaded, seed=seed)
         return Prepared(pyramid=pyramid)
     except Exception as exc:  # noqa: BLE001
         log.debug("model switch failed", exc_info=True)
@@ -408,8 +408,12 @@ class EnhanceWidget(QWidget):
         self._run(prepare_enhance(**kwargs), lambda res: self._finish(req, res))
         return None
 
-    def set_model(self, model: Any, *, sr_layer: Any = None, wait: bool = False) -> Any:
-        """Switch the SR layer (default: the current pair's) to `model`; returns it if waiting."""
+    def set_model(
+        self, model: Any, *, sr_layer: Any = None, wait: bool = False, seed: int | None = None
+    ) -> Any:
+        """Switch the SR layer (default: the current pair's) to `model`, drawing the sample
+        `seed` of a stochastic model (default: the Seed box's); returns it if waiting."""
+        seed = int(seed) if seed is not None else self.seed_box.value()
         sr_layer = sr_layer if sr_layer is not None else self._current_sr()
         pyramid = _layers.pyramid_of(sr_layer) if sr_layer is not None else None
         if pyramid is None:
@@ -434,8 +438,8 @@ class EnhanceWidget(QWidget):
             return sr_layer
 
         if wait:
-            return done(_drain(_set_model(pyramid, model)))
-        self._run(_set_model(pyramid, model), done)
+            return done(_drain(_set_model(pyramid, model, seed)))
+        self._run(_set_model(pyramid, model, seed), done)
         return None
 
     @property

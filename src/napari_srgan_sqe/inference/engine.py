@@ -632,7 +632,7 @@ class SRPyramid(list):
         batch: int,
         cache_mb: float,
         disk_cache: bool | str,
-        predictor_factory: Callable[[Any], Any],
+        predictor_factory: Callable[..., Any],
         use_model: Callable[[int, int], bool] | None = None,
         region: tuple[int, int, int, int] | None = None,
         placeholder: bool = False,
@@ -765,8 +765,10 @@ class SRPyramid(list):
         with self._stats_lock:
             return EngineStats(**asdict(self._stats))
 
-    def set_model(self, model: Any) -> None:
+    def set_model(self, model: Any, *, seed: int | None = None) -> None:
         """Switch to another model: new dask arrays (new names), a fresh cache key space.
+        `seed`: the sample a stochastic model draws (default: the one this pyramid was
+        made with).
 
         Thread-safe (widgets call it from worker threads): switches are serialised and
         the new state is built completely before it replaces the old one at once. A
@@ -775,7 +777,8 @@ class SRPyramid(list):
         model = resolve_model(model)
         with self._switch_lock:
             check_scale(model, self.scale)
-            self._install(model, self._make_predictor(model))
+            make = self._make_predictor
+            self._install(model, make(model) if seed is None else make(model, int(seed)))
 
     def clear_cache(self, *, disk: bool = False) -> None:
         """Forget computed tiles in memory (and on disk for this model and source)."""
@@ -921,10 +924,12 @@ def super_resolve(
         device, precision = predictor.device, getattr(predictor, "precision", precision)
         seed = getattr(predictor, "seed", seed)
 
-    def make_predictor(m: Any) -> Any:
+    def make_predictor(m: Any, sample_seed: int | None = seed) -> Any:
         from napari_srgan_sqe.models.predictor import Predictor
 
-        return Predictor(m, device=device, precision=precision, max_batch=max_batch, seed=seed)
+        return Predictor(
+            m, device=device, precision=precision, max_batch=max_batch, seed=sample_seed
+        )
 
     if predictor is None:
         predictor = make_predictor(model)
