@@ -202,7 +202,10 @@ def test_coding_label_and_default_model_follow_the_slide(
     assert [widget.simulate_box.itemData(i) for i in range(3)] == [None, "clean", "scanner"]
 
     widget.layer_box.setCurrentText(svs.name)
-    assert widget.coding_label.text() == "Stored as: JPEG Q=30 (quantisation tables) — lossy"
+    assert (
+        widget.coding_label.text()
+        == "Stored as: JPEG Q=30 (quantisation tables) — lossy; 0.499 um/px"
+    )
     assert widget.simulate_preset is None
     assert widget.model_box.currentData() == "srgan-sqe-he-x4"  # a scanned slide
     widget.set_simulate("clean")  # LR = D_s of it: the model trained on clean LR
@@ -212,7 +215,10 @@ def test_coding_label_and_default_model_follow_the_slide(
     widget.set_simulate(None)
 
     widget.layer_box.setCurrentText(lossless.name)
-    assert widget.coding_label.text() == "Stored as: lossless (PNG)"
+    assert (
+        widget.coding_label.text()
+        == "Stored as: lossless (PNG); pixel size not recorded (no scale bar, sizes in pixels)"
+    )
     assert widget.model_box.currentData() == "srgan-sqe-he-x4-clean"
     widget.set_simulate("scanner")
     assert widget.model_box.currentData() == "srgan-sqe-he-x4"

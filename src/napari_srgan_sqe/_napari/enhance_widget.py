@@ -664,7 +664,15 @@ class EnhanceWidget(QWidget):
             self.coding_label.setText("Stored as: -")
             self.coding_label.setToolTip("")
         else:
-            self.coding_label.setText(f"Stored as: {_coding_text(layer)}")
+            size = ""
+            if isinstance(layer.metadata, dict) and "mpp" in layer.metadata:  # a slide's
+                mpp = layer.metadata["mpp"]
+                size = (
+                    f"; {float(mpp):.3g} um/px"
+                    if mpp
+                    else "; pixel size not recorded (no scale bar, sizes in pixels)"
+                )
+            self.coding_label.setText(f"Stored as: {_coding_text(layer)}{size}")
             self.coding_label.setToolTip(
                 "How the file stores the pixels (read from its metadata): lossy JPEG / "
                 "JPEG 2000 slides get the model trained on scanner degradation by default, "

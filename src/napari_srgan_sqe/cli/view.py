@@ -61,6 +61,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("pixel size: not recorded in the file; shown in pixels, no scale bar")
     simulate_lr = args.path is None if args.simulate_lr is None else args.simulate_lr
+    if args.enhance:  # the model the Enhance widget will pick, and why
+        from napari_srgan_sqe.inference.export import default_model_for
+        from napari_srgan_sqe.models.registry import CLEAN_MODEL, DEFAULT_MODEL
+
+        if simulate_lr:
+            name = CLEAN_MODEL if args.degradation == "clean" else DEFAULT_MODEL
+            why = f"LR simulated by the {args.degradation} degradation"
+        else:
+            name, why = default_model_for(slide.coding)
+        print(f"model: {name} ({why}; the Model box chooses another)")
     try:
         return launch_viewer(
             slide, simulate_lr=simulate_lr, enhance=args.enhance, degradation=args.degradation
