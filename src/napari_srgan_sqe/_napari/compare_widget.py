@@ -219,7 +219,6 @@ class CompareWidget(QWidget):
         self._hidden: list[Any] = []
         self._arranged_pair: str | None = None  # the pair laid out last (None: none yet)
         self._arranging = False
-        self._own_removal = False
         self._closed = False
         self.room: bool | None = None
         """None until shown; False while asking the dock area for room; True after."""
@@ -789,13 +788,8 @@ class CompareWidget(QWidget):
             layer.refresh()
 
     def _remove_layer(self, layer: Any) -> None:
-        """Remove a layer of ours: the grid follows at once (`_on_removed`)."""
         if layer in self.viewer.layers:
-            self._own_removal = True
-            try:
-                self.viewer.layers.remove(layer)
-            finally:
-                self._own_removal = False
+            self.viewer.layers.remove(layer)
 
     def _on_removed(self, event: Any) -> None:
         layer = event.value
@@ -806,15 +800,12 @@ class CompareWidget(QWidget):
             for other in self._map_layers(_layers.pair_id_of(layer)):
                 QTimer.singleShot(0, lambda x=other: self._remove_layer(x))
         if map_kind(layer) in MAP_ROLES:
-            if self._own_removal:
+            try:
                 self._maps_changed()
-            else:  # the user's, or napari closing the viewer (its slicer already shut
-                # down: re-arranging the grid now would fail): once the removal is over
-                QTimer.singleShot(0, self._maps_changed_if_alive)
-
-    def _maps_changed_if_alive(self) -> None:
-        if _workers.alive(self):
-            self._maps_changed()
+            except RuntimeError as exc:  # viewer.close() stops napari's slicer before it
+                # removes the layers: re-arranging the grid then cannot slice, nor matters
+                if "after shutdown" not in str(exc):
+                    raise
 
     def _maps_changed(self) -> None:
         """A map layer came or went: controls, legends, and the grid's cells."""
