@@ -67,17 +67,8 @@ def claim_height(widget: QWidget, height: int, *, share: float = 1.0) -> bool:
     dock, window = dock_of(widget), main_window(widget)
     if dock is None or window is None or dock.isFloating():
         return False
-    area = window.dockWidgetArea(dock)
     tabs = window.tabifiedDockWidgets(dock)  # share its place: not resized apart
-    others = [
-        d
-        for d in window.findChildren(QDockWidget)
-        if d is not dock
-        and d not in tabs
-        and d.isVisible()
-        and not d.isFloating()
-        and window.dockWidgetArea(d) == area
-    ]
+    others = [d for d in _area_docks(window, dock) if d not in tabs]
     needs = [_needed_height(d) for d in others]
     total = dock.height() + sum(d.height() for d in others)  # the area's height to share
     height = int(min(height, share * window.height(), max(total - sum(needs), 0)))
@@ -97,15 +88,7 @@ def tabify_if_short(widget: QWidget, height: int, prefer: tuple[type, ...]) -> b
     dock, window = dock_of(widget), main_window(widget)
     if dock is None or window is None or dock.isFloating():
         return False
-    area = window.dockWidgetArea(dock)
-    others = [
-        d
-        for d in window.findChildren(QDockWidget)
-        if d is not dock
-        and d.isVisible()
-        and not d.isFloating()
-        and window.dockWidgetArea(d) == area
-    ]
+    others = _area_docks(window, dock)
     if height + sum(_needed_height(d) for d in others) <= window.height():
         return False
     for kind in prefer:
@@ -118,6 +101,19 @@ def tabify_if_short(widget: QWidget, height: int, prefer: tuple[type, ...]) -> b
                 QTimer.singleShot(0, dock.raise_)  # the tab bar is made at the next layout
                 return True
     return False
+
+
+def _area_docks(window: QMainWindow, dock: QDockWidget) -> list[QDockWidget]:
+    """The other docks shown in `dock`'s area of `window` (not floating)."""
+    area = window.dockWidgetArea(dock)
+    return [
+        d
+        for d in window.findChildren(QDockWidget)
+        if d is not dock
+        and d.isVisible()
+        and not d.isFloating()
+        and window.dockWidgetArea(d) == area
+    ]
 
 
 def _needed_height(dock: QDockWidget) -> int:

@@ -72,18 +72,13 @@ def default_model_name(
     """The bundled model to use by default, if its weights exist: for LR simulated
     with `preset` 'clean' the clean model, 'scanner' the scanner model; otherwise
     `model_for_coding(codec)` (the clean model only for losslessly stored input)."""
-    from napari_srgan_sqe.models.registry import CLEAN_MODEL, DEFAULT_MODEL, model_for_coding
+    from napari_srgan_sqe.models.registry import model_for_coding
 
     if models is None:
         from napari_srgan_sqe.models.registry import list_models
 
         models = list_models()
-    if preset == "clean":
-        wanted = CLEAN_MODEL
-    elif preset == "scanner":
-        wanted = DEFAULT_MODEL
-    else:
-        wanted = model_for_coding(codec)
+    wanted = model_for_coding(codec, preset)
     available = [m["name"] for m in models if m.get("available")]
     for name in (wanted, *PREFERRED_MODELS):
         if name in available:

@@ -8,11 +8,13 @@ with exit status 2; nothing prints a traceback for them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from napari_srgan_sqe import __version__
@@ -118,6 +120,29 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
         else:
             out.append(tok)
     return out
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[list[int]]:
+    """Within the block, SIGINT and SIGTERM (which batch schedulers send) set `stop`
+    instead of interrupting: the command stops between two steps and keeps its state.
+    Yields the list the signals received are appended to; the previous handlers are
+    back afterwards. Outside the main thread nothing is installed."""
+    received: list[int] = []
+
+    def _request_stop(signum: int, frame: Any) -> None:  # noqa: ARG001
+        received.append(signum)
+        stop.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _request_stop)
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Terminated(KeyboardInterrupt):

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import threading
 from pathlib import Path
 from typing import Any, Literal
 
-from napari_srgan_sqe.cli import UserError, parse_region
+from napari_srgan_sqe.cli import UserError, parse_region, stop_on_signals
 
 __all__ = [
     "add_arguments",
@@ -196,25 +195,23 @@ def drive(events: Any, total: int, stop: threading.Event) -> Any:
     from napari_srgan_sqe.training.finetune import Finished, Started, Step, Validated
 
     bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-    main = threading.current_thread() is threading.main_thread()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = [signal.signal(sig, lambda *_: stop.set()) for sig in signals] if main else []
     result = None
     try:
-        for ev in events:
-            if isinstance(ev, Started):
-                for note in ev.notes:
-                    tqdm.write(f"note: {note}")
-            elif isinstance(ev, Step):
-                bar.update(ev.step - bar.n)
-                bar.set_postfix(loss=f"{ev.loss:.4g}", refresh=False)
-            elif isinstance(ev, Validated) and ev.step > 0:
-                tqdm.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB, SSIM {ev.ssim:.4f}")
-            elif isinstance(ev, Finished):
-                result = ev.result
+        with stop_on_signals(stop):
+            for ev in events:
+                if isinstance(ev, Started):
+                    for note in ev.notes:
+                        tqdm.write(f"note: {note}")
+                elif isinstance(ev, Step):
+                    bar.update(ev.step - bar.n)
+                    bar.set_postfix(loss=f"{ev.loss:.4g}", refresh=False)
+                elif isinstance(ev, Validated) and ev.step > 0:
+                    tqdm.write(
+                        f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB, SSIM {ev.ssim:.4f}"
+                    )
+                elif isinstance(ev, Finished):
+                    result = ev.result
     finally:
-        for sig, handler in zip(signals, previous):  # restore the handlers
-            signal.signal(sig, handler)
         bar.close()
     assert result is not None
     b, a = result.before, result.after

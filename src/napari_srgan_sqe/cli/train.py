@@ -13,9 +13,8 @@ import argparse
 import signal
 import threading
 from pathlib import Path
-from typing import Any
 
-from napari_srgan_sqe.cli import UserError
+from napari_srgan_sqe.cli import UserError, stop_on_signals
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,23 +59,6 @@ SHOWN_LOSSES = ("g", "d", "ae", "fidelity", "v_mse", "adv", "cyc", "idt", "geo",
 """Loss terms shown in the progress bar: the SRGAN family's generator, discriminator,
 autoencoder and fidelity terms, SR3's v_mse, and the 'unpaired' recipe's adversarial,
 cycle, identity, geometric-ensemble and SR terms."""
-
-
-def _stop_on_signals(stop: threading.Event) -> tuple[list[int], dict[int, Any]]:
-    """SIGTERM and SIGINT (which background jobs ignore) ask the trainer to stop between
-    two steps; it then writes a checkpoint, so `--resume` continues exactly. Returns the
-    list the signals received are appended to (the exit status is 128 + the first) and
-    the handlers they replaced, to put back."""
-    received: list[int] = []
-
-    def _request_stop(signum, frame):  # noqa: ARG001
-        received.append(signum)
-        stop.set()
-
-    previous: dict[int, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, _request_stop)
-    return received, previous
 
 
 def run_files(out_dir: Path) -> list[Path]:
@@ -132,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
     if trainer.vgg_content is not None:
         print(f"VGG19 content loss: {trainer.vgg_content}")
     stop = threading.Event()
-    received, previous = _stop_on_signals(stop)
     bar = tqdm(total=trainer.total, unit="step", dynamic_ncols=True)
 
     def show(ev) -> None:
@@ -144,16 +125,16 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        trainer.run(resume=args.resume, callback=show, max_steps=args.max_steps, stop_event=stop)
+        with stop_on_signals(stop) as received:  # stop between two steps, checkpointed
+            trainer.run(
+                resume=args.resume, callback=show, max_steps=args.max_steps, stop_event=stop
+            )
     except KeyboardInterrupt:
         bar.close()
         print(
             f"interrupted at step {trainer.step}; checkpoint saved in {trainer.out_dir} (use --resume)"
         )
         return 130
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     bar.close()
     if stop.is_set():
         print(

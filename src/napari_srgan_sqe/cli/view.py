@@ -63,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
     simulate_lr = args.path is None if args.simulate_lr is None else args.simulate_lr
     if args.enhance:  # the model the Enhance widget will pick, and why
         from napari_srgan_sqe.inference.export import default_model_for
-        from napari_srgan_sqe.models.registry import CLEAN_MODEL, DEFAULT_MODEL
+        from napari_srgan_sqe.models.registry import model_for_coding
 
         if simulate_lr:
-            name = CLEAN_MODEL if args.degradation == "clean" else DEFAULT_MODEL
+            name = model_for_coding(None, args.degradation)
             why = f"LR simulated by the {args.degradation} degradation"
         else:
             name, why = default_model_for(slide.coding)

@@ -67,9 +67,9 @@ from napari_srgan_sqe.inference.tiling import (
     as_rgb_uint8,
     bicubic_preview,
     bicubic_region,
+    check_region,
     default_tile,
     read_region,
-    whole_region,
 )
 
 __all__ = [
@@ -939,11 +939,7 @@ def super_resolve(
         raise DataError(f"chunk_tiles must be at least 1, got {chunk_tiles}")
     source_id = _source_id(levels, slide, persistent=bool(disk_cache))
     if region is not None:
-        x, y, w, h = whole_region(region)
-        height, width = int(levels[0].shape[0]), int(levels[0].shape[1])
-        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
-            raise DataError(f"region {x},{y},{w},{h} is not inside the {width} x {height} image")
-        region = (x, y, w, h)
+        region = x, y, w, h = check_region(region, levels[0].shape)
         source_id = f"{source_id}-region-{x}-{y}-{w}-{h}"
     return SRPyramid(
         levels,

@@ -43,7 +43,7 @@ from napari_srgan_sqe.inference.engine import (
     resolve_model,
     super_resolve,
 )
-from napari_srgan_sqe.inference.tiling import TileGrid, TileMask, whole_region
+from napari_srgan_sqe.inference.tiling import TileGrid, TileMask, check_region
 from napari_srgan_sqe.io.errors import DataError, RegionError
 
 __all__ = [
@@ -132,20 +132,6 @@ def check_writable(path: Path, *, overwrite: bool) -> None:
                 f"{path} already exists (replace it with --overwrite; overwrite=True in Python)"
             ) from None
         raise DataError(f"cannot write {path}: it {exc.strerror}") from None
-
-
-def check_region(region: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(x, y, w, h) in LR level-0 px, entirely inside a slide of `shape` (y, x)."""
-    x, y, w, h = whole_region(region)
-    height, width = shape
-    if w <= 0 or h <= 0:
-        raise RegionError(f"region {x},{y},{w},{h} is empty (width and height must be > 0)")
-    if x < 0 or y < 0 or x + w > width or y + h > height:
-        raise RegionError(
-            f"region x={x} y={y} w={w} h={h} is not inside the slide, which is "
-            f"{width} x {height} px (width x height) at level 0"
-        )
-    return x, y, w, h
 
 
 def tissue_mask(
@@ -343,7 +329,7 @@ def enhance_slide(
         if threads is not None:
             import torch
 
-            torch.set_num_threads(int(threads))
+            torch.set_num_threads(threads)
         predictor = Predictor(model, device=device, max_batch=batch or 16, seed=seed)
         tile = tile or EXPORT_TILE
         mask = None
@@ -388,16 +374,14 @@ def enhance_slide(
                 ),
                 "provenance": provenance,
             }
-            if threads is not None and client is None:
-                import dask
+            import dask
 
-                stack.enter_context(dask.config.set(num_workers=int(threads)))
-                kwargs["concurrency"] = int(threads)
             if client is not None:  # the writer's own tasks stay in this process
-                import dask
-
                 stack.enter_context(dask.config.set(scheduler="threads"))
                 kwargs["concurrency"] = _cluster_threads(client)
+            elif threads is not None:
+                stack.enter_context(dask.config.set(num_workers=threads))
+                kwargs["concurrency"] = threads
             try:
                 if fmt == "zarr":
                     from napari_srgan_sqe.io.pyramid import write_ome_zarr

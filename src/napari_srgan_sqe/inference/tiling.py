@@ -34,6 +34,7 @@ __all__ = [
     "as_rgb_uint8",
     "bicubic_preview",
     "bicubic_region",
+    "check_region",
     "TileGrid",
     "default_tile",
     "halo_overhead",
@@ -224,6 +225,21 @@ def whole_region(region: Any) -> tuple[int, int, int, int]:
     if len(values) != 4 or any(not v.is_integer() for v in values):
         raise RegionError(f"a region is x, y, w, h: four whole numbers of LR px, got {region!r}")
     x, y, w, h = (int(v) for v in values)
+    return x, y, w, h
+
+
+def check_region(region: Any, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(x, y, w, h) in LR level-0 px (`whole_region`), entirely inside an image of
+    `shape` (y, x, ...); `RegionError` saying why not."""
+    x, y, w, h = whole_region(region)
+    height, width = int(shape[0]), int(shape[1])
+    if w <= 0 or h <= 0:
+        raise RegionError(f"region {x},{y},{w},{h} is empty (width and height must be > 0)")
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise RegionError(
+            f"region x={x} y={y} w={w} h={h} is not inside the slide, which is "
+            f"{width} x {height} px (width x height) at level 0"
+        )
     return x, y, w, h
 
 

@@ -123,10 +123,13 @@ CLEAN_MODEL = "srgan-sqe-he-x4-clean"
 """The model for losslessly stored LR (and LR simulated by the clean D_s)."""
 
 
-def model_for_coding(codec: str | None) -> str:
+def model_for_coding(codec: str | None, preset: str | None = None) -> str:
     """The bundled model to use by default for LR stored with `codec` ('jpeg',
     'jpeg2000', 'webp', 'none' for lossless, 'unknown' or None): the clean model only
-    when the LR is known to be lossless, the scanner model otherwise."""
+    when the LR is known to be lossless, the scanner model otherwise. LR simulated by a
+    degradation `preset` gets the model trained on it ('clean' or 'scanner')."""
+    if preset is not None:
+        return CLEAN_MODEL if preset == "clean" else DEFAULT_MODEL
     return CLEAN_MODEL if codec == "none" else DEFAULT_MODEL
 
 

@@ -226,9 +226,9 @@ class Trainer:
         end = self.total if max_steps is None else min(self.total, self.step + max_steps)
         t0 = time.perf_counter()
         logf = (self.out_dir / LOG).open("a")
-        if self.cfg.data_workers and self.step < end:
-            self._prefetch = BatchPrefetcher(self.sampler, self.cfg.data_workers)
         try:
+            if self.cfg.data_workers and self.step < end:
+                self._prefetch = BatchPrefetcher(self.sampler, self.cfg.data_workers)
             while self.step < end:
                 if stop_event is not None and stop_event.is_set():
                     break
