@@ -183,10 +183,25 @@ def test_sampler_makes_scanner_lr_at_both_magnifications(he):
     for hr, lr in zip(a.hr, a.lr):
         ref = degrade(hr.transpose(1, 2, 0).astype(np.float64), 4)
         assert psnr(lr.transpose(1, 2, 0), ref) > 22
-    # patches too large for the images, margins and half magnification included
+    # patches too large for the images, scanner margin included
     with pytest.raises(Exception, match="larger than"):
+        PatchSampler([he[:90, :90].copy()], patch_size=64, batch_size=1,
+                     degradation=cfg)  # fmt: skip
+    # half magnification needs twice the side: no image that large is an error ...
+    with pytest.raises(Exception, match="half-magnification"):
         PatchSampler([he[:150, :150].copy()], patch_size=64, batch_size=1,
                      degradation=cfg, lower_mag_fraction=0.5)  # fmt: skip
+    # ... and a small image among large ones gives full-magnification patches only
+    small = np.full((100, 100, 3), 7, np.uint8)  # flat: its patches are recognisable
+    mixed = PatchSampler([small, he], patch_size=64, batch_size=8, seed=2,
+                         degradation=scanner(**OFF), lower_mag_fraction=1.0)  # fmt: skip
+    flat = 0
+    for step in range(6):
+        for hr in mixed.batch(step).hr:
+            if np.ptp(hr) < 1e-6:  # a patch of the small image, drawn at full magnification
+                flat += 1
+                assert np.allclose(hr, 7 / 255)
+    assert flat > 0
 
 
 def test_draw_is_frozen_and_records_the_coding():

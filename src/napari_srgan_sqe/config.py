@@ -88,6 +88,9 @@ class GeneratorConfig(_Strict):
     activation: Literal["relu", "prelu"] = "relu"
     """Activation of the trunk and up-sampling stages ('prelu' as in SRGAN; 'srresnet'
     only)."""
+    coding: bool = False
+    """lrnet only: condition the network on how its LR was stored (codec, JPEG quality
+    and colour coding; `models.coding`), so that one network serves every coding."""
 
     @field_validator("head_kernel", "tail_kernel")
     @classmethod
@@ -355,7 +358,7 @@ class CorruptionConfig(_Strict):
 
 DegradationPreset = Literal["clean", "scanner"]
 DEGRADATION_PRESETS: tuple[DegradationPreset, ...] = ("clean", "scanner")
-JpegColour = Literal["ycbcr420", "rgb"]
+JpegColour = Literal["ycbcr420", "ycbcr444", "rgb"]
 
 
 def _all_jpeg_colours() -> list[JpegColour]:
@@ -389,8 +392,9 @@ class DegradationConfig(_Strict):
     jpeg_quality: tuple[int, int] = (30, 95)
     """Range of the IJG JPEG quality (drawn uniformly)."""
     jpeg_colours: list[JpegColour] = Field(default_factory=_all_jpeg_colours, min_length=1)
-    """JPEG colour modes drawn from: YCbCr 4:2:0 (most scanners) and RGB without
-    subsampling (Aperio "JPEG/RGB")."""
+    """JPEG colour modes drawn from: YCbCr 4:2:0 (most scanners), YCbCr 4:4:4 (no
+    chroma subsampling) and RGB without subsampling (Aperio "JPEG/RGB"). The default
+    leaves 4:4:4 out, as runs written before it was added did."""
     jpeg2000_fraction: float = Field(0.2, ge=0.0, le=1.0)
     """Fraction of patches whose LR is JPEG 2000-coded."""
     jpeg2000_psnr: tuple[float, float] = (26.0, 37.0)
@@ -544,6 +548,14 @@ class TrainConfig(_Strict):
     model trains: 0 makes them in the training process. Batches are the same for any
     number (they depend on seed and step only); worth it on a GPU, where the scanner
     chain's coding, not the network, bounds the step rate."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Arithmetic of the networks' forward passes while training: 'bf16' runs the
+    generator and discriminator under bfloat16 autocast (weights, optimizer moments,
+    losses and validation stay float32). About 2-3x faster on CPUs with AMX or
+    AVX512-BF16 and on recent GPUs; docs/training.md gives the measured cost."""
+    channels_last: bool = False
+    """Keep the networks and batches in channels_last memory layout (faster
+    convolutions on CPUs with oneDNN, and on GPUs under bf16)."""
     checkpoint_every: int = Field(500, ge=1)
     val_every: int = Field(500, ge=1)
     out_dir: str = "runs/default"
@@ -564,6 +576,11 @@ class TrainConfig(_Strict):
     [-stain_jitter, stain_jitter] x 0.1, before the LR is made from it, so that the
     model meets the stain variation of other labs and scanners. 0: off; 0.05 is
     'HED-light', 0.2 'HED-strong'."""
+    coding_hidden: float = Field(0.25, ge=0.0, le=1.0)
+    """For a coding-conditioned generator (`GeneratorConfig.coding`) on the scanner
+    preset: fraction of patches whose coding the network is told only in part (codec,
+    quality or colour coding withheld), so that it does well on slides that do not
+    record them."""
     quantize_lr: bool = True
     """Round the LR inputs made by D_s to 8-bit levels, as LR images and slides are
     stored, so the network trains on the inputs it will see."""

@@ -78,7 +78,7 @@ def default_model_name(
         from napari_srgan_sqe.models.registry import list_models
 
         models = list_models()
-    wanted = model_for_coding(codec, preset)
+    wanted = model_for_coding(codec, preset=preset)
     available = [m["name"] for m in models if m.get("available")]
     for name in (wanted, *PREFERRED_MODELS):
         if name in available:
@@ -131,6 +131,7 @@ def prepare_enhance(
     expect_scale: int | None = None,
     degradation: str = "clean",
     seed: int = 0,
+    coding: Any = None,
 ) -> Generator[str, None, Prepared]:
     """Load `model`, simulate LR from `hr_levels` if given, and build the lazy SR pyramid.
 
@@ -138,13 +139,16 @@ def prepare_enhance(
     `default_model_name(preset=...)` for simulated LR, else `default_model_name()`.
     `degradation`: the preset LR is simulated with ('clean' = D_s, or 'scanner').
     `seed`: the sample a stochastic model draws (deterministic models ignore it).
+    `coding`: how the LR is stored (a `SlideCoding`, None: unknown), told to a model
+    conditioned on it.
 
     Yields progress messages; returns `Prepared` (with `.error` set, never raising, so
     the GUI shows one clear notification). Touches no viewer: only arrays and files.
     """
     try:
         from napari_srgan_sqe.inference.engine import super_resolve
-        from napari_srgan_sqe.models.modelfile import load_model
+        from napari_srgan_sqe.models.coding import describe_coding
+        from napari_srgan_sqe.models.modelfile import load_model, reads_coding
 
         if model is None:
             model = default_model_name(preset=degradation if hr_levels is not None else None)
@@ -160,9 +164,17 @@ def prepare_enhance(
             yield f"simulating LR ({how}) lazily ..."
             lr_levels = _simulate_lr(hr_levels, s, degradation)
         yield f"preparing {loaded.name} on {device} ..."
+        if reads_coding(loaded):
+            yield f"telling {loaded.name} the LR is stored as {describe_coding(coding)} ..."
         # placeholders (bicubic under a veil) until the SR of the view lands
         pyramid = super_resolve(
-            lr_levels, loaded, device=device, tile=tile, placeholder=True, seed=seed
+            lr_levels,
+            loaded,
+            device=device,
+            tile=tile,
+            placeholder=True,
+            seed=seed,
+            coding=coding,
         )
         return Prepared(pyramid=pyramid, lr_levels=lr_levels)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
@@ -396,6 +408,11 @@ class EnhanceWidget(QWidget):
             device=device or self.device_box.currentText().split(" ")[0],
             tile=tile if tile is not None else (self.tile_box.value() or None),
             seed=int(seed) if seed is not None else self.seed_box.value(),
+            # a layer read from a file tells a conditioned model its coding; simulated
+            # LR (a random draw of the degradation) is unknown to it
+            coding=layer_coding(lr_layer)
+            if lr_layer is not None and simulate_from is None
+            else None,
         )
         if wait:
             return self._finish(req, _drain(prepare_enhance(**kwargs)))

@@ -129,6 +129,15 @@ def coding_text(coding: Any) -> str:
     return f"{coding}, lossy" if coding.lossy else str(coding)
 
 
+def print_coding_told(model: str, coding: object) -> None:
+    """Say what a coding-conditioned model is told about the input (nothing for others)."""
+    from napari_srgan_sqe.models.coding import describe_coding
+    from napari_srgan_sqe.models.modelfile import reads_coding
+
+    if reads_coding(model):
+        print(f"the model is told: {describe_coding(coding)} (it is conditioned on the coding)")
+
+
 def model_scale(model: str) -> tuple[str, int | None]:
     """(name, up-scaling factor) of a bundled model or a model file, from the registry
     or the file's metadata only (cheap); the scale is None when unknown here (loading
@@ -219,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"model: {model} ({why}; --model chooses another)")
     else:
         print(f"model: {model}")
+    print_coding_told(model, slide.coding)
     named, scale = model_scale(model)
     if scale is not None and args.scale is not None and scale != args.scale:
         raise UserError(f"model {named} up-scales by {scale}, not by --scale {args.scale}")

@@ -78,6 +78,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JPEG 2000 compression ratio(s) for --lr-codec jpeg2000 (repeat or a list); "
         "default 17, the rate of Aperio's J2K Q=70",
     )
+    parser.add_argument(
+        "--lr-jpeg-colour",
+        action="append",
+        default=None,
+        help="JPEG colour coding(s) for --lr-codec jpeg: ycbcr420 (default; most scanners), "
+        "ycbcr444 (no chroma subsampling) or rgb (Aperio's JPEG/RGB); repeat or a list",
+    )
+    parser.add_argument(
+        "--coding-unknown",
+        action="store_true",
+        help="tell a coding-conditioned model nothing about how the LR is stored (as for "
+        "a slide that records no codec or quality)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the scanner degradation")
     parser.add_argument(
         "--zero-shot-steps",
@@ -120,12 +133,27 @@ def lr_conditions(args: argparse.Namespace) -> list:
         raise UserError("--lr-quality needs --lr-codec jpeg")
     if ratios and "jpeg2000" not in codecs:
         raise UserError("--lr-ratio needs --lr-codec jpeg2000")
+    colours = [
+        part
+        for v in args.lr_jpeg_colour or []
+        for part in str(v).replace(" ", "").split(",")
+        if part
+    ]
+    for c in colours:
+        if c not in ("ycbcr420", "ycbcr444", "rgb"):
+            raise UserError(f"--lr-jpeg-colour {c!r}: choose ycbcr420, ycbcr444 or rgb")
+    if colours and "jpeg" not in codecs:
+        raise UserError("--lr-jpeg-colour needs --lr-codec jpeg")
     out = []
     for codec in codecs:
         if codec == "none":
             out.append(LRCondition())
         elif codec == "jpeg":
-            out += [LRCondition("jpeg", q) for q in dict.fromkeys(qualities or [75])]
+            out += [
+                LRCondition("jpeg", q, colour)
+                for colour in dict.fromkeys(colours or ["ycbcr420"])
+                for q in dict.fromkeys(qualities or [75])
+            ]
         else:
             out += [LRCondition("jpeg2000", r) for r in dict.fromkeys(ratios or [None])]
     return out
@@ -161,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         zero_shot_steps=args.zero_shot_steps,
         samples=args.samples,
+        tell_coding=not args.coding_unknown,
     )
     bar.close()
     print(result.table())

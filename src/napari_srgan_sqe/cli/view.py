@@ -66,11 +66,15 @@ def run(args: argparse.Namespace) -> int:
         from napari_srgan_sqe.models.registry import model_for_coding
 
         if simulate_lr:
-            name = model_for_coding(None, args.degradation)
+            name = model_for_coding(None, preset=args.degradation)
             why = f"LR simulated by the {args.degradation} degradation"
         else:
             name, why = default_model_for(slide.coding)
         print(f"model: {name} ({why}; the Model box chooses another)")
+        if not simulate_lr:
+            from napari_srgan_sqe.cli.enhance import print_coding_told
+
+            print_coding_told(name, slide.coding)
     try:
         return launch_viewer(
             slide, simulate_lr=simulate_lr, enhance=args.enhance, degradation=args.degradation

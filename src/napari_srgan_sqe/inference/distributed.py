@@ -164,7 +164,8 @@ def _build_engine(spec: ChunkSpec, model: Any) -> Any:
     from napari_srgan_sqe.inference.tiling import TileMask
     from napari_srgan_sqe.io.slides import open_slide
 
-    lr0 = open_slide(spec.path).levels[0]
+    slide = open_slide(spec.path)
+    lr0 = slide.levels[0]
     x, y, w, h = spec.region
     whole = (x, y, w, h) == (0, 0, int(lr0.shape[1]), int(lr0.shape[0]))
     return super_resolve(
@@ -178,6 +179,7 @@ def _build_engine(spec: ChunkSpec, model: Any) -> Any:
         use_model=TileMask(spec.tissue) if spec.tissue is not None else None,
         region=None if whole else (x, y, w, h),
         seed=spec.seed,
+        coding=slide.coding,  # as the exporting process tells a conditioned model
     )
 
 

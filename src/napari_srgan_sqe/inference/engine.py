@@ -42,6 +42,7 @@ translate -(s - 1) / (2 s) in LR pixel units (`SRPyramid.layer_transform`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import uuid
@@ -71,6 +72,7 @@ from napari_srgan_sqe.inference.tiling import (
     default_tile,
     read_region,
 )
+from napari_srgan_sqe.models.coding import CodingLike
 
 __all__ = [
     "DataError",
@@ -659,7 +661,7 @@ class SRPyramid(list):
 
     def _install(self, model: Any, predictor: Any) -> None:
         """Build the whole state for `model` first, then swap it in under the lock."""
-        model_id = model_key(model, getattr(predictor, "seed", None))
+        model_id = model_key(model, getattr(predictor, "seed", None), _coding_of(predictor))
         disk = None
         lr0 = self.lr_levels[0]
         if self.region is not None:
@@ -824,18 +826,30 @@ def resolve_model(model: Any) -> Any:
     return model
 
 
-def model_key(model: Any, seed: int | None) -> str:
-    """The model's part of every cache key: its identity, and the seed when the method
-    is stochastic. Refuses methods the halo-tiled engine cannot run exactly."""
+def model_key(model: Any, seed: int | None, coding: tuple[float, ...] | None = None) -> str:
+    """The model's part of every cache key: its identity, the seed when the method is
+    stochastic, and the coding it is told when it is conditioned on one (`coding`: the
+    vector, None for a model that reads none). Refuses methods the halo-tiled engine
+    cannot run exactly."""
     desc = model.descriptor
     if desc.tiling not in ("halo", "overlap"):
         raise DataError(
             f"model {model.name!r} needs {desc.tiling!r} tiling; this engine reads tiles with "
             "a margin and crops it ('halo' or 'overlap' tiling)"
         )
+    key = str(model.identity)
     if desc.stochastic:
-        return f"{model.identity}-seed{0 if seed is None else int(seed)}"
-    return str(model.identity)
+        key = f"{key}-seed{0 if seed is None else int(seed)}"
+    if coding is not None:
+        key += "-coded-" + hashlib.sha1(repr(tuple(coding)).encode()).hexdigest()[:8]
+    return key
+
+
+def _coding_of(predictor: Any) -> tuple[float, ...] | None:
+    """The coding vector a predictor tells its model, or None when the model reads none."""
+    if not getattr(predictor, "conditioned", False):
+        return None
+    return tuple(predictor.coding_vector)
 
 
 def check_scale(model: Any, scale: int | None) -> None:
@@ -890,6 +904,7 @@ def super_resolve(
     seed: int | None = None,
     placeholder: bool = False,
     live_piece: int = LIVE_PIECE,
+    coding: CodingLike = None,
 ) -> SRPyramid:
     """Lazy multiscale SR of a Slide, a list of levels, or one (H, W, 3) array.
 
@@ -908,7 +923,9 @@ def super_resolve(
     computed and a marked bicubic placeholder elsewhere, computing the view in the
     background in pieces of at most `live_piece` LR px (off: level 0 is the exact,
     blocking dask array, as export and evaluation need; `exact_levels()` gives it in
-    either mode). Nothing is computed here.
+    either mode); `coding`: how the LR is stored (`models.coding.CodingLike`, e.g.
+    ('jpeg', 30)), told to a coding-conditioned model; None: a Slide's own `coding`,
+    else unknown (a given `predictor` keeps its own). Nothing is computed here.
 
     The pyramid computes in this process (threads): its levels hold the model, the
     predictor and the tile caches, so they cannot be sent to a dask.distributed
@@ -920,15 +937,23 @@ def super_resolve(
     model = resolve_model(model)
     check_scale(model, scale)
     max_batch = batch if batch is not None else getattr(predictor, "max_batch", 16)
+    if coding is None and slide is not None:
+        coding = getattr(slide, "coding", None)
     if predictor is not None:  # set_model keeps the given predictor's settings
         device, precision = predictor.device, getattr(predictor, "precision", precision)
         seed = getattr(predictor, "seed", seed)
+        coding = getattr(predictor, "coding", coding)
 
     def make_predictor(m: Any, sample_seed: int | None = seed) -> Any:
         from napari_srgan_sqe.models.predictor import Predictor
 
         return Predictor(
-            m, device=device, precision=precision, max_batch=max_batch, seed=sample_seed
+            m,
+            device=device,
+            precision=precision,
+            max_batch=max_batch,
+            seed=sample_seed,
+            coding=coding,
         )
 
     if predictor is None:

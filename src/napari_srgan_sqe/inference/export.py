@@ -204,7 +204,7 @@ def default_model_for(coding: Any) -> tuple[str, str]:
     from napari_srgan_sqe.models.registry import model_for_coding
 
     codec = getattr(coding, "codec", None) or "unknown"
-    name = model_for_coding(codec)
+    name = model_for_coding(codec, getattr(coding, "quality", None))
     if codec == "none":
         why = "the input is stored losslessly: the model trained on clean LR"
     elif codec == "unknown":
@@ -330,7 +330,9 @@ def enhance_slide(
             import torch
 
             torch.set_num_threads(threads)
-        predictor = Predictor(model, device=device, max_batch=batch or 16, seed=seed)
+        predictor = Predictor(
+            model, device=device, max_batch=batch or 16, seed=seed, coding=slide.coding
+        )
         tile = tile or EXPORT_TILE
         mask = None
         if tissue_only:

@@ -3,7 +3,7 @@
 - `code_image` passes an 8-bit RGB image through JPEG or JPEG 2000 and decodes it
   again: the LR a scanner's file holds. JPEG uses the IJG quantisation tables scaled by
   the quality (as libjpeg, Pillow and Aperio do), in YCbCr with 4:2:0 chroma
-  subsampling or in RGB without it (Aperio's "JPEG/RGB"). JPEG 2000 is coded to a
+  subsampling, in YCbCr without it (4:4:4), or in RGB without it (Aperio's "JPEG/RGB"). JPEG 2000 is coded to a
   compression ratio (bytes of 24-bit RGB over bytes coded), the way Aperio states its
   rate; OpenJPEG takes a target PSNR, so the ratio is met by bisection on it.
 - `jpeg_quality` estimates the IJG quality of a JPEG stream (or a TIFF JPEGTables
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 CODECS = ("none", "jpeg", "jpeg2000")
-JPEG_COLOURS = ("ycbcr420", "rgb")
+JPEG_COLOURS = ("ycbcr420", "ycbcr444", "rgb")
 APERIO_J2K_RATIO = 17.0
 """Compression ratio of the JPEG 2000 TCGA slide in the sample data (Aperio "J2K/KDU
 Q=70": 0.175 bytes per RGB pixel, i.e. 1.4 bits per pixel)."""
@@ -79,7 +79,8 @@ def encode_jpeg(img: np.ndarray, quality: int, colour: str = "ycbcr420") -> byte
     """JPEG bytes of an RGB uint8 image at IJG quality 1-100.
 
     colour 'ycbcr420': YCbCr with 4:2:0 chroma subsampling (most scanners, Pillow's
-    default); 'rgb': RGB components, no subsampling (Aperio "JPEG/RGB").
+    default); 'ycbcr444': YCbCr without subsampling (other scanners' high-quality
+    setting); 'rgb': RGB components, no subsampling (Aperio "JPEG/RGB").
     """
     import imagecodecs
 
@@ -90,6 +91,8 @@ def encode_jpeg(img: np.ndarray, quality: int, colour: str = "ycbcr420") -> byte
     img = _check_rgb8(img)
     if colour == "rgb":
         return bytes(imagecodecs.jpeg8_encode(img, level=int(quality), outcolorspace="rgb"))
+    if colour == "ycbcr444":
+        return bytes(imagecodecs.jpeg8_encode(img, level=int(quality), subsampling="444"))
     return bytes(imagecodecs.jpeg8_encode(img, level=int(quality), subsampling="420"))
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from abc import ABCMeta, abstractmethod
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from napari_srgan_sqe.models.blocks import (
     count_macs,
     halo_of,
 )
+from napari_srgan_sqe.models.coding import CODING_FEATURES
 from napari_srgan_sqe.models.method import parameter_groups_by_children
 
 __all__ = ["LRNet", "SRResNet", "build_generator"]
@@ -120,7 +122,14 @@ class SRResNet(_Generator):
 
 
 class LRNet(_Generator):
-    """All work at LR resolution; a conv to 3*s*s channels and PixelShuffle(s) at the end."""
+    """All work at LR resolution; a conv to 3*s*s channels and PixelShuffle(s) at the end.
+
+    `coding=True` conditions the network on how its LR was stored (`models.coding`): a
+    small MLP maps the coding vector to a scale and a shift per channel for the output
+    of every residual block (feature-wise modulation). Its last layer starts at zero, so
+    a conditioned network made from an unconditioned one computes the same function
+    until it is trained. `forward(x, coding)` takes one vector per image (N, F), or
+    None for the vector set by `set_coding` (default: everything unknown)."""
 
     def __init__(
         self,
@@ -131,8 +140,20 @@ class LRNet(_Generator):
         tail_kernel: int = 3,
         batch_norm: bool = False,
         bicubic_skip: bool = True,
+        coding: bool = False,
     ) -> None:
         super().__init__(scale, n_blocks, channels, head_kernel, batch_norm, bicubic_skip)
+        self.channels = int(channels)
+        self.coding_net: nn.Sequential | None = None
+        if coding:
+            self.coding_net = nn.Sequential(
+                nn.Linear(CODING_FEATURES, 64), nn.ReLU(), nn.Linear(64, 2 * channels * n_blocks)
+            )
+            with torch.no_grad():
+                last = cast(nn.Linear, self.coding_net[2])
+                last.weight.zero_()
+                last.bias.zero_()
+            self.register_buffer("coding", torch.zeros(1, CODING_FEATURES), persistent=False)
         self.tail = conv(channels, 3 * scale * scale, tail_kernel)
         if bicubic_skip:  # start close to bicubic: the net learns a small residual
             with torch.no_grad():
@@ -142,6 +163,35 @@ class LRNet(_Generator):
 
     def upsample(self, f: torch.Tensor) -> torch.Tensor:
         return self.shuffle(self.tail(f))
+
+    def set_coding(self, coding: Sequence[float] | torch.Tensor) -> None:
+        """The coding vector used when `forward` is given none (a conditioned net)."""
+        if self.coding_net is None:
+            return
+        buf = cast(torch.Tensor, self.coding)
+        v = torch.as_tensor(coding, dtype=torch.float32).reshape(1, CODING_FEATURES)
+        buf.copy_(v.to(buf.device))
+
+    def features_coded(self, x: torch.Tensor, coding: torch.Tensor) -> torch.Tensor:
+        assert self.coding_net is not None
+        n, c = x.shape[0], self.channels
+        film = self.coding_net(coding.to(device=x.device, dtype=torch.float32))
+        film = film.view(n, len(self.blocks), 2, c, 1, 1)
+        h = self.head(x)
+        f = h
+        for i, block in enumerate(self.blocks):
+            f = block(f) * (1.0 + film[:, i, 0]) + film[:, i, 1]
+        return h + self.trunk_tail(f)
+
+    def forward(self, x: torch.Tensor, coding: torch.Tensor | None = None) -> torch.Tensor:
+        if self.coding_net is None:
+            return super().forward(x)
+        if coding is None:
+            coding = cast(torch.Tensor, self.coding).expand(x.shape[0], CODING_FEATURES)
+        y = self.upsample(self.features_coded(x, coding))
+        if self.skip is not None:
+            y = y + self.skip(x)
+        return y
 
 
 def build_generator(cfg: GeneratorConfig) -> SRResNet | LRNet:
@@ -156,7 +206,9 @@ def build_generator(cfg: GeneratorConfig) -> SRResNet | LRNet:
         bicubic_skip=cfg.bicubic_skip,
     )
     if cfg.arch == "srresnet":
+        if cfg.coding:
+            raise ValueError("coding conditioning is built for arch 'lrnet', not 'srresnet'")
         return SRResNet(**common, act=cfg.activation)
     if cfg.activation != "relu":
         raise ValueError("arch 'lrnet' uses ReLU; activation 'prelu' is for 'srresnet'")
-    return LRNet(**common)
+    return LRNet(**common, coding=cfg.coding)

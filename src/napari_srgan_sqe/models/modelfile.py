@@ -31,6 +31,7 @@ from napari_srgan_sqe.io.checkpoints import (
     is_pickle,
     load_pickle_state_dict,
     read_safetensors,
+    read_safetensors_metadata,
     write_safetensors,
 )
 from napari_srgan_sqe.models.architectures import build_network, describe
@@ -48,6 +49,7 @@ __all__ = [
     "arch_summary",
     "load_model",
     "new_model",
+    "reads_coding",
     "save_model",
 ]
 
@@ -262,6 +264,22 @@ def _resolve(name_or_path: str | os.PathLike[str]) -> Path | SRModel:
     if path.is_dir():
         raise ModelFileError(f"{path} is a folder, not a .safetensors model file")
     return path
+
+
+def reads_coding(model: Any) -> bool:
+    """Whether a model (an SRModel, a bundled name or a model file) is conditioned on
+    its input's coding; for a name or file, from the file's metadata only (no weights
+    read). A model that cannot be read counts as not conditioned (loading it says why)."""
+    if isinstance(model, SRModel):
+        return bool(getattr(model.config.generator, "coding", False))
+    try:
+        found = _resolve(model)
+        if isinstance(found, SRModel):
+            return False
+        meta = read_safetensors_metadata(found)
+        return bool(json.loads(meta.get("config", "{}")).get("generator", {}).get("coding"))
+    except (ModelFileError, CheckpointError, OSError, ValueError, AttributeError):
+        return False
 
 
 def _config_from(path: Path, meta: dict[str, str]) -> ModelConfig:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from napari_srgan_sqe.io.errors import check_unit_range
+from napari_srgan_sqe.models.coding import CodingLike, coding_vector, normalise_coding
 from napari_srgan_sqe.models.method import MethodDescriptor, SRMethod
 
 __all__ = ["DeviceError", "NonFiniteOutputError", "Predictor", "resolve_device"]
@@ -111,6 +112,9 @@ class Predictor:
       for one tile raises DeviceError (use smaller tiles or the CPU).
     - `seed`: passed to every `infer_batch` call; it matters only for stochastic
       methods (`descriptor.stochastic`), whose output it fixes.
+    - `coding`: how the input tiles were stored (`models.coding.CodingLike`: a
+      `SlideCoding`, ('jpeg', 30), 'none', None for unknown). A coding-conditioned
+      network (`conditioned`) is told it with every batch; other models ignore it.
     Torch's thread count is left as the user set it.
     """
 
@@ -122,6 +126,7 @@ class Predictor:
         precision: str = "auto",
         max_batch: int = 16,
         seed: int | None = None,
+        coding: CodingLike = None,
     ) -> None:
         if isinstance(model, str | os.PathLike):  # a bundled name or a model file
             from napari_srgan_sqe.models.modelfile import load_model
@@ -145,6 +150,10 @@ class Predictor:
         self.max_batch = max(1, int(max_batch))
         self.seed = seed
         self.model: SRMethod = model.to(self.device).eval()
+        net = getattr(self.model, "generator", None)
+        self._coded_net = net if getattr(net, "coding_net", None) is not None else None
+        self.coding = normalise_coding(coding)
+        self._coding_vec = coding_vector(coding)
         if isinstance(self.model, torch.nn.Module):
             # torch's Module.to overloads omit memory_format, which it accepts.
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -152,6 +161,16 @@ class Predictor:
     @property
     def descriptor(self) -> MethodDescriptor:
         return self.model.descriptor
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether the model reads the input's coding (`coding`)."""
+        return self._coded_net is not None
+
+    @property
+    def coding_vector(self) -> tuple[float, ...]:
+        """The vector a conditioned model is told (`models.coding.coding_vector`)."""
+        return self._coding_vec
 
     @property
     def scale(self) -> int:
@@ -186,6 +205,8 @@ class Predictor:
         x = x.contiguous(memory_format=torch.channels_last)
         c = crop * self.scale
         with torch.inference_mode():
+            if self._coded_net is not None:  # set per batch: predictors may share a model
+                self._coded_net.set_coding(self._coding_vec)
             with self._autocast():
                 y = self.model.infer_batch(x, seed=self.seed, origins=origins)
             if c:

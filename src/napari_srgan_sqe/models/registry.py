@@ -123,11 +123,21 @@ CLEAN_MODEL = "srgan-sqe-he-x4-clean"
 """The model for losslessly stored LR (and LR simulated by the clean D_s)."""
 
 
-def model_for_coding(codec: str | None, preset: str | None = None) -> str:
+def model_for_coding(
+    codec: str | None, quality: int | None = None, *, preset: str | None = None
+) -> str:
     """The bundled model to use by default for LR stored with `codec` ('jpeg',
-    'jpeg2000', 'webp', 'none' for lossless, 'unknown' or None): the clean model only
-    when the LR is known to be lossless, the scanner model otherwise. LR simulated by a
-    degradation `preset` gets the model trained on it ('clean' or 'scanner')."""
+    'jpeg2000', 'webp', 'none' for lossless, 'unknown' or None) at `quality` (JPEG's IJG
+    quality, None when not known): the clean model only when the LR is known to be
+    lossless, the scanner model otherwise, at every quality. The scanner model is
+    conditioned on the coding (`models.coding`): it is told the codec and quality by
+    whoever runs it (`super_resolve(..., coding=...)`; a Slide tells its own), so one
+    model serves every lossy coding. LR simulated by a degradation `preset` gets the
+    model trained on it ('clean' or 'scanner')."""
+    if quality is not None and not (
+        isinstance(quality, int | float) and not isinstance(quality, bool) and 1 <= quality <= 100
+    ):
+        raise ValueError(f"quality must be a number in 1..100 or None, got {quality!r}")
     if preset is not None:
         return CLEAN_MODEL if preset == "clean" else DEFAULT_MODEL
     return CLEAN_MODEL if codec == "none" else DEFAULT_MODEL

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_srgan_sqe.config import CorruptionConfig, DegradationConfig
-from napari_srgan_sqe.degradation import apply_scanner, corrupt, draw_scanner
+from napari_srgan_sqe.degradation import ScannerDraw, apply_scanner, corrupt, draw_scanner
 from napari_srgan_sqe.io.errors import DataError
+from napari_srgan_sqe.models.coding import CODING_FEATURES, coding_vector
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,10 @@ class PatchBatch:
     lr: np.ndarray | None = None
     """LR inputs made in the sampler (scanner preset); None: the trainer applies D_s to
     `lr_source`."""
+    coding: np.ndarray | None = None
+    """(N, CODING_FEATURES) float32: how each LR was stored, as a coding-conditioned
+    network is told it (`models.coding`), with parts hidden on `coding_hidden` of the
+    patches; None for the clean preset."""
 
 
 class PatchSampler:
@@ -180,6 +185,7 @@ class PatchSampler:
         scale: int = 4,
         lower_mag_fraction: float = 0.0,
         stain_jitter: float = 0.0,
+        coding_hidden: float = 0.25,
     ) -> None:
         if not images:
             raise DataError(
@@ -189,17 +195,26 @@ class PatchSampler:
         self.scale = scale
         self.lower_mag_fraction = lower_mag_fraction
         self.stain_jitter = float(stain_jitter)
+        self.coding_hidden = float(coding_hidden)
         # The scanner chain codes an LR patch 8 px larger and crops it at a random
         # offset, so the network meets the JPEG block grid at every phase.
         self.margin = 8 * scale if self.degradation.preset == "scanner" else 0
-        need = (patch_size + self.margin) * (2 if lower_mag_fraction > 0 else 1)
+        need = patch_size + self.margin
         small = [im.shape[:2] for im in images if min(im.shape[:2]) < need]
         if small:
             raise DataError(
                 f"training patches need {need} px (patch size {patch_size}"
-                + (", scanner margin, half magnification" if need > patch_size else "")
+                + (", scanner margin" if need > patch_size else "")
                 + f"), larger than {len(small)} training image(s), e.g. {small[0]}; "
                 "choose a smaller patch_size"
+            )
+        # A half-magnification patch needs twice the side: images smaller than that
+        # give full-magnification patches only.
+        self._zoom_ok = [min(im.shape[:2]) >= 2 * need for im in images]
+        if lower_mag_fraction > 0 and not any(self._zoom_ok):
+            raise DataError(
+                f"half-magnification patches (lower_mag_fraction {lower_mag_fraction}) need "
+                f"{2 * need} px; no training image is that large"
             )
         self.images = list(images)
         self.patch_size = patch_size
@@ -217,12 +232,18 @@ class PatchSampler:
         src = np.empty_like(hr)
         lr = np.empty((self.batch_size, p // s, p // s, 3), np.float32) if scanner else None
         flags = np.zeros(self.batch_size, bool)
+        coding = np.zeros((self.batch_size, CODING_FEATURES), np.float32) if scanner else None
+        # Its own stream: what the network is told does not change the pixels drawn.
+        hide_rng = np.random.default_rng([self.seed, step, 7])
         c = self.corruption
         for i in range(self.batch_size):
-            im = self.images[rng.integers(len(self.images))]
+            k = int(rng.integers(len(self.images)))
+            im = self.images[k]
             zoom = (
                 2 if self.lower_mag_fraction > 0 and rng.random() < self.lower_mag_fraction else 1
             )
+            if not self._zoom_ok[k]:
+                zoom = 1
             side = (p + self.margin) * zoom
             y = rng.integers(im.shape[0] - side + 1)
             x = rng.integers(im.shape[1] - side + 1)
@@ -244,6 +265,8 @@ class PatchSampler:
             if scanner:
                 assert lr is not None  # allocated above for the scanner preset
                 draw = draw_scanner(self.degradation, s, rng)
+                assert coding is not None  # allocated with lr
+                coding[i] = self._told(draw, hide_rng)
                 lr_full = apply_scanner(source.astype(np.float64), s, draw, rng)
                 oy, ox = (int(v) for v in rng.integers(self.margin // s, size=2))
                 lr[i] = lr_full[oy : oy + p // s, ox : ox + p // s]
@@ -255,7 +278,26 @@ class PatchSampler:
             lr_source=np.ascontiguousarray(src.transpose(0, 3, 1, 2)),
             corrupted=flags,
             lr=None if lr is None else np.ascontiguousarray(lr.transpose(0, 3, 1, 2)),
+            coding=coding,
         )
+
+    def _told(self, draw: ScannerDraw, rng: np.random.Generator) -> tuple[float, ...]:
+        """The coding vector of a drawn scanner chain; on `coding_hidden` of the patches
+        the codec, the quality or the colour coding is withheld (a third each), so the
+        network also learns to do well when a slide does not say."""
+        jpeg = draw.codec == "jpeg"
+        codec = draw.codec
+        quality = int(draw.quality) if jpeg and draw.quality is not None else None
+        colour = draw.colour if jpeg else None
+        if rng.random() < self.coding_hidden:
+            part = int(rng.integers(3))
+            if part == 0:
+                codec, quality, colour = "unknown", None, None
+            elif part == 1:
+                quality = None
+            else:
+                colour = None
+        return coding_vector((codec, quality, colour))
 
 
 _WORKER_SAMPLER: PatchSampler | None = None

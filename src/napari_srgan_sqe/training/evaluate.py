@@ -23,7 +23,7 @@ import numpy as np
 from napari_srgan_sqe.config import ConfigError, degradation_preset
 from napari_srgan_sqe.degradation import degrade_with
 from napari_srgan_sqe.io.atomic import atomic_path
-from napari_srgan_sqe.io.codecs import APERIO_J2K_RATIO, CODECS, code_image
+from napari_srgan_sqe.io.codecs import APERIO_J2K_RATIO, CODECS, JPEG_COLOURS, code_image
 from napari_srgan_sqe.metrics import all_metrics
 from napari_srgan_sqe.models.blocks import bicubic_upscale  # re-exported for callers
 from napari_srgan_sqe.models.modelfile import SRModel, load_model
@@ -40,14 +40,20 @@ __all__ = ["EvalResult", "LRCondition", "bicubic_upscale", "evaluate", "lanczos_
 @dataclass(frozen=True)
 class LRCondition:
     """How the LR of an evaluation is stored: codec 'none', 'jpeg' (quality = IJG
-    quality 1-100) or 'jpeg2000' (quality = compression ratio, default Aperio's)."""
+    quality 1-100; colour 'ycbcr420', 'ycbcr444' or 'rgb', Aperio's JPEG/RGB) or
+    'jpeg2000' (quality = compression ratio, default Aperio's)."""
 
     codec: str = "none"
     quality: float | None = None
+    colour: str = "ycbcr420"
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
             raise ConfigError(f"unknown LR codec {self.codec!r}; choose {', '.join(CODECS)}")
+        if self.colour not in JPEG_COLOURS:
+            raise ConfigError(
+                f"unknown JPEG colour coding {self.colour!r}; choose {', '.join(JPEG_COLOURS)}"
+            )
         if self.codec == "jpeg" and (self.quality is None or not 1 <= self.quality <= 100):
             raise ConfigError(f"JPEG LR needs a quality in 1..100, got {self.quality}")
         if self.codec == "jpeg2000" and self.quality is not None and self.quality <= 1:
@@ -61,11 +67,22 @@ class LRCondition:
             return "lossless"
         if self.codec == "jpeg":
             assert self.quality is not None  # checked in __post_init__
-            return f"jpeg-q{int(self.quality)}"
+            suffix = {"ycbcr420": "", "ycbcr444": "-444", "rgb": "-rgb"}[self.colour]
+            return f"jpeg-q{int(self.quality)}{suffix}"
         ratio = APERIO_J2K_RATIO if self.quality is None else self.quality
         return f"jpeg2000-r{ratio:g}"
 
+    @property
+    def coding(self) -> tuple[str, int | None, str | None]:
+        """What a coding-conditioned model is told about this LR (`models.coding`)."""
+        if self.codec == "jpeg":
+            assert self.quality is not None  # checked in __post_init__
+            return ("jpeg", int(self.quality), self.colour)
+        return (self.codec, None, None)
+
     def apply(self, lr: np.ndarray) -> np.ndarray:
+        if self.codec == "jpeg":
+            return code_image(lr, self.codec, self.quality, colour=self.colour)
         return code_image(lr, self.codec, self.quality)
 
 
@@ -182,6 +199,7 @@ def evaluate(
     seed: int = 0,
     zero_shot_steps: int = 300,
     samples: int = 1,
+    tell_coding: bool = True,
 ) -> EvalResult:
     """Score models and baselines on HR images (folders or files).
 
@@ -194,6 +212,8 @@ def evaluate(
     row holds the mean of each metric over them and `<metric>_sd` their spread (with
     one sample: the metrics of seed 0, spread 0); with more than one, a row
     '<name> [mean of N]' scores the per-pixel mean of the samples too.
+    A coding-conditioned model is told each condition's coding (codec, JPEG quality
+    and colour coding); `tell_coding=False` tells it nothing (unknown coding).
     """
     if samples < 1:
         raise ConfigError(f"samples must be at least 1, got {samples}")
@@ -228,7 +248,7 @@ def evaluate(
         elif m.descriptor.stochastic:
             stochastic[label] = [Predictor(m, device=device, seed=k) for k in range(samples)]
         else:
-            upscalers[label] = _upscaler(Predictor(m, device=device))
+            upscalers[label] = _upscaler(m, device, tell_coding)
 
     result = EvalResult()
     for label, m in zip(_labels(models, loaded), loaded):
@@ -289,8 +309,20 @@ def _pooled(runs: Sequence[dict[str, float | None]]) -> dict[str, float | int | 
     return out
 
 
-def _upscaler(pred: Predictor) -> Callable[[np.ndarray, LRCondition], np.ndarray]:
-    return lambda lr, _cond: pred.predict_image(lr)
+def _upscaler(
+    model: SRModel, device: str, tell_coding: bool
+) -> Callable[[np.ndarray, LRCondition], np.ndarray]:
+    """SR of an LR image; a coding-conditioned model is told the condition's coding
+    (or nothing, `tell_coding=False`: how it does on a slide that records none)."""
+    preds: dict[tuple[str, int | None, str | None] | None, Predictor] = {}
+
+    def up(lr: np.ndarray, cond: LRCondition) -> np.ndarray:
+        coding = cond.coding if tell_coding else None
+        if coding not in preds:
+            preds[coding] = Predictor(model, device=device, coding=coding)
+        return preds[coding].predict_image(lr)
+
+    return up
 
 
 def _zero_shot_upscaler(

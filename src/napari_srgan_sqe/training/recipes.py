@@ -28,7 +28,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ from napari_srgan_sqe.models.sr3 import SR3Net
 from napari_srgan_sqe.models.unpaired import DegradationNet, PatchDiscriminator, UnpairedSR
 from napari_srgan_sqe.models.zssr import self_ensemble
 from napari_srgan_sqe.training.data import resolve_path
-from napari_srgan_sqe.training.state import unpack_modules
+from napari_srgan_sqe.training.state import load_grown, unpack_modules
 from napari_srgan_sqe.training.unpaired_data import RealLRSampler, open_real_lr
 
 __all__ = [
@@ -77,6 +77,8 @@ class TrainingBatch:
 
     hr: torch.Tensor
     lr: torch.Tensor
+    coding: torch.Tensor | None = None
+    """(N, CODING_FEATURES): how each LR was stored, for a coding-conditioned network."""
 
 
 class Recipe(Protocol):
@@ -153,6 +155,18 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
     twin = copy.deepcopy(module)
     twin.requires_grad_(False)
     return twin.eval()
+
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _placed(module: _M, device: torch.device, channels_last: bool) -> _M:
+    """`module` on `device`, in channels_last memory layout when asked."""
+    module = module.to(device)
+    if channels_last:
+        # torch's Module.to overloads omit memory_format, which it accepts.
+        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return module
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -255,6 +269,7 @@ class _RecipeBase(ABC):
 
     G: Any  # each recipe's network, typed by the recipe
     G_ema: Any
+    cfg: TrainConfig
 
     def network(self) -> nn.Module:
         net: nn.Module = self.G_ema if self.G_ema is not None else self.G
@@ -268,6 +283,11 @@ class _RecipeBase(ABC):
 
     def provenance(self) -> dict[str, str]:
         return {}
+
+    def _grown_parts(self) -> tuple[str, ...]:
+        """Parameters a warm start may lack: a coding-conditioned generator's coding MLP
+        (it starts at zero: the network computes what the unconditioned one did)."""
+        return ("coding_net.",) if getattr(self.cfg.model.generator, "coding", False) else ()
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module | None]:
@@ -289,10 +309,10 @@ class _RecipeBase(ABC):
             loaded = {
                 n: m for n, m in modules.items() if m is not None and n in present and n != "G_ema"
             }
-            unpack_modules(tensors, loaded)
+            unpack_modules(tensors, loaded, may_add=self._grown_parts())
             return f"{path.name} ({', '.join(sorted(loaded))})"
         model = _load_init_model(path, source)
-        self.G.load_state_dict(model.generator.state_dict(), strict=True)
+        load_grown(self.G, model.generator.state_dict(), self._grown_parts())
         AE = modules.get("AE")
         if AE is not None and model.encoder is not None:
             encoder = AE.get_submodule("encoder")
@@ -313,10 +333,20 @@ class SRGANRecipe(_RecipeBase):
         self.cfg = cfg
         loss = cfg.loss
         torch.manual_seed(cfg.seed)
-        self.G = build_network(cfg.model.generator).to(device)
+        channels_last = cfg.channels_last
+        self.G = _placed(build_network(cfg.model.generator), device, channels_last)
         self.G_ema = _frozen_copy(self.G) if cfg.ema_decay else None
-        self.AE = build_autoencoder(cfg.autoencoder).to(device) if loss.lam_e > 0 else None
-        self.D = build_discriminator(cfg.discriminator).to(device) if loss.lam_a > 0 else None
+        self.AE = (
+            _placed(build_autoencoder(cfg.autoencoder), device, channels_last)
+            if loss.lam_e > 0
+            else None
+        )
+        self.D = (
+            _placed(build_discriminator(cfg.discriminator), device, channels_last)
+            if loss.lam_a > 0
+            else None
+        )
+        self._device_type = device.type
         betas = cfg.betas
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.warmup_lr, betas=betas)
         self.opt_ae = (
@@ -368,6 +398,19 @@ class SRGANRecipe(_RecipeBase):
             self._objective = GeneratorObjective(self.cfg.loss, encoder=encoder)
         return self._objective
 
+    def _fast(self) -> contextlib.AbstractContextManager[object]:
+        """The autocast region of the networks' forward passes (TrainConfig.precision);
+        their outputs are cast back to float32 before any loss is computed."""
+        return torch.autocast(
+            self._device_type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+        )
+
+    def _generate(self, lr_img: torch.Tensor, batch: TrainingBatch) -> torch.Tensor:
+        """G(LR), told each patch's coding when G is conditioned on it."""
+        if getattr(self.cfg.model.generator, "coding", False):
+            return cast(torch.Tensor, self.G(lr_img, coding=batch.coding))
+        return cast(torch.Tensor, self.G(lr_img))
+
     def train_step(self, step: int, batch: TrainingBatch) -> dict[str, float]:
         hr, lr_img = batch.hr, batch.lr
         phase = self.phase(step)
@@ -382,7 +425,9 @@ class SRGANRecipe(_RecipeBase):
         self.G.train()
         if phase == "warmup":
             _set_lr(self.opt_g, self.cfg.warmup_lr)
-            loss = self._fidelity(self.G(lr_img), hr)
+            with self._fast():
+                sr = self._generate(lr_img, batch)
+            loss = self._fidelity(sr.float(), hr)
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_g.step()
@@ -393,17 +438,23 @@ class SRGANRecipe(_RecipeBase):
         if self.opt_d is not None:
             _set_lr(self.opt_d, lr)
         out: dict[str, float] = {}
-        sr = self.G(lr_img)
+        with self._fast():
+            sr = self._generate(lr_img, batch)
+        sr = sr.float()
         fake_logits = None
         if self.D is not None:
             assert self.opt_d is not None  # made with D
             self.D.train()
-            d_loss = discriminator_loss(self.D(hr), self.D(sr.detach()))
+            with self._fast():
+                real_logits, detached_logits = self.D(hr), self.D(sr.detach())
+            d_loss = discriminator_loss(real_logits.float(), detached_logits.float())
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
             out["d"] = d_loss.item()
-            fake_logits = self.D(sr)
+            with self._fast():
+                fake_logits = self.D(sr)
+            fake_logits = fake_logits.float()
         total, terms = self.objective()(sr, hr, fake_logits=fake_logits)
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()

@@ -24,15 +24,38 @@ def pack_modules(modules: Mapping[str, nn.Module | None]) -> dict[str, torch.Ten
 
 
 def unpack_modules(
-    tensors: dict[str, torch.Tensor], modules: Mapping[str, nn.Module | None]
+    tensors: dict[str, torch.Tensor],
+    modules: Mapping[str, nn.Module | None],
+    *,
+    may_add: tuple[str, ...] = (),
 ) -> None:
-    """Load the tensors written by `pack_modules` back into the modules (strict)."""
+    """Load the tensors written by `pack_modules` back into the modules (strict).
+    `may_add`: prefixes of parameters a module may have that the tensors lack (a warm
+    start into a network grown by parts that start as the identity)."""
     for name, module in modules.items():
         if module is None:
             continue
         prefix = f"{name}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        load_grown(module, state, may_add)
+
+
+def load_grown(
+    module: nn.Module, state: Mapping[str, torch.Tensor], may_add: tuple[str, ...] = ()
+) -> None:
+    """`module.load_state_dict(state)`, strict except that parameters under the prefixes
+    `may_add` may be missing from `state` (they keep their initial values)."""
+    if not may_add:
         module.load_state_dict(state, strict=True)
+        return
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith(may_add)]
+    if bad or unexpected:
+        raise RuntimeError(
+            f"Error(s) in loading state_dict for {type(module).__name__}: "
+            f"Missing key(s) in state_dict: {', '.join(repr(k) for k in bad)}. "
+            f"Unexpected key(s) in state_dict: {', '.join(repr(k) for k in unexpected)}."
+        )
 
 
 def pack_optimizers(optimizers: dict[str, torch.optim.Optimizer | None]) -> dict[str, torch.Tensor]:

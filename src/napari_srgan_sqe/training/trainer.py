@@ -92,6 +92,7 @@ class Trainer:
             scale=cfg.model.scale,
             lower_mag_fraction=cfg.lower_mag_fraction,
             stain_jitter=cfg.stain_jitter,
+            coding_hidden=cfg.coding_hidden,
         )
         self.val_images = [
             _centre_crop(load_rgb(p), cfg.val_crop, cfg.model.scale) for p in self.val_paths
@@ -137,7 +138,11 @@ class Trainer:
                 self.cfg.model.scale,
                 quantize=self.cfg.quantize_lr,
             )
-        return TrainingBatch(hr=hr, lr=lr)
+        if self.cfg.channels_last:
+            hr = hr.contiguous(memory_format=torch.channels_last)
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        coding = None if batch.coding is None else torch.from_numpy(batch.coding).to(self.device)
+        return TrainingBatch(hr=hr, lr=lr, coding=coding)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimisation step of the recipe on the batch of `step`."""
@@ -151,7 +156,9 @@ class Trainer:
         # A copy: the Predictor may change the weights' memory layout (channels_last),
         # which would make the continuing run differ from a resumed one.
         model = copy.deepcopy(self.as_model(with_encoder=False))
-        pred = Predictor(model, device=str(self.device), precision="fp32")
+        pred = Predictor(
+            model, device=str(self.device), precision="fp32", coding=validation_coding(self.cfg)
+        )
         rows = []
         for hr, lr in zip(self.val_images, self.val_lr, strict=True):
             sr = pred.predict_image(lr)
@@ -326,6 +333,13 @@ def trim_log(path: Path, step: int) -> int:
 
 
 VAL_JPEG_QUALITY = 75
+
+
+def validation_coding(cfg: TrainConfig) -> tuple[str, int | None]:
+    """How the validation LR of `validation_lr` is stored, as a conditioned model is told."""
+    if cfg.degradation.preset == "scanner":
+        return ("jpeg", VAL_JPEG_QUALITY)
+    return ("none", None)
 
 
 def validation_lr(hr: np.ndarray, cfg: TrainConfig) -> np.ndarray:
