@@ -13,7 +13,7 @@ CPU has bf16 instructions (AMX / AVX512-BF16). Validation dB per CPU-hour is not
 measured here: it needs runs of hours, whose curves are in docs/real-slides.md
 (log.jsonl of each cycle, `experiments/plot_training.py`).
 
-    python benchmarks/training.py --steps 8 > benchmarks/results/training.json
+    python benchmarks/training.py --steps 8 > docs/eval/training/bench-precision.json
 
 It reads the training images named by the config (../shared/data beside the
 repository); without them it trains on the bundled sample slide's pixels.

@@ -91,6 +91,42 @@ def summary(tags: list[str]) -> None:
                 print(f"{tag:14s} {folder.name:28s} {cond:16s} bicubic {base:6.2f}  {gains}")
 
 
+ORDER = ["jpeg-q90", "jpeg-q75", "jpeg-q30", "jpeg-q70-rgb", "jpeg-q70-444", "jpeg2000-r17",
+         "lossless"]  # fmt: skip
+
+
+def gains(tag: str, mag: str, method: str) -> dict[str, dict[str, float]]:
+    """{condition: {source: dB over bicubic}} of `method` in `tag` at `mag`."""
+    out: dict[str, dict[str, float]] = {}
+    for folder in sorted((OUT / tag).glob(f"*-{mag}-*")):
+        source = folder.name.split(f"-{mag}-")[0]
+        res = json.loads((folder / "evaluation.json").read_text())["by_lr"]
+        for cond, methods in res.items():
+            if method in methods:
+                gain = methods[method]["psnr"] - methods["bicubic"]["psnr"]
+                out.setdefault(cond, {})[source] = gain
+    return out
+
+
+def markdown(rows: list[tuple[str, str, str]], mag: str) -> str:
+    """A table: one row per (label, tag, method), a column per condition with the
+    MoNuSeg gain and the mean over the other sources (BreCaHAD, MoNuSAC, CryoNuSeg)."""
+    head = "| model | " + " | ".join(ORDER) + " |"
+    lines = [head, "| --- " * (len(ORDER) + 1) + "|"]
+    for label, tag, method in rows:
+        g = gains(tag, mag, method)
+        cells = []
+        for cond in ORDER:
+            by = g.get(cond, {})
+            if not by:
+                cells.append("-")
+                continue
+            other = [v for k, v in by.items() if k != "monuseg"]
+            cells.append(f"{by.get('monuseg', float('nan')):+.2f} / {np.mean(other):+.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tag")
@@ -98,7 +134,22 @@ def main() -> None:
     ap.add_argument("--coding-unknown", action="store_true")
     ap.add_argument("--mag", action="append", choices=("40x", "20x"), default=None)
     ap.add_argument("--summary", nargs="*")
+    ap.add_argument(
+        "--table",
+        nargs="*",
+        metavar="LABEL=TAG:METHOD",
+        help="print a markdown table of gains (MoNuSeg / mean of the other sources)",
+    )
     args = ap.parse_args()
+    if args.table is not None:
+        rows = []
+        for item in args.table:
+            label, rest = item.split("=", 1)
+            tag, method = rest.split(":", 1)
+            rows.append((label, tag, method))
+        for mag in args.mag or ["40x", "20x"]:
+            print(f"\n{mag}\n" + markdown(rows, mag))
+        return
     if args.summary is not None:
         summary(args.summary)
         return

@@ -324,3 +324,37 @@ def test_enhance_missing_input_is_a_user_error(tmp_path: Path, capsys):
     assert main(["enhance", str(tmp_path / "nope.svs"), str(tmp_path / "o.ome.zarr")]) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["zero-shot", "s.svs", "--region", "0,0,64,64", "--out", "z.safetensors",
+          "--minutes", "-1"], "--minutes must be above 0, got -1"),
+        (["zero-shot", "s.svs", "--region", "0,0,64,64", "--out", "z.safetensors",
+          "--minutes", "nan"], "--minutes must be a finite number"),
+        (["zero-shot", "s.svs", "--region", "0,0,64,64", "--out", "z.safetensors",
+          "--seed", "-1"], "--seed must be at least 0, got -1"),
+        (["finetune", "s.svs", "--region", "0,0,64,64", "--out", "f.safetensors",
+          "--seed", "-3"], "--seed must be at least 0, got -3"),
+        (["enhance", "a.svs", "b.ome.zarr", "--threads", "1000"],
+         "--threads must be at most 256, got 1000"),
+        (["bench", "--seconds", "0"], "--seconds must be above 0, got 0"),
+        (["evaluate", "--model", "m", "--data", "d", "--samples", "0"],
+         "--samples must be at least 1, got 0"),
+    ],
+)  # fmt: skip
+def test_numeric_options_out_of_range_are_one_line_errors(argv, message, capsys):
+    """Every numeric option is checked against one table before anything runs."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_negative_seed_in_a_train_config_is_refused_before_the_run_starts(tmp_path: Path, capsys):
+    cfg = tmp_path / "c.json"
+    out = tmp_path / "run"
+    cfg.write_text(json.dumps({"data": [str(tmp_path)], "seed": -1, "out_dir": str(out)}))
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert "seed" in capsys.readouterr().err
+    assert not out.exists()  # no empty log left to block the corrected config

@@ -481,3 +481,14 @@ def test_data_errors_are_one_public_class(lr, model) -> None:
         super_resolve(lr[..., :2], model, device="cpu")  # two channels
     with pytest.raises(sq.DataError):
         super_resolve(lr, model, device="cpu", region=(0, 0, 10_000, 10))
+
+
+@pytest.mark.parametrize(
+    "bad", [None, "slide.svs", [[1, 2, 3]], 5, np.zeros(()), np.zeros((4, 4, 3, 1))]
+)
+def test_super_resolve_names_what_input_it_takes(bad):
+    """Not an image: one DataError saying what super_resolve takes, not an IndexError."""
+    from napari_srgan_sqe.io.errors import DataError
+
+    with pytest.raises(DataError, match=r"RGB|shape \(H, W, 3\)"):
+        super_resolve(bad, "bicubic-x4")

@@ -29,9 +29,13 @@ def test_resume_continues_exactly(crops: Path, tmp_path: Path):
     straight.run()
     first = Trainer(tiny_config(crops, tmp_path / "b"))
     first.run(max_steps=5)  # stops mid-warm-up, after one validation
+    # a kill -9 during a checkpoint write leaves the atomic writer's temporary file
+    left = tmp_path / "b" / ".checkpoint.deadbeef.tmp.safetensors"
+    left.write_bytes(b"partial")
     resumed = Trainer(tiny_config(crops, tmp_path / "b"))
     resumed.run(resume=True)
     assert resumed.step == straight.step == 9
+    assert not left.exists()  # removed on resume
     for mod in ("G", "AE", "D"):
         a, b = getattr(straight.recipe, mod).state_dict(), getattr(resumed.recipe, mod).state_dict()
         for key in a:
@@ -453,3 +457,18 @@ def test_data_workers_train_the_same_model_as_the_training_process(crops: Path, 
     assert killed and broken.step == serial.step and broken._prefetch is None  # noqa: SLF001
     c = broken.recipe.G.state_dict()
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[1, 2, 3]", '{"val": 5}', '{"train": "notalist"}', '{"train": [1]}', '{"dataset": "x"}'],
+)
+def test_a_split_file_of_the_wrong_shape_is_one_clear_error(tmp_path: Path, content, capsys):
+    from napari_srgan_sqe.cli import main
+
+    split = tmp_path / "split.json"
+    split.write_text(content)
+    args = ["evaluate", "--model", "bicubic-x4", "--data", str(tmp_path), "--split", str(split)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "split file" in err and "Traceback" not in err

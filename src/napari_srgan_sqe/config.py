@@ -540,7 +540,7 @@ class TrainConfig(_Strict):
     """If set, the GAN-phase learning rates of G and D decay linearly from `lr` to
     `lr_final` over the GAN phase (a function of the step, so resuming stays exact)."""
     betas: tuple[float, float] = (0.9, 0.999)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     device: str = "auto"
     num_threads: int | None = Field(None, ge=1)
     data_workers: int = Field(0, ge=0, le=256)
@@ -638,7 +638,7 @@ class FinetuneConfig(_Strict):
     val_fraction: float = Field(0.25, ge=0.05, le=0.5)
     """Part of each region held out for validation (a stripe on its right side)."""
     loss: LossConfig = Field(default_factory=lambda: LossConfig(lam_a=0.0))
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     val_every: int = Field(25, ge=1)
     """Validate on the held-out stripes every this many steps (and after the last)."""
     max_minutes: float | None = Field(None, gt=0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import math
 import re
 import signal
 import sys
@@ -86,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"srgan-sqe {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(_attach_negative_values(list(argv[1:])))
+    try:
+        check_numeric_options(args)
+    except UserError as exc:
+        print(f"srgan-sqe {name}: error: {exc}", file=sys.stderr)
+        return 2
     # the viewer's Qt event loop has its own way to end (its window closed)
     previous = _terminate_like_ctrl_c() if name != "view" else None
     try:
@@ -104,6 +110,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+# The range of every numeric option, whichever command has it: (lowest, highest,
+# whether the lowest is excluded). One table, so a new command's options are checked
+# the same way; a value outside it is one line of error, never a traceback.
+NUMERIC_OPTIONS: dict[str, tuple[float, float, bool]] = {
+    "seed": (0, 2**32 - 1, False),
+    "threads": (1, 256, False),
+    "data_workers": (0, 256, False),
+    "steps": (1, 10_000_000, False),
+    "max_steps": (1, 10_000_000, False),
+    "zero_shot_steps": (1, 10_000_000, False),
+    "samples": (1, 10_000, False),
+    "batch": (1, 4096, False),
+    "minutes": (0, 525_600, True),
+    "seconds": (0, 86_400, True),
+    "mpp": (0, 1000, True),
+}
+
+
+def check_numeric_options(args: argparse.Namespace) -> None:
+    """UserError naming the option when a numeric option is out of its range or not a
+    finite number (`NUMERIC_OPTIONS`)."""
+    for dest, (low, high, exclusive) in NUMERIC_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
+        if exclusive and value <= low:
+            raise UserError(f"{flag} must be above {low:g}, got {value:g}")
+        if value < low:
+            raise UserError(f"{flag} must be at least {low:g}, got {value:g}")
+        if value > high:
+            raise UserError(f"{flag} must be at most {high:g}, got {value:g}")
 
 
 _NUMBERS = re.compile(r"^-\d[\d.]*(,-?[\d.]+)+$")

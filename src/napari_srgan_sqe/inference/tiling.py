@@ -193,9 +193,19 @@ def read_region(level: Any, y0: int, y1: int, x0: int, x1: int, *, halo: int = 0
 
 def as_rgb_uint8(level: Any, *, what: str = "image") -> Any:
     """Check that `level` is RGB (H, W, 3); float data in [0, 1] becomes uint8, rounded."""
-    shape = tuple(getattr(level, "shape", ()))
+    if not hasattr(level, "shape") or not hasattr(level, "dtype"):
+        raise DataError(
+            f"{what} must be an RGB array of shape (H, W, 3) (numpy, dask or zarr), a list "
+            f"of such levels or a Slide; got {type(level).__name__}"
+        )
+    shape = tuple(level.shape)
     if len(shape) != 3 or shape[2] != 3:
-        kind = {2: "grayscale (H, W)", 3: f"{shape[-1]}-channel"}.get(len(shape), f"{len(shape)}-D")
+        if len(shape) == 2:
+            kind = "grayscale (H, W)"
+        elif len(shape) == 3:
+            kind = f"{shape[-1]}-channel"
+        else:
+            kind = f"{len(shape)}-D"
         raise DataError(
             f"{what} must be RGB with shape (H, W, 3); got {kind} data of shape {shape}"
         )

@@ -108,6 +108,7 @@ def resolve_split(
         split = json.loads(Path(split_file).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read split file {split_file}: {exc}") from None
+    check_split(split, split_file)
     by_name = {p.name: p for p in images}
     out = []
     for key in ("train", "val"):
@@ -124,6 +125,26 @@ def resolve_split(
             f"split file {split_file}: images in both train and val: {sorted(overlap)[:3]}"
         )
     return train, val
+
+
+def check_split(split: object, source: str | Path) -> None:
+    """DataError unless `split` is what a split file holds: an object whose 'train' and
+    'val' entries (each optional) are lists of image file names; other keys (a
+    'dataset' or 'rule' text, per-source lists) are notes and are not read."""
+    if not isinstance(split, dict):
+        raise DataError(
+            f"split file {source}: expected a JSON object with 'train' and 'val' lists of "
+            f"image file names, got a {type(split).__name__}"
+        )
+    if "train" not in split and "val" not in split:
+        raise DataError(f"split file {source}: it has neither a 'train' nor a 'val' list")
+    for key in ("train", "val"):
+        names = split.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise DataError(
+                f"split file {source}: '{key}' must be a list of image file names, "
+                f"got {json.dumps(names)[:60]}"
+            )
 
 
 # Ruifrok & Johnston's stain vectors (haematoxylin, eosin, residual) as rows: optical

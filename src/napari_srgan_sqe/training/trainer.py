@@ -225,6 +225,12 @@ class Trainer:
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
+            # a run killed while writing left its temporary files (io.atomic names them)
+            for name in (CHECKPOINT, MODEL):
+                final = Path(name)
+                for tmp in self.out_dir.glob(f".{final.stem}.*.tmp{final.suffix}"):
+                    tmp.unlink(missing_ok=True)
+                    log.info("removed %s, left by a run stopped while writing", tmp.name)
             if (self.out_dir / CHECKPOINT).exists():
                 self.load_checkpoint()
                 log.info("resumed at step %d of %d", self.step, self.total)
