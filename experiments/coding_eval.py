@@ -74,6 +74,8 @@ def run(tag: str, models: list[str], blind: bool, mags: list[str]) -> None:
                 data = [a for f in files for a in ("--data", f)]
                 for which, conds in (("codecs", CONDITIONS), ("colours", COLOUR_CONDITIONS)):
                     out = OUT / tag / f"{source}-{mag}-{which}"
+                    if (out / "evaluation.json").exists():  # done by an earlier run
+                        continue
                     args = ["evaluate", *model_args, *data, *conds, "--no-lanczos", *extra]
                     assert main([*args, "--out", str(out)]) == 0
 

@@ -112,13 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-# The range of every numeric option, whichever command has it: (lowest, highest,
+# The range of every numeric option, whichever command has it (--data-workers and
+# --tile keep their own range checks): (lowest, highest,
 # whether the lowest is excluded). One table, so a new command's options are checked
 # the same way; a value outside it is one line of error, never a traceback.
 NUMERIC_OPTIONS: dict[str, tuple[float, float, bool]] = {
     "seed": (0, 2**32 - 1, False),
     "threads": (1, 256, False),
-    "data_workers": (0, 256, False),
     "steps": (1, 10_000_000, False),
     "max_steps": (1, 10_000_000, False),
     "zero_shot_steps": (1, 10_000_000, False),

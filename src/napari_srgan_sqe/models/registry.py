@@ -50,9 +50,11 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
     "srgan-sqe-he-x4": BundledModel(
         name="srgan-sqe-he-x4",
         file="weights/srgan-sqe-he-x4.safetensors",
-        description="SRGAN_SQE 12x48, 4x, for scanned slides: trained on the scanner "
-        "degradation (JPEG / JPEG 2000 LR) of MoNuSeg 2018 H&E at 40x and 20x",
-        licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg; non-commercial use)",
+        description="SRGAN_SQE 12x48, 4x, for scanned slides, told how the slide is "
+        "stored (codec, JPEG quality, colour coding): trained on the scanner degradation "
+        "(JPEG / JPEG 2000 LR) of MoNuSeg 2018, BreCaHAD, MoNuSAC 2020, BCSS and CryoNuSeg "
+        "H&E at 40x and 20x",
+        licence="CC BY-NC-SA 4.0 (weights trained on MoNuSeg and MoNuSAC; non-commercial use)",
     ),
     "srgan-sqe-he-x4-clean": BundledModel(
         name="srgan-sqe-he-x4-clean",
