@@ -144,6 +144,8 @@ def main() -> None:
         )
     )
 
+    from napari_srgan_sqe.models.modelfile import reads_coding
+
     (PACK / "configs").mkdir()
     for run in runs:
         base = json.loads((REPO / "experiments" / "configs" / run["base"]).read_text())
@@ -156,6 +158,15 @@ def main() -> None:
             cfg["init_from"] = f"../init/{run['name']}.safetensors"  # train_gpu.py grows it
         else:
             cfg["init_from"] = run["from"]
+        # the model it starts from may be told the coding: train it so, on every JPEG
+        # colour coding, in bf16 (the GPU's fast arithmetic)
+        if reads_coding(run["from"]):
+            cfg["model"]["generator"]["coding"] = True
+        cfg["degradation"] = {
+            **cfg.get("degradation", {}),
+            "jpeg_colours": ["ycbcr420", "ycbcr444", "rgb"],
+        }
+        cfg.update(precision="bf16", channels_last=True)
         cfg.update(
             data=["../train"],
             val_data=["../val"],
