@@ -179,7 +179,6 @@ def compression_text(output: Path, compression: str, quality: int | None) -> str
 
 
 def run(args: argparse.Namespace) -> int:
-    import math
     import warnings
 
     from tqdm import tqdm
@@ -197,12 +196,7 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = TILE_RANGE
     if args.tile is not None and not lo <= args.tile <= hi:
         raise UserError(f"--tile must be {lo} to {hi} pixels, got {args.tile}")
-    if args.batch is not None and args.batch < 1:
-        raise UserError(f"--batch must be at least 1, got {args.batch}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
-    if args.mpp is not None and not (math.isfinite(args.mpp) and 0 < args.mpp <= 1000):
-        raise UserError(f"--mpp must be a pixel size in micrometres (> 0), got {args.mpp}")
+    # --batch, --threads and --mpp are checked by cli.check_numeric_options
     if args.quality is not None and args.compression != "jpeg":
         raise UserError("--quality goes with --compression jpeg (lossless has no quality)")
     if args.quality is not None and not 1 <= args.quality <= 100:

@@ -68,9 +68,7 @@ def check_common(args: argparse.Namespace) -> None:
     if args.threads is not None:
         import torch
 
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # its range: cli.check_numeric_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -76,12 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite starts it again: give one")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.data_workers is not None and not 0 <= args.data_workers <= 256:
         raise UserError(f"--data-workers must be 0 to 256, got {args.data_workers}")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, got {args.max_steps}")
     cfg: TrainConfig = load_config(args.config, TrainConfig)
     if args.out is not None:
         cfg.out_dir = str(args.out.resolve())

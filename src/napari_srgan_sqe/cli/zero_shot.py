@@ -13,7 +13,6 @@ import json
 import threading
 from pathlib import Path
 
-from napari_srgan_sqe.cli import UserError
 from napari_srgan_sqe.cli.finetune import add_out_arguments, add_region_argument, check_common
 
 __all__ = ["add_arguments", "run"]
@@ -58,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
     )
 
     check_common(args)
-    if args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
     slide = open_slide(args.slide)
     degradation = args.degradation or ("scanner" if slide.coding.lossy else "clean")
     cfg = zero_shot_config(

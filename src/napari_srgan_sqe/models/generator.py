@@ -64,16 +64,26 @@ class _Generator(OnePassInference, nn.Module, metaclass=ABCMeta):
         self._lr_ops: list[tuple[str, int]] = [("conv", head_kernel // 2)]
         self._lr_ops += [("conv", 1)] * (2 * n_blocks) + [("conv", 1)]
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        """Trunk features; `film` (N, blocks, 2, C, 1, 1): a scale (+1) and a shift of
+        each residual block's output (LRNet's coding conditioning), None for none."""
         h = self.head(x)
-        return h + self.trunk_tail(self.blocks(h))
+        if film is None:
+            return h + self.trunk_tail(self.blocks(h))
+        f = h
+        for i, block in enumerate(self.blocks):
+            f = block(f) * (1.0 + film[:, i, 0]) + film[:, i, 1]
+        return h + self.trunk_tail(f)
 
     @abstractmethod
     def upsample(self, f: torch.Tensor) -> torch.Tensor:
         """Trunk features at LR resolution -> RGB at `scale` x the size (before the skip)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.upsample(self.features(x))
+        return self._forward(x, None)
+
+    def _forward(self, x: torch.Tensor, film: torch.Tensor | None) -> torch.Tensor:
+        y = self.upsample(self.features(x, film))
         if self.skip is not None:
             y = y + self.skip(x)
         return y
@@ -172,26 +182,13 @@ class LRNet(_Generator):
         v = torch.as_tensor(coding, dtype=torch.float32).reshape(1, CODING_FEATURES)
         buf.copy_(v.to(buf.device))
 
-    def features_coded(self, x: torch.Tensor, coding: torch.Tensor) -> torch.Tensor:
-        assert self.coding_net is not None
-        n, c = x.shape[0], self.channels
-        film = self.coding_net(coding.to(device=x.device, dtype=torch.float32))
-        film = film.view(n, len(self.blocks), 2, c, 1, 1)
-        h = self.head(x)
-        f = h
-        for i, block in enumerate(self.blocks):
-            f = block(f) * (1.0 + film[:, i, 0]) + film[:, i, 1]
-        return h + self.trunk_tail(f)
-
     def forward(self, x: torch.Tensor, coding: torch.Tensor | None = None) -> torch.Tensor:
         if self.coding_net is None:
-            return super().forward(x)
+            return self._forward(x, None)
         if coding is None:
             coding = cast(torch.Tensor, self.coding).expand(x.shape[0], CODING_FEATURES)
-        y = self.upsample(self.features_coded(x, coding))
-        if self.skip is not None:
-            y = y + self.skip(x)
-        return y
+        film = self.coding_net(coding.to(device=x.device, dtype=torch.float32))
+        return self._forward(x, film.view(x.shape[0], len(self.blocks), 2, self.channels, 1, 1))
 
 
 def build_generator(cfg: GeneratorConfig) -> SRResNet | LRNet:
