@@ -13,6 +13,13 @@ and prints the gain over bicubic.
     python experiments/coding_eval.py --tag cycle2 --model runs/cycle2-coded/model.safetensors
     python experiments/coding_eval.py --tag cycle2-blind --coding-unknown --model ...
     python experiments/coding_eval.py --summary shipped-v4 cycle2 cycle2-blind
+
+`--sites DIR` evaluates instead the crops of the real slides (other sites and
+scanners than any training image, at their own magnification; made by
+experiments/slide_crops.py) into docs/eval/coding/<tag>/sites-native-*:
+
+    python experiments/slide_crops.py ../shared/data/slides/*.svs --out runs/slide-crops
+    python experiments/coding_eval.py --tag v5 --model srgan-sqe-he-x4 --sites runs/slide-crops
 """
 
 from __future__ import annotations
@@ -56,12 +63,28 @@ def half_magnification(src: Path, names: list[str], dest: Path) -> Path:
     return dest
 
 
-def run(tag: str, models: list[str], blind: bool, mags: list[str]) -> None:
+def _evaluate(
+    tag: str, name: str, files: list[str], model_args: list[str], extra: list[str]
+) -> None:
     from napari_srgan_sqe.cli import main
 
+    data = [a for f in files for a in ("--data", f)]
+    for which, conds in (("codecs", CONDITIONS), ("colours", COLOUR_CONDITIONS)):
+        out = OUT / tag / f"{name}-{which}"
+        if (out / "evaluation.json").exists():  # done by an earlier run
+            continue
+        args = ["evaluate", *model_args, *data, *conds, "--no-lanczos", *extra]
+        assert main([*args, "--out", str(out)]) == 0
+
+
+def run(tag: str, models: list[str], blind: bool, mags: list[str], sites: Path | None) -> None:
     split = json.loads(SPLIT.read_text())["sources"]
     model_args = [a for m in models for a in ("--model", m)]
     extra = ["--coding-unknown"] if blind else []
+    if sites is not None:
+        files = [str(p) for p in sorted(sites.glob("*.png"))]
+        _evaluate(tag, "sites-native", files, model_args, extra)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for source, folder in SOURCES.items():
             names = split[source]["val"]
@@ -71,13 +94,7 @@ def run(tag: str, models: list[str], blind: bool, mags: list[str]) -> None:
                 else:
                     half = half_magnification(folder, names, Path(tmp) / source)
                     files = [str(p) for p in sorted(half.iterdir())]
-                data = [a for f in files for a in ("--data", f)]
-                for which, conds in (("codecs", CONDITIONS), ("colours", COLOUR_CONDITIONS)):
-                    out = OUT / tag / f"{source}-{mag}-{which}"
-                    if (out / "evaluation.json").exists():  # done by an earlier run
-                        continue
-                    args = ["evaluate", *model_args, *data, *conds, "--no-lanczos", *extra]
-                    assert main([*args, "--out", str(out)]) == 0
+                _evaluate(tag, f"{source}-{mag}", files, model_args, extra)
 
 
 def summary(tags: list[str]) -> None:
@@ -134,8 +151,9 @@ def main() -> None:
     ap.add_argument("--tag")
     ap.add_argument("--model", action="append", default=[])
     ap.add_argument("--coding-unknown", action="store_true")
-    ap.add_argument("--mag", action="append", choices=("40x", "20x"), default=None)
+    ap.add_argument("--mag", action="append", choices=("40x", "20x", "native"), default=None)
     ap.add_argument("--summary", nargs="*")
+    ap.add_argument("--sites", type=Path, help="a folder of slide crops (slide_crops.py)")
     ap.add_argument(
         "--table",
         nargs="*",
@@ -155,7 +173,7 @@ def main() -> None:
     if args.summary is not None:
         summary(args.summary)
         return
-    run(args.tag, args.model, args.coding_unknown, args.mag or ["40x", "20x"])
+    run(args.tag, args.model, args.coding_unknown, args.mag or ["40x", "20x"], args.sites)
 
 
 if __name__ == "__main__":

@@ -330,3 +330,19 @@ def test_conditioned_training_in_bf16_and_channels_last_resumes_exactly(tmp_path
         json.loads(line) for line in (tmp_path / "a" / "run" / "log.jsonl").read_text().splitlines()
     ]
     assert all(np.isfinite(r["g"]) for r in log if "g" in r)
+
+
+def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it(tmp_path, tissue, monkeypatch):
+    """'auto' would be several times slower than float32 if it took bf16 on a CPU that
+    emulates it (AVX2 only); it follows oneDNN's own test of the hardware."""
+    from napari_srgan_sqe.training import recipes
+
+    cfg = _tiny_config(tmp_path, tissue, precision="auto")
+    cpu = torch.device("cpu")
+    for native in (False, True):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda n=native: n)
+        assert recipes.bf16_native(cpu) is native
+        recipe = recipes.make_recipe(cfg, cpu, tmp_path)
+        with recipe._fast():
+            out = torch.nn.functional.linear(torch.ones(1, 4), torch.ones(2, 4))
+        assert out.dtype == (torch.bfloat16 if native else torch.float32)

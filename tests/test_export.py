@@ -87,6 +87,41 @@ def test_interrupted_export_resumes_without_recomputing(cmu_svs, model, expected
     assert np.abs(np.asarray(open_slide(out).levels[0]).astype(int) - expected).max() <= 1
 
 
+def test_resume_refuses_a_replaced_source_of_the_same_size_and_time(
+    he_crop, model, tmp_path
+) -> None:
+    """The reported case: an export killed after some chunks, its input replaced by
+    another image of the same byte size and modification time (`cp -p`, `rsync -t`).
+    The rerun must start over, not finish the old slide's SR."""
+    import os
+
+    import tifffile
+
+    src = tmp_path / "slide.tif"
+    a, b = he_crop[:256, :256], he_crop[300:556, 300:556]
+    tifffile.imwrite(src, a, photometric="rgb", tile=(64, 64))  # uncompressed: same size
+    out = tmp_path / "sr.ome.zarr"
+
+    def stop_after_3(done: int, total: int) -> None:
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        enhance_slide(src, out, model=model, device="cpu", tile=TILE, progress=stop_after_3)
+    st = src.stat()
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, b, photometric="rgb", tile=(64, 64))
+    assert other.stat().st_size == st.st_size
+    os.replace(other, src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (src.stat().st_size, src.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    stats: dict = {}
+    enhance_slide(src, out, model=model, device="cpu", tile=TILE, stats=stats)
+    assert stats["tiles_computed"] == 16  # all of it: nothing of the old slide was kept
+    want = Predictor(model, device="cpu").predict_image(b)
+    assert np.abs(np.asarray(open_slide(out).levels[0]).astype(int) - want).max() <= 1
+
+
 def test_region_equals_crop_of_whole_slide_sr(cmu_svs, model, tmp_path) -> None:
     # halos past the region read the slide's real pixels (a crop of the slide differs by
     # up to 60 levels here, in tissue); past the slide border they mirror
@@ -363,3 +398,27 @@ def test_an_export_over_its_own_input_is_refused_and_the_input_kept(
             enhance_slide(src, src / "sub.ome.zarr", model=model, device="cpu")
     after = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
     assert after == before
+
+
+def test_non_utf8_file_names_export_to_ome_tiff_and_ome_zarr(he_crop, model, tmp_path) -> None:
+    """The reported case: an input whose name is not valid UTF-8 crashed OME-TIFF export
+    after the whole computation (UnicodeEncodeError writing the OME description) and
+    left the staging folder. Its bad byte is now written as a \\xff escape."""
+    import os
+
+    import tifffile
+    from PIL import Image
+
+    src = tmp_path / os.fsdecode(b"tissue-\xff.png")
+    Image.fromarray(he_crop[:64, :64]).save(src)
+    for suffix in (b".ome.tif", b".ome.zarr"):
+        out = tmp_path / os.fsdecode(b"sr-\xfe" + suffix)
+        enhance_slide(src, out, model=model, device="cpu", tile=TILE, mpp=0.5)
+        assert open_slide(out).shape == (256, 256, 3)
+        if suffix == b".ome.tif":
+            with tifffile.TiffFile(out) as tif:
+                ome = tif.ome_metadata
+            assert "source=tissue-\\xff.png" in ome and 'Name="sr-\\xfe"' in ome
+    assert sorted(os.listdir(os.fsencode(tmp_path))) == [
+        b"sr-\xfe.ome.tif", b"sr-\xfe.ome.zarr", b"tissue-\xff.png"
+    ]  # fmt: skip

@@ -1,5 +1,6 @@
 """Large TIFFs stay in bounded memory: huge single levels get a lazy display pyramid in
-the napari reader, and untiled pages whose strips are too big to decode are refused."""
+the napari reader, and pages whose tiles or strips are too big to decode, or fewer than
+the header claims, are refused."""
 
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ def _write_stripped(path: Path, size: int, rowsperstrip: int) -> Path:
 def test_single_strip_tiff_over_the_limit_is_refused(tmp_path: Path, monkeypatch) -> None:
     path = _write_stripped(tmp_path / "strip.tif", 1024, rowsperstrip=1024)  # 3 MiB strip
     assert path.stat().st_size < 100_000
-    monkeypatch.setattr(_tiff_reader, "MAX_STRIP_BYTES", 2**20)
+    monkeypatch.setattr(_tiff_reader, "MAX_SEGMENT_BYTES", 2**20)
     with pytest.raises(SlideError) as err:
         open_slide(path)
     message = str(err.value)
@@ -153,7 +154,7 @@ def test_single_strip_tiff_over_the_limit_is_refused(tmp_path: Path, monkeypatch
 
 
 def test_small_strips_and_tiles_still_open(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(_tiff_reader, "MAX_STRIP_BYTES", 2**20)
+    monkeypatch.setattr(_tiff_reader, "MAX_SEGMENT_BYTES", 2**20)
     stripped = _write_stripped(tmp_path / "strips.tif", 1024, rowsperstrip=64)  # 192 KiB
     slide = open_slide(stripped)
     np.testing.assert_array_equal(np.asarray(slide.levels[0][500:564, 10:74]), 200)
@@ -176,6 +177,74 @@ def test_default_limit_refuses_the_reported_30000_px_single_strip() -> None:
             dtype=np.uint8,
         )
 
-    problem = _tiff_reader.strip_problem(page(30000))
+    problem = _tiff_reader.segment_problem(page(30000))
     assert problem and "single strip" in problem and "2,575 MiB" in problem
-    assert _tiff_reader.strip_problem(page(1000)) is None
+    assert _tiff_reader.segment_problem(page(1000)) is None
+
+
+# -- tiles: decode budget and the tiles a header claims ------------------------------------
+@pytest.fixture(scope="module")
+def tile_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiffcraft import tile_bomb
+
+    return tile_bomb(tmp_path_factory.mktemp("bomb") / "tilebomb.tif", 16384)
+
+
+def test_a_tile_bomb_is_refused_before_anything_is_decoded(tile_bomb: Path, tmp_path, capsys):
+    """The reported file: one 16384 x 16384 zlib tile, 0.8 MB on disk, 768 MiB decoded
+    (it took 1.9 GB to read a 64 px region). Refused at open, and the export command
+    says why and writes nothing."""
+    from napari_srgan_sqe.cli import main
+
+    assert tile_bomb.stat().st_size < 1_000_000
+    with pytest.raises(SlideError) as err:
+        open_slide(tile_bomb)
+    message = str(err.value)
+    assert "tiles of 16384 x 16384 px" in message and "768 MiB" in message
+    assert "256 MiB" in message and "vips tiffsave" in message
+    out = tmp_path / "o.ome.zarr"
+    code = main(["enhance", str(tile_bomb), str(out), "--region", "0,0,64,64", "--mpp", "0.25"])
+    err_text = capsys.readouterr().err
+    assert code != 0 and "tiles of 16384 x 16384 px" in err_text
+    assert "Traceback" not in err_text and not out.exists()
+
+
+def test_tiles_within_the_budget_open_and_read(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(_tiff_reader, "MAX_SEGMENT_BYTES", 256 * 256 * 3)
+    tiled = _write_tiled(tmp_path / "tiled.tif", 1024)  # 256 px tiles: exactly the budget
+    np.testing.assert_array_equal(np.asarray(open_slide(tiled).levels[0][300:301, 0:1]), 1)
+    monkeypatch.setattr(_tiff_reader, "MAX_SEGMENT_BYTES", 256 * 256 * 3 - 1)
+    with pytest.raises(SlideError, match="tiles of 256 x 256 px"):
+        open_slide(tiled)
+
+
+def test_a_header_claiming_more_pixels_than_its_tiles_is_refused(tmp_path: Path) -> None:
+    """The reported file: a 256 px tiled TIFF whose width and height were patched to
+    10^6. It used to export black (the 15 million missing tiles read as zeros)."""
+    from tiffcraft import IMAGE_LENGTH, IMAGE_WIDTH, set_tag, small_tiled
+
+    path = small_tiled(tmp_path / "h.tif")
+    set_tag(path, IMAGE_WIDTH, 10**6)
+    set_tag(path, IMAGE_LENGTH, 10**6)
+    with pytest.raises(SlideError) as err:
+        open_slide(path)
+    message = str(err.value)
+    assert "1000000 x 1000000 px" in message and "15,264,649 tiles" in message
+    assert "lists only 1" in message
+    # one tile too few (a 257 px wide image of 256 px tiles needs two per row)
+    path = small_tiled(tmp_path / "w.tif")
+    set_tag(path, IMAGE_WIDTH, 257)
+    with pytest.raises(SlideError, match="needs 2 tiles"):
+        open_slide(path)
+
+
+def test_a_header_claiming_fewer_pixels_reads_what_it_claims(tmp_path: Path) -> None:
+    """Fewer pixels than the tiles hold is a valid TIFF (edge tiles are padded)."""
+    from tiffcraft import IMAGE_WIDTH, set_tag, small_tiled
+
+    path = small_tiled(tmp_path / "n.tif", seed=3)
+    want = tifffile.imread(path)[:, :200]
+    set_tag(path, IMAGE_WIDTH, 200)
+    slide = open_slide(path)
+    assert slide.shape == (256, 200, 3)
+    np.testing.assert_array_equal(np.asarray(slide.levels[0]), want)

@@ -548,11 +548,13 @@ class TrainConfig(_Strict):
     model trains: 0 makes them in the training process. Batches are the same for any
     number (they depend on seed and step only); worth it on a GPU, where the scanner
     chain's coding, not the network, bounds the step rate."""
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     """Arithmetic of the networks' forward passes while training: 'bf16' runs the
     generator and discriminator under bfloat16 autocast (weights, optimizer moments,
     losses and validation stay float32). About 2-3x faster on CPUs with AMX or
-    AVX512-BF16 and on recent GPUs; docs/training.md gives the measured cost."""
+    AVX512-BF16 and on recent GPUs, but several times slower on a CPU without bf16
+    instructions, where it is emulated; 'auto' takes bf16 only where the device has
+    them (`training.recipes.bf16_native`). docs/training.md gives the measured cost."""
     channels_last: bool = False
     """Keep the networks and batches in channels_last memory layout (faster
     convolutions on CPUs with oneDNN, and on GPUs under bf16)."""
@@ -676,6 +678,15 @@ def load_config(path: str | Path, cls: type[BaseModel] = TrainConfig) -> Any:
     return validate(cls, data, source=str(path))
 
 
+def _loc_part(part: object) -> str:
+    """A field name or list index of an error's location as the user reads it; a key
+    with characters that would garble the line (control characters, dots) is quoted."""
+    text = str(part)
+    if text and text.isprintable() and "." not in text and ":" not in text:
+        return text
+    return json.dumps(text)
+
+
 def validate(cls: type[BaseModel], data: Any, *, source: str = "config") -> Any:
     """Validate `data` as `cls`; raise ConfigError naming each bad field."""
     try:
@@ -683,6 +694,6 @@ def validate(cls: type[BaseModel], data: Any, *, source: str = "config") -> Any:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            where = ".".join(_loc_part(p) for p in err["loc"]) or "(top level)"
             lines.append(f"  {where}: {err['msg']}")
         raise ConfigError(f"invalid {cls.__name__} in {source}:\n" + "\n".join(lines)) from None

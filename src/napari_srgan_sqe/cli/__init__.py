@@ -72,6 +72,15 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command(name: str, argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
+    """The module of command `name` and its parsed arguments `argv` (argparse exits
+    with status 2 and one line on what it cannot parse)."""
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"srgan-sqe {name}", description=SUBCOMMANDS[name][1])
+    module.add_arguments(sub)
+    return module, sub.parse_args(_attach_negative_values(list(argv)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
@@ -83,10 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     name = known.command
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"srgan-sqe {name}", description=SUBCOMMANDS[name][1])
-    module.add_arguments(sub)
-    args = sub.parse_args(_attach_negative_values(list(argv[1:])))
+    module, args = parse_command(name, argv[1:])
     try:
         check_numeric_options(args)
     except UserError as exc:

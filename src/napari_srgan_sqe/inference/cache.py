@@ -223,8 +223,9 @@ def cache_root() -> Path:
 def source_identity(source: Any, *, extra: Any = None) -> str:
     """A stable short hash naming an image source across sessions.
 
-    A file (a Slide's `.path`, or a path) is named by its absolute path, size and
-    modification time, so an edited file gets a new name; a dask array by its graph
+    A file (a Slide's `.path`, or a path) is named by its absolute path, size,
+    modification time and `content_digest`, so an edited or replaced file gets a new
+    name; a dask array by its graph
     name (deterministic for the same source); a numpy array by a hash of its bytes.
     `extra` (e.g. a region or the level shape) is mixed in.
     """
@@ -233,7 +234,9 @@ def source_identity(source: Any, *, extra: Any = None) -> str:
     if isinstance(path, str | os.PathLike) and Path(path).exists():
         p = Path(path).resolve()
         st = p.stat()
-        h.update(f"file:{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+        from napari_srgan_sqe.io.slides import content_digest
+
+        h.update(f"file:{p}:{st.st_size}:{st.st_mtime_ns}:{content_digest(p)}".encode())
     elif hasattr(source, "dask") and hasattr(source, "name"):
         h.update(f"dask:{source.name}".encode())
     else:

@@ -44,6 +44,7 @@ from napari_srgan_sqe.inference.engine import (
     super_resolve,
 )
 from napari_srgan_sqe.inference.tiling import TileGrid, TileMask, check_region
+from napari_srgan_sqe.io._formats import metadata_text
 from napari_srgan_sqe.io.errors import DataError, RegionError
 
 __all__ = [
@@ -443,8 +444,12 @@ def export_fingerprint(
     seed: int | None = None,
 ) -> str:
     """What an export's pixels depend on, for its resume record: an interrupted export
-    is resumed only by a run with the same model, source file, region and options."""
+    is resumed only by a run with the same model, source file (by path, size, time and
+    `content_digest`: a same-sized copy of another image with the old time is another
+    source), region and options."""
     import json
+
+    from napari_srgan_sqe.io.slides import content_digest
 
     source: dict[str, Any] = {"path": str(getattr(slide, "path", None))}
     path = getattr(slide, "path", None)
@@ -455,6 +460,7 @@ def export_fingerprint(
                 "path": str(Path(path).resolve()),
                 "size": st.st_size,
                 "mtime": st.st_mtime_ns,
+                "content": content_digest(path),
             }
         except OSError:
             pass
@@ -491,7 +497,7 @@ def export_provenance(
         "scale": str(model.scale),
     }
     if source is not None:
-        out["source"] = Path(str(source)).name
+        out["source"] = metadata_text(Path(str(source)).name)  # a non-UTF-8 name escaped
     if region is not None:
         out["region"] = ",".join(str(int(v)) for v in region)
     if desc.stochastic:

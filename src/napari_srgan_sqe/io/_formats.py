@@ -7,6 +7,7 @@ importing dask or zarr, whether a path is ours.
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 VENDOR_EXTENSIONS = frozenset(
@@ -149,3 +150,11 @@ def to_um(value: float, unit: str | None) -> float | None:
     if factor is None or not value or float(value) <= 0:
         return None
     return float(value) * factor
+
+
+def metadata_text(text: str) -> str:
+    """`text` as valid Unicode for a file's metadata (OME-XML, zarr attributes). A file
+    name that is not valid UTF-8 reaches Python with its bad bytes as lone surrogates
+    (b"\\xff" -> "\\udcff"), which no UTF-8 writer accepts; those bytes are written as
+    "\\xff" escapes, every other character as it is."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace") if text else text

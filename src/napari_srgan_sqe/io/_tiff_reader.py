@@ -4,10 +4,11 @@ Pixels come from tifffile's zarr store (`TiffPageSeries.aszarr()`, zarr v2 metad
 served to zarr 3), opened as a group for pyramids; each level is wrapped so that dask
 chunks cover whole TIFF tiles (or strips) and the graph pickles by path.
 
-Untiled pages are read strip by strip, and reading any pixel of a strip decodes all of
-it: a page whose one strip needs more than `MAX_STRIP_BYTES` to decode (a 30000 x
-30000 image stored as a single strip) is refused at open, as Pillow refuses
-decompression bombs for PNG / JPEG, with advice to convert it to a tiled pyramid.
+Pages are read tile by tile (or strip by strip), and reading any pixel of a segment
+decodes all of it: a page whose one segment needs more than `MAX_SEGMENT_BYTES` to
+decode (a 30000 x 30000 image stored as a single strip, a 16384 px "tile bomb") is
+refused at open, as Pillow refuses decompression bombs for PNG / JPEG, with advice to
+re-tile it. So is a page whose header claims more pixels than its tiles hold.
 
 A file cut short (an interrupted copy or download) is refused at open, naming the
 level it cuts into: a reduced level whose directory (IFD) lies past the end of the
@@ -69,8 +70,90 @@ _REFUSED_PHOTOMETRIC = {
 }
 
 
+_J2K_CODES = frozenset({33003, 33004, 33005, 34712})  # Aperio YCbCr / RGB, JPEG 2000
+_PNG_CODE = 34933
+
+
+def declared_size(data: bytes, compression: int) -> tuple[int, int] | None:
+    """(height, width) that a coded segment says it holds, read from its own header
+    (JPEG SOF, JPEG 2000 SIZ, WebP, PNG IHDR), or None when the codec keeps no size in
+    the segment or the header is not found. Decoders allocate by this size, not by the
+    TIFF's tile size."""
+    head = bytes(data[:65536])
+    if compression in TIFF_JPEG_CODES:
+        i = 2 if head[:2] == b"\xff\xd8" else 0
+        while 0 <= i < len(head) - 9:
+            if head[i] != 0xFF:
+                i = head.find(b"\xff", i)
+                continue
+            marker = head[i + 1]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", head[i + 5 : i + 9])
+                return h, w
+            if marker == 0xDA or marker == 0xD9:  # scan data or end: no frame header
+                return None
+            if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:
+                i += 1 if marker == 0xFF else 2
+                continue
+            (length,) = struct.unpack(">H", head[i + 2 : i + 4])
+            i += 2 + length
+        return None
+    if compression in _J2K_CODES:
+        i = head.find(b"\xff\x4f\xff\x51")
+        if i < 0 or len(head) < i + 24:
+            return None
+        xsiz, ysiz, xo, yo = struct.unpack(">IIII", head[i + 8 : i + 24])
+        return max(ysiz - yo, 0), max(xsiz - xo, 0)
+    if compression == WEBP_CODE and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = head[12:16]
+        if kind == b"VP8 " and len(head) >= 30:
+            w, h = struct.unpack("<HH", head[26:30])
+            return h & 0x3FFF, w & 0x3FFF
+        if kind == b"VP8L" and len(head) >= 25:
+            (bits,) = struct.unpack("<I", head[21:25])
+            return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+        if kind == b"VP8X" and len(head) >= 30:
+            w = int.from_bytes(head[24:27], "little") + 1
+            h = int.from_bytes(head[27:30], "little") + 1
+            return h, w
+        return None
+    if compression == _PNG_CODE and head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        w, h = struct.unpack(">II", head[16:24])
+        return h, w
+    return None
+
+
+def _guard_decode(keyframe: Any) -> None:
+    """Make `keyframe`'s segment decoder refuse a segment whose own header claims more
+    pixels than the decode budget (twice the TIFF segment, at least 16 MiB) before it
+    is decoded: a 256 px JPEG tile whose frame header says 65000 x 65000 px would
+    otherwise take 12 GB. tifffile bounds the raw codecs (zlib, LZW ...) itself."""
+    compression = int(keyframe.compression)
+    if compression not in TIFF_JPEG_CODES | _J2K_CODES | {WEBP_CODE, _PNG_CODE}:
+        return
+    rows, width = _tile(keyframe)
+    itemsize = np.dtype(keyframe.dtype).itemsize
+    samples = int(keyframe.samplesperpixel)
+    budget = max(2 * rows * width * samples * itemsize, 16 * 2**20)
+    decode = keyframe.decode  # tifffile's own, cached on the page
+
+    def guarded(data: Any, index: int, **kwargs: Any) -> Any:
+        size = declared_size(data, compression) if data else None
+        if size is not None and size[0] * size[1] * samples * itemsize > budget:
+            raise ValueError(
+                f"tile {index} says it holds {size[1]} x {size[0]} px, more than the "
+                f"{width} x {rows} px tiles of the image (a corrupt or crafted file); "
+                "not decoded"
+            )
+        return decode(data, index, **kwargs)
+
+    keyframe.__dict__["decode"] = guarded  # replaces the cached_property's value
+
+
 class _TiffHandle:
-    """An open TiffFile and the zarr arrays of its first series, created on first use."""
+    """An open TiffFile and the zarr arrays of its first series, created on first use.
+    Each level's decoder checks a segment's own header before decoding it
+    (`_guard_decode`)."""
 
     def __init__(self, path: Path) -> None:
         self.tif = tifffile.TiffFile(path)
@@ -81,6 +164,8 @@ class _TiffHandle:
         with self._lock:
             if level not in self._arrays:
                 series = self.tif.series[0]
+                for lev in series.levels:
+                    _guard_decode(lev.keyframe)
                 store = series.aszarr()
                 if len(series.levels) > 1:
                     group = zarr.open_group(store, mode="r")
@@ -161,26 +246,56 @@ def _tile(page: Any) -> tuple[int, int]:
     return int(min(page.rowsperstrip or page.imagelength, page.imagelength)), int(page.imagewidth)
 
 
-MAX_STRIP_BYTES = 512 * 2**20
-"""Largest decoded size of one strip of an untiled page that is read (512 MiB, about
-Pillow's decompression-bomb limit for an RGB image); larger strips are refused."""
+MAX_SEGMENT_BYTES = 256 * 2**20
+"""Largest decoded size of one tile or strip that is read (256 MiB, a 9000 x 9000 RGB
+strip); reading any pixel of a segment decodes all of it, so a file with larger ones
+(a "tile bomb": one 16384 x 16384 zlib tile is 0.8 MB on disk and 768 MiB decoded) is
+refused at open, before anything is decoded. With it a read of a region decodes at
+most the segments the region touches, each under this budget."""
 
 
-def strip_problem(page: Any) -> str | None:
-    """Why an untiled page cannot be read in bounded memory (its strips are too big), or None."""
-    if page.is_tiled:
-        return None
+def segment_problem(page: Any) -> str | None:
+    """Why a page's tiles or strips cannot be read in bounded memory (one decodes to more
+    than MAX_SEGMENT_BYTES), or None."""
     rows, width = _tile(page)
     samples = int(page.samplesperpixel) if int(page.planarconfig) == 1 else 1  # contig
-    nbytes = rows * width * samples * np.dtype(page.dtype).itemsize
-    if nbytes <= MAX_STRIP_BYTES:
+    depth = int(getattr(page, "tiledepth", 1) or 1) if page.is_tiled else 1
+    nbytes = rows * width * depth * samples * np.dtype(page.dtype).itemsize
+    if nbytes <= MAX_SEGMENT_BYTES:
         return None
+    limit = f"limit {MAX_SEGMENT_BYTES / 2**20:,.0f} MiB"
+    if page.is_tiled:
+        return (
+            f"the image is stored in tiles of {width} x {rows} px, {nbytes / 2**20:,.0f} MiB "
+            f"to decode for any read of a tile ({limit}); re-tile it, e.g. "
+            "`vips tiffsave in.tif out.tif --tile --pyramid --compression deflate`"
+        )
     what = "a single strip" if rows >= int(page.imagelength) else f"strips of {rows} rows"
     return (
         f"the untiled {page.imagewidth} x {page.imagelength} image is stored as {what}, "
-        f"{nbytes / 2**20:,.0f} MiB to decode for any read (limit {MAX_STRIP_BYTES / 2**20:,.0f} "
-        "MiB); convert it to a tiled pyramidal TIFF to read it in tiles, e.g. "
+        f"{nbytes / 2**20:,.0f} MiB to decode for any read ({limit}); convert it to a "
+        "tiled pyramidal TIFF to read it in tiles, e.g. "
         "`vips tiffsave in.tif out.tif --tile --pyramid --compression deflate`"
+    )
+
+
+def segment_count_problem(lev: Any, level: int) -> str | None:
+    """Why a page of pyramid level `lev` (number `level`) does not hold the tiles or
+    strips its size needs (a header claiming a larger image than the file stores), or
+    None. tifffile would read the missing ones as zeros: a silently black export."""
+    page = lev.keyframe
+    need = int(np.prod(page.chunked))
+    have = min(
+        (min(len(pg.dataoffsets), len(pg.databytecounts)) for pg in lev.pages if pg is not None),
+        default=need,
+    )
+    if have >= need:
+        return None
+    kind = "tiles" if page.is_tiled else "strips"
+    return (
+        f"level {level} claims {page.imagewidth} x {page.imagelength} px, which needs "
+        f"{need:,} {kind}, but its directory lists only {have:,}: the header does not "
+        "match the data (a corrupt or hand-edited file)"
     )
 
 
@@ -416,8 +531,8 @@ def open_tiff(path: Path, *, chunk: int) -> Slide:
     channel_sizes = [n for ax, n in zip(axes, series.shape) if ax in "CS" and n > 1]
     check_convertible(path, series.dtype, channel_sizes[0] if channel_sizes else 1)
 
-    for lev in series.levels:
-        problem = strip_problem(lev.keyframe)
+    for i, lev in enumerate(series.levels):
+        problem = segment_problem(lev.keyframe) or segment_count_problem(lev, i)
         if problem:
             raise SlideError(path, problem)
 

@@ -55,7 +55,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from napari_srgan_sqe.io._formats import INCOMPLETE_MARKER
+from napari_srgan_sqe.io._formats import INCOMPLETE_MARKER, metadata_text
 from napari_srgan_sqe.io.atomic import (
     _fsync,
     _replace_dir,
@@ -620,7 +620,7 @@ def provenance_text(provenance: Mapping[str, str] | None) -> str | None:
     """One line for an OME Description: 'super-resolved by napari-srgan-sqe: k=v; ...'."""
     if not provenance:
         return None
-    items = "; ".join(f"{k}={v}" for k, v in provenance.items())
+    items = "; ".join(f"{k}={metadata_text(str(v))}" for k, v in provenance.items())
     return f"super-resolved by napari-srgan-sqe: {items}"
 
 
@@ -843,9 +843,9 @@ def _stream_tiff(
     description: str | None = None,
     maxworkers: int | None = None,
 ) -> None:
-    metadata: dict[str, Any] = {"axes": "YXS", "Name": name}
+    metadata: dict[str, Any] = {"axes": "YXS", "Name": metadata_text(name)}
     if description:
-        metadata["Description"] = description
+        metadata["Description"] = metadata_text(description)
     if mpp:
         metadata.update(
             PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm"

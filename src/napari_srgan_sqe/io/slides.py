@@ -48,6 +48,7 @@ from napari_srgan_sqe.io._slide import (  # noqa: F401
     check_convertible,
     coding_or_unknown,
     composite,
+    content_digest,
     downsamples_of,
     read_bytes,
     shared_handle,
@@ -64,6 +65,7 @@ __all__ = [
     "SlideCoding",
     "SlideError",
     "as_rgb8",
+    "content_digest",
     "open_slide",
 ]
 

@@ -151,6 +151,17 @@ def make_recipe(cfg: TrainConfig, device: torch.device, base: Path) -> Recipe:
 
 
 # -- shared pieces ---------------------------------------------------------------------
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 in hardware: a CUDA GPU that supports it, or a
+    CPU with AVX512-BF16 or AMX (oneDNN's own test). Elsewhere bf16 is emulated and
+    slower than float32, so TrainConfig.precision 'auto' keeps float32 there."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def _frozen_copy(module: nn.Module) -> nn.Module:
     twin = copy.deepcopy(module)
     twin.requires_grad_(False)
@@ -347,6 +358,7 @@ class SRGANRecipe(_RecipeBase):
             else None
         )
         self._device_type = device.type
+        self._bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_native(device))
         betas = cfg.betas
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.warmup_lr, betas=betas)
         self.opt_ae = (
@@ -401,9 +413,7 @@ class SRGANRecipe(_RecipeBase):
     def _fast(self) -> contextlib.AbstractContextManager[object]:
         """The autocast region of the networks' forward passes (TrainConfig.precision);
         their outputs are cast back to float32 before any loss is computed."""
-        return torch.autocast(
-            self._device_type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
-        )
+        return torch.autocast(self._device_type, dtype=torch.bfloat16, enabled=self._bf16)
 
     def _generate(self, lr_img: torch.Tensor, batch: TrainingBatch) -> torch.Tensor:
         """G(LR), told each patch's coding when G is conditioned on it."""
