@@ -186,3 +186,38 @@ def test_all_metrics_agree_with_single_functions(pair) -> None:
     assert allm["rrmse"] == pytest.approx(metrics.rrmse(est, hr))
     x = lambda a: torch.from_numpy(np.asarray(a, np.float32)).permute(2, 0, 1)[None]  # noqa: E731
     assert float(metrics.psnr_torch(x(est), x(hr / 255.0))) == pytest.approx(allm["psnr"], abs=1e-3)
+
+
+def test_one_metric_table_drives_all_metrics_evaluate_and_the_readouts():
+    """`metrics.METRICS` is the one place a metric is declared: all_metrics computes
+    each entry (its fast path agrees with the entry's own function), evaluate's columns
+    and the Compare widget's rows, tips, decimals and gain signs come from it."""
+    from napari_srgan_sqe.metrics import METRICS, all_metrics, format_metric, metric_gain
+    from napari_srgan_sqe.training import evaluate
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (200, 180, 3), dtype=np.uint8)
+    est = np.clip(ref.astype(int) + rng.integers(-20, 21, ref.shape), 0, 255).astype(np.uint8)
+    values = all_metrics(est, ref)
+    assert list(values) == [m.key for m in METRICS] == list(evaluate.METRICS)
+    for m in METRICS:
+        assert values[m.key] == pytest.approx(m.fn(est, ref), rel=1e-6), m.key
+    small = all_metrics(est[:100, :100], ref[:100, :100])
+    assert small["ms_ssim"] is None and format_metric("ms_ssim", None) == "-"
+    assert format_metric("psnr", 31.256, signed=True) == "+31.26"
+    assert format_metric("ssim", 0.91234) == "0.9123"
+    assert metric_gain("psnr", 30.0, 28.5) == pytest.approx(1.5)
+    assert metric_gain("rrmse", 0.10, 0.15) == pytest.approx(0.05)  # lower is better
+    assert metric_gain("psnr", float("inf"), 28.5) is None
+
+
+def test_compare_readouts_are_labelled_from_the_metric_table():
+    pytest.importorskip("qtpy")
+    from napari_srgan_sqe._napari import compare_widget
+    from napari_srgan_sqe.metrics import METRICS
+
+    assert compare_widget.METRICS == tuple((m.key, m.label) for m in METRICS)
+    assert compare_widget.METRIC_TIPS["rrmse"].startswith("Relative root-mean-square")
+    gain = compare_widget._gain({"psnr": 30.0, "rrmse": 0.1}, {"psnr": 29.0, "rrmse": 0.2})
+    assert gain["psnr"] == pytest.approx(1.0) and gain["rrmse"] == pytest.approx(0.1)
+    assert gain["ssim"] is None

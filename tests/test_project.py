@@ -26,6 +26,24 @@ def test_layering_contracts_hold():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_no_import_cycle_in_the_package():
+    """No module imports (at the top or inside a function) a module that imports it
+    back, directly or through others: a circle hidden by a function-local import is a
+    circle still (import-linter's graph sees both kinds)."""
+    import grimp
+    import networkx
+
+    graph = grimp.build_graph("napari_srgan_sqe")
+    edges = [
+        (a, b)
+        for a in graph.modules
+        for b in graph.find_modules_directly_imported_by(a)
+        if b.startswith("napari_srgan_sqe") and a != b
+    ]
+    cycles = sorted(networkx.simple_cycles(networkx.DiGraph(edges)), key=len)
+    assert not cycles, [" -> ".join([*c, c[0]]) for c in cycles[:5]]
+
+
 def test_ruff_clean():
     res = _run(sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks", "experiments")
     assert res.returncode == 0, res.stdout + res.stderr

@@ -26,16 +26,18 @@ from napari_srgan_sqe.io.errors import DataError, RegionError
 from napari_srgan_sqe.io.slides import open_slide
 from napari_srgan_sqe.models.modelfile import load_model, new_model, save_model
 from napari_srgan_sqe.models.predictor import Predictor
+from napari_srgan_sqe.training.adapt import (
+    AdaptSettings,
+    check_adaptable,
+    check_real_regions,
+    iter_adapt,
+)
 from napari_srgan_sqe.training.finetune import Finished, Started, Step, Validated
 from napari_srgan_sqe.training.recipes import UnpairedRecipe
 from napari_srgan_sqe.training.trainer import Trainer
 from napari_srgan_sqe.training.unpaired_data import (
-    AdaptSettings,
     RealLRSampler,
     background_fraction,
-    check_adaptable,
-    check_real_regions,
-    iter_adapt,
     open_real_lr,
     real_lr_image,
 )

@@ -14,6 +14,8 @@ covariance, and only the valid region (skimage filters then crops (win - 1) / 2)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,9 +24,13 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "METRICS",
     "MS_SSIM_MIN_SIZE",
     "MS_SSIM_WEIGHTS",
+    "Metric",
     "all_metrics",
+    "format_metric",
+    "metric_gain",
     "ms_ssim",
     "psnr",
     "psnr_torch",
@@ -198,21 +204,87 @@ def _rrmse(e: np.ndarray, r: np.ndarray) -> float:
     return float(np.sqrt(num / den)) if den > 0 else float("inf")
 
 
-def all_metrics(estimate: Any, reference: Any) -> dict[str, float | None]:
-    """psnr, ssim, ms_ssim (None below MS_SSIM_MIN_SIZE px), qilv and rrmse at once.
+@dataclass(frozen=True)
+class Metric:
+    """One image-quality metric as every part of the product shows it: evaluation
+    tables and CSV, the trainer's log, the Compare widget's readouts and tips."""
 
-    Shares the filtered moments between SSIM, MS-SSIM and QILV.
-    """
+    key: str
+    """Its name in results (evaluation.json, CSV columns, readout dicts)."""
+    label: str
+    """Its row label in tables (with the unit, if any)."""
+    higher_is_better: bool
+    decimals: int
+    """Decimals shown in readouts and tables."""
+    tip: str
+    """What it measures, in words (the Compare widget's tooltip)."""
+    fn: Callable[[Any, Any], float | None]
+    """(estimate, reference) -> value, or None where it is undefined (too small)."""
+
+
+def _ms_ssim_or_none(estimate: Any, reference: Any) -> float | None:
+    e, r = _pair(estimate, reference)
+    return None if min(e.shape[1:]) < MS_SSIM_MIN_SIZE else _ms_ssim(e, r)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("psnr", "PSNR (dB)", True, 2,
+           "Peak signal-to-noise ratio, in decibels: higher is closer to the reference "
+           "(+1 dB is about 11% less error)", lambda e, r: psnr(e, r)),
+    Metric("ssim", "SSIM", True, 4,
+           "Structural similarity, 0 to 1: do local brightness, contrast and structure "
+           "match? 1 is identical", lambda e, r: ssim(e, r)),
+    Metric("ms_ssim", "MS-SSIM", True, 4,
+           "Multi-scale SSIM, 0 to 1: SSIM over five scales, from cells to tissue; "
+           f"needs a view of at least {MS_SSIM_MIN_SIZE} px a side ('-' below that)",
+           _ms_ssim_or_none),
+    Metric("qilv", "QILV", True, 4,
+           "Quality index based on local variance, 0 to 1: does the texture (local "
+           "contrast) match? 1 is identical", lambda e, r: qilv(e, r)),
+    Metric("rrmse", "RRMSE", False, 4,
+           "Relative root-mean-square error: the size of the error divided by the "
+           "reference's; lower is closer, 0 is identical", lambda e, r: rrmse(e, r)),
+)  # fmt: skip
+"""Every metric the product reports, in the order tables show them. A new metric is
+its function above and one entry here: `srgan-sqe evaluate` (tables, JSON, CSV) and
+the Compare widget's readouts, gains and tips read this table."""
+_BY_KEY = {m.key: m for m in METRICS}
+
+
+def format_metric(key: str, value: float | None, *, signed: bool = False) -> str:
+    """`value` of metric `key` with the metric's decimals ('-' for None; 'inf' / 'nan'
+    as such); `signed` shows a '+' on gains."""
+    if value is None:
+        return "-"
+    if not np.isfinite(value):
+        return str(value)
+    return f"{value:{'+' if signed else ''}.{_BY_KEY[key].decimals}f}"
+
+
+def metric_gain(key: str, value: float | None, baseline: float | None) -> float | None:
+    """How much better `value` is than `baseline` on metric `key`, positive when better
+    (for a lower-is-better metric, baseline minus value); None if either is missing or
+    not finite."""
+    if value is None or baseline is None or not (np.isfinite(value) and np.isfinite(baseline)):
+        return None
+    return value - baseline if _BY_KEY[key].higher_is_better else baseline - value
+
+
+def all_metrics(estimate: Any, reference: Any) -> dict[str, float | None]:
+    """Every metric of `METRICS` at once, by key (MS-SSIM None below MS_SSIM_MIN_SIZE
+    px). SSIM, MS-SSIM and QILV share their filtered moments; a metric added to the
+    table without a shared fast path is computed by its own function."""
     e, r = _pair(estimate, reference)
     mom = _moments(e, r)
     small = min(e.shape[1:]) < MS_SSIM_MIN_SIZE
-    return {
-        "psnr": _psnr(e, r),
-        "ssim": float(_ssim_cs(*mom)[0].mean()),
-        "ms_ssim": None if small else _ms_ssim(e, r, first=mom),
-        "qilv": _qilv_from(mom[2], mom[3]),
-        "rrmse": _rrmse(e, r),
+    fast: dict[str, Callable[[], float | None]] = {
+        "psnr": lambda: _psnr(e, r),
+        "ssim": lambda: float(_ssim_cs(*mom)[0].mean()),
+        "ms_ssim": lambda: None if small else _ms_ssim(e, r, first=mom),
+        "qilv": lambda: _qilv_from(mom[2], mom[3]),
+        "rrmse": lambda: _rrmse(e, r),
     }
+    return {m.key: fast[m.key]() if m.key in fast else m.fn(estimate, reference) for m in METRICS}
 
 
 # ----------------------------------------------------------------------------- torch

@@ -47,34 +47,19 @@ from qtpy.QtWidgets import (
 )
 
 from napari_srgan_sqe._napari import _dock, _layers, _workers
+from napari_srgan_sqe.metrics import METRICS as METRIC_TABLE
+from napari_srgan_sqe.metrics import format_metric, metric_gain
 
 __all__ = ["MAP_KEY", "CompareWidget", "Readout", "ReadoutColumn", "compute_readouts", "map_kind"]
 
 log = logging.getLogger(__name__)
 
-METRICS = (
-    ("psnr", "PSNR (dB)"),
-    ("ssim", "SSIM"),
-    ("ms_ssim", "MS-SSIM"),
-    ("qilv", "QILV"),
-    ("rrmse", "RRMSE"),
-)
-LOWER_IS_BETTER = frozenset({"rrmse"})
+METRICS = tuple((m.key, m.label) for m in METRIC_TABLE)
+"""(key, row label) of the readout table's rows: `napari_srgan_sqe.metrics.METRICS`."""
 SR_VS_HR, BICUBIC_VS_HR, CONSISTENCY = "SR vs HR", "bicubic vs HR", "D_s(SR) vs LR"
 """Readout column names (`Readout.columns` keys); the table shows `COLUMN_LABELS`."""
 CONSISTENCY_METRICS = ("psnr", "ssim")
-METRIC_TIPS = {
-    "psnr": "Peak signal-to-noise ratio, in decibels: higher is closer to the reference "
-    "(+1 dB is about 11% less error)",
-    "ssim": "Structural similarity, 0 to 1: do local brightness, contrast and structure "
-    "match? 1 is identical",
-    "ms_ssim": "Multi-scale SSIM, 0 to 1: SSIM over five scales, from cells to tissue; "
-    "needs a view of at least 161 px a side ('-' below that)",
-    "qilv": "Quality index based on local variance, 0 to 1: does the texture (local "
-    "contrast) match? 1 is identical",
-    "rrmse": "Relative root-mean-square error: the size of the error divided by the "
-    "reference's; lower is closer, 0 is identical",
-}
+METRIC_TIPS = {m.key: m.tip for m in METRIC_TABLE}
 COLUMN_LABELS = {
     SR_VS_HR: ("SR", "The super-resolved image compared with HR (the original scan)"),
     BICUBIC_VS_HR: (
@@ -1111,27 +1096,10 @@ def _gain(sr: dict | None, base: dict | None) -> dict[str, float | None] | None:
     """SR minus baseline, signed so that positive is better (RRMSE: baseline minus SR)."""
     if sr is None or base is None:
         return None
-    out: dict[str, float | None] = {}
-    for key, _ in METRICS:
-        a, b = sr.get(key), base.get(key)
-        if a is None or b is None or not all(map(_finite, (a, b))):
-            out[key] = None
-        else:
-            out[key] = (b - a) if key in LOWER_IS_BETTER else (a - b)
-    return out
+    return {key: metric_gain(key, sr.get(key), base.get(key)) for key, _ in METRICS}
 
 
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")
-
-
-def _fmt(key: str, value: float | None, *, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    if not _finite(value):
-        return str(value)
-    sign = "+" if signed else ""
-    return f"{value:{sign}.2f}" if key == "psnr" else f"{value:{sign}.4f}"
+_fmt = format_metric
 
 
 # ------------------------------------------------------------------ honest SR: helpers

@@ -9,7 +9,7 @@ labels and, at the end, `show_pyramid` on the SR layer. Nothing here imports tor
 "Adapt to this slide" runs in the same worker: a correction net in front of the SR
 layer's model learns, without HR, to turn this slide's LR (the drawn rectangles, or
 the part in view) into the clean LR the model was trained on
-(`training.unpaired_data.iter_adapt`, the 'unpaired' recipe).
+(`training.adapt.iter_adapt`, the 'unpaired' recipe).
 
 Versions go to `models_dir()` (`$NAPARI_SRGAN_SQE_MODELS`, default
 `~/.napari-srgan-sqe/models/`) as `<parent>-ft-<YYYYmmdd-HHMMSS>.safetensors`
@@ -126,8 +126,9 @@ def finetune_job(
     worker would swallow without a signal). Touches no viewer object.
     """
     from napari_srgan_sqe.models.modelfile import save_model
+    from napari_srgan_sqe.training.adapt import iter_adapt
     from napari_srgan_sqe.training.finetune import Finished, cut_regions, iter_finetune
-    from napari_srgan_sqe.training.unpaired_data import iter_adapt, real_lr_image
+    from napari_srgan_sqe.training.unpaired_data import real_lr_image
     from napari_srgan_sqe.training.zero_shot import ZERO_SHOT_MODEL, iter_zero_shot, new_zssr
 
     try:
@@ -775,12 +776,12 @@ class FinetuneWidget(QWidget):
         view) in a worker; the SR layer then uses the adapted model."""
         from napari_srgan_sqe.config import ConfigError
         from napari_srgan_sqe.models.method import StochasticModelError
-        from napari_srgan_sqe.training.finetune import RegionError
-        from napari_srgan_sqe.training.unpaired_data import (
+        from napari_srgan_sqe.training.adapt import (
             AdaptSettings,
             check_adaptable,
             check_real_regions,
         )
+        from napari_srgan_sqe.training.finetune import RegionError
 
         if self.running:
             return False

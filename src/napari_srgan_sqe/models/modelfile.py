@@ -37,6 +37,7 @@ from napari_srgan_sqe.io.checkpoints import (
 from napari_srgan_sqe.models.architectures import build_network, describe
 from napari_srgan_sqe.models.autoencoder import build_autoencoder
 from napari_srgan_sqe.models.blocks import Bicubic
+from napari_srgan_sqe.models.device import resolve_device
 from napari_srgan_sqe.models.method import MethodDescriptor, Origins, SRNetwork
 from napari_srgan_sqe.models.registry import BUNDLED_MODELS
 
@@ -370,8 +371,6 @@ def load_model(
     (same name, `.json`). `device` is "cpu", "cuda[:i]", "mps" or "auto". Weights
     holding NaN or infinite values are refused (ModelFileError naming the tensor).
     """
-    from napari_srgan_sqe.models.predictor import resolve_device
-
     device = resolve_device(device)
     resolved = _resolve(name_or_path)
     if isinstance(resolved, SRModel):

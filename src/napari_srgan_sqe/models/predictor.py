@@ -13,80 +13,22 @@ import torch
 
 from napari_srgan_sqe.io.errors import check_unit_range
 from napari_srgan_sqe.models.coding import CodingLike, coding_vector, normalise_coding
+from napari_srgan_sqe.models.device import (
+    DeviceError,
+    empty_cache,
+    is_out_of_memory,
+    resolve_device,
+)
 from napari_srgan_sqe.models.method import MethodDescriptor, SRMethod
+from napari_srgan_sqe.models.modelfile import load_model
 
 __all__ = ["DeviceError", "NonFiniteOutputError", "Predictor", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
 
-class DeviceError(RuntimeError):
-    """The requested device does not exist here, or is out of memory even for one tile."""
-
-
 class NonFiniteOutputError(RuntimeError):
     """The network returned NaN or infinite values (they would be written as black)."""
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the RuntimeError MPS raises when out of memory."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "MPS backend out of memory" in str(exc)
-
-
-def _empty_cache(device: torch.device) -> None:
-    with contextlib.suppress(Exception):
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        elif device.type == "mps":
-            torch.mps.empty_cache()
-
-
-def _available() -> list[str]:
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        names.insert(0, "cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        names.insert(0, "mps")
-    return names
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda, then mps, then cpu; 'cuda[:i]', 'mps', 'cpu' checked to exist."""
-    if isinstance(name, torch.device):
-        name = str(name)
-    name = name.strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise DeviceError(f"unknown device {name!r}; choose auto, cuda, mps or cpu") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {name!r} requested but CUDA is not available here (available: {', '.join(_available())})"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-    elif dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise DeviceError(
-                f"device 'mps' requested but it is not available here (available: {', '.join(_available())})"
-            )
-    elif dev.type != "cpu":
-        raise DeviceError(f"unsupported device {name!r}; choose auto, cuda, mps or cpu")
-    return dev
 
 
 class Predictor:
@@ -129,8 +71,6 @@ class Predictor:
         coding: CodingLike = None,
     ) -> None:
         if isinstance(model, str | os.PathLike):  # a bundled name or a model file
-            from napari_srgan_sqe.models.modelfile import load_model
-
             model = load_model(model)
         self.device = resolve_device(device)
         if precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -265,9 +205,9 @@ class Predictor:
                 part = None if origins is None else origins[i : i + batch]
                 out[i : i + batch] = self._forward(tiles[i : i + batch], crop, part)
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-                if not _is_oom(exc):
+                if not is_out_of_memory(exc):
                     raise
-                _empty_cache(self.device)
+                empty_cache(self.device)
                 if batch == 1:
                     raise DeviceError(
                         f"out of memory on {self.device_name} even for one {h} x {w} tile; "

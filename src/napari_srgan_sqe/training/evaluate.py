@@ -24,13 +24,15 @@ from napari_srgan_sqe.config import ConfigError, degradation_preset
 from napari_srgan_sqe.degradation import degrade_with
 from napari_srgan_sqe.io.atomic import atomic_path
 from napari_srgan_sqe.io.codecs import APERIO_J2K_RATIO, CODECS, JPEG_COLOURS, code_image
+from napari_srgan_sqe.metrics import METRICS as METRIC_TABLE
 from napari_srgan_sqe.metrics import all_metrics
 from napari_srgan_sqe.models.blocks import bicubic_upscale  # re-exported for callers
 from napari_srgan_sqe.models.modelfile import SRModel, load_model
 from napari_srgan_sqe.models.predictor import Predictor
 from napari_srgan_sqe.training.data import DataError, find_images, load_rgb
 
-METRICS = ("psnr", "ssim", "ms_ssim", "qilv", "rrmse")
+METRICS = tuple(m.key for m in METRIC_TABLE)
+"""The metrics evaluated, in `napari_srgan_sqe.metrics.METRICS`'s order."""
 SPREADS = tuple(f"{m}_sd" for m in METRICS)
 """Per image: the spread of each metric over a stochastic model's samples (0 otherwise)."""
 
