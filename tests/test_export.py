@@ -422,3 +422,99 @@ def test_non_utf8_file_names_export_to_ome_tiff_and_ome_zarr(he_crop, model, tmp
     assert sorted(os.listdir(os.fsencode(tmp_path))) == [
         b"sr-\xfe.ome.tif", b"sr-\xfe.ome.zarr", b"tissue-\xff.png"
     ]  # fmt: skip
+
+
+# --- where an export lies: NGFF translation, OME-TIFF plane position ------------------
+
+PLACED = (757, 1963, 120, 88)  # x, y, w, h in LR px: odd offsets, in tissue
+
+
+def _level0_translation(group) -> list[float]:  # noqa: ANN001
+    attrs = group.attrs.asdict()
+    ms = (attrs["ome"] if "ome" in attrs else attrs)["multiscales"][0]
+    transforms = ms["datasets"][0]["coordinateTransformations"]
+    assert [t["type"] for t in transforms] == ["scale", "translation"]
+    return transforms[1]["translation"]
+
+
+def _plane_position(path: Path) -> dict[str, str]:
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        root = ET.fromstring(tif.ome_metadata)
+    [plane] = [el for el in root.iter() if el.tag.endswith("}Plane")]
+    return dict(plane.attrib)
+
+
+@pytest.mark.parametrize(
+    "name,ngff", [("sr.ome.zarr", "0.4"), ("sr.ome.zarr", "0.5"), ("sr.ome.tif", "0.4")]
+)
+def test_export_of_a_region_is_placed_on_its_source(cmu_svs, model, tmp_path, name, ngff) -> None:
+    import zarr
+
+    x, y, w, h = PLACED
+    mpp = 0.499
+    out = enhance_slide(
+        cmu_svs, tmp_path / name, model=model, device="cpu", region=PLACED, tile=TILE, ngff=ngff
+    )
+    # SR pixel (0, 0) covers the top-left quarter of LR pixel (y, x): its centre lies
+    # 3/8 LR px up and left of that pixel's centre, its corner on the region's corner
+    want = ((y - 3 / 8) * mpp, (x - 3 / 8) * mpp)
+    if name.endswith(".zarr"):
+        group = zarr.open_group(out, mode="r")
+        assert _level0_translation(group) == pytest.approx([0.0, *want])
+        ms = group.attrs.asdict()
+        ms = (ms["ome"] if "ome" in ms else ms)["multiscales"][0]
+        # level 1 (2 x 2 means): its pixel centres sit half a level-0 px further in
+        level1 = ms["datasets"][1]["coordinateTransformations"][1]["translation"]
+        assert level1 == pytest.approx([0.0, want[0] + mpp / 8, want[1] + mpp / 8])
+    else:
+        plane = _plane_position(out)
+        assert plane["PositionXUnit"] == plane["PositionYUnit"] == "µm"
+        assert (float(plane["PositionY"]), float(plane["PositionX"])) == pytest.approx(want)
+    slide = open_slide(out)
+    assert slide.origin == pytest.approx(want) and slide.mpp == pytest.approx(mpp / 4)
+    corner = np.subtract(slide.origin, slide.mpp / 2)  # of the export's first pixel
+    assert corner == pytest.approx([(y - 0.5) * mpp, (x - 0.5) * mpp])
+    far = corner + np.multiply(slide.shape[:2], slide.mpp)  # its last pixel's far corner
+    assert far == pytest.approx([(y + h - 0.5) * mpp, (x + w - 0.5) * mpp])
+
+
+def test_an_export_of_an_export_lands_on_the_first_source(cmu_svs, model, tmp_path) -> None:
+    x, y, _, _ = PLACED
+    first = enhance_slide(
+        cmu_svs, tmp_path / "a.ome.zarr", model=model, device="cpu", region=PLACED, tile=TILE
+    )
+    o1, m1 = open_slide(first).origin, 0.499 / 4
+    # a region of the export, exported again (bicubic: cheap), to OME-TIFF this time
+    second = enhance_slide(
+        first, tmp_path / "b.ome.tif", model="bicubic-x4", region=(41, 17, 64, 48)
+    )
+    slide = open_slide(second)
+    assert slide.origin == pytest.approx((o1[0] + (17 - 3 / 8) * m1, o1[1] + (41 - 3 / 8) * m1))
+    # its first corner is the corner of source pixel (y + 17/4, x + 41/4) - 1/2
+    corner = np.subtract(slide.origin, slide.mpp / 2) / 0.499
+    assert corner == pytest.approx([y - 0.5 + 17 / 4, x - 0.5 + 41 / 4])
+
+
+def test_without_a_pixel_size_the_origin_is_in_export_pixels(he_png, model, tmp_path) -> None:
+    import warnings
+
+    import zarr
+
+    from napari_srgan_sqe.inference.export import PixelSizeWarning
+
+    kwargs = {"model": model, "device": "cpu", "region": (10, 7, 64, 32), "tile": 64}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PixelSizeWarning)
+        zarr_out = enhance_slide(he_png, tmp_path / "a.ome.zarr", **kwargs)
+        tif_out = enhance_slide(he_png, tmp_path / "a.ome.tif", **kwargs)
+    want = (4 * 7 - 1.5, 4 * 10 - 1.5)  # SR px, the units of the scale (1 per px)
+    assert _level0_translation(zarr.open_group(zarr_out, mode="r")) == [0.0, *want]
+    plane = _plane_position(tif_out)
+    assert plane["PositionXUnit"] == plane["PositionYUnit"] == "pixel"
+    for out in (zarr_out, tif_out):
+        slide = open_slide(out)
+        assert slide.mpp is None and slide.origin == pytest.approx(want)

@@ -397,13 +397,22 @@ def test_ome_zarr_validates_with_ome_zarr_models(he_crop, tmp_path: Path, ngff: 
     from ome_zarr_models.v04 import Image as Image04
     from ome_zarr_models.v05 import Image as Image05
 
-    out = write_ome_zarr(he_crop, tmp_path / "a.ome.zarr", mpp=0.25, chunk=128, ngff=ngff)
+    origin = (1203.25, -7.5)  # y, x in um: placed as an export of a region is
+    out = write_ome_zarr(
+        he_crop, tmp_path / "a.ome.zarr", mpp=0.25, chunk=128, ngff=ngff, origin=origin
+    )
     group = zarr.open_group(out, mode="r")
     model = (Image04 if ngff == "0.4" else Image05).from_zarr(group)
     attrs = model.attributes if ngff == "0.4" else model.attributes.ome
     multiscale = attrs.multiscales[0]
     assert [ax.name for ax in multiscale.axes] == ["c", "y", "x"]
     assert len(multiscale.datasets) == len(open_slide(out).levels) > 1
+    for i, dataset in enumerate(multiscale.datasets):  # scale, then translation
+        _, move = dataset.coordinateTransformations
+        f = 2**i  # level i's pixel centres: (f - 1) / 2 level-0 px further in
+        assert list(move.translation) == pytest.approx(
+            [0.0, *(o + 0.25 * (f - 1) / 2 for o in origin)]
+        )
     arr = group["0"]
     assert arr.metadata.zarr_format == (2 if ngff == "0.4" else 3)
     if ngff == "0.5":  # sharded: 4 x 4 chunks of 128 px to a 512 px shard file
@@ -411,6 +420,7 @@ def test_ome_zarr_validates_with_ome_zarr_models(he_crop, tmp_path: Path, ngff: 
         assert (out / "zarr.json").is_file() and not (out / ".zattrs").exists()
     slide = open_slide(out)
     assert slide.metadata["ngff_version"] == ngff and slide.mpp == pytest.approx(0.25)
+    assert slide.origin == pytest.approx(origin)
     assert np.array_equal(np.asarray(slide.levels[0]), he_crop)
     assert np.array_equal(np.asarray(slide.levels[1]), halve(he_crop))
 

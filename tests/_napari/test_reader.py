@@ -91,14 +91,19 @@ def test_writer_hooks_round_trip(ext: str, make_napari_viewer, he_crop, tmp_path
     import napari
 
     viewer = make_napari_viewer()
-    layer = viewer.add_image(he_crop[:600, :500], rgb=True, scale=(0.25, 0.25), name="he")
+    layer = viewer.add_image(
+        he_crop[:600, :500], rgb=True, scale=(0.25, 0.25), translate=(10.5, -3.0), name="he"
+    )
     path = tmp_path / f"saved{ext}"
     written = napari.save_layers(str(path), [layer], plugin=PLUGIN)
     assert written == [str(path)]
     slide = open_slide(path)
     assert slide.mpp == pytest.approx(0.25)
+    assert slide.origin == pytest.approx((10.5, -3.0))  # the layer's place is kept
     assert len(slide.levels) == 2  # 600 px -> 300 px fits one 512 px chunk
     np.testing.assert_array_equal(slide.levels[0].compute(), he_crop[:600, :500])
+    [reopened] = viewer.open(path, plugin=PLUGIN)
+    assert tuple(reopened.translate) == pytest.approx((10.5, -3.0))
 
 
 def test_writer_converts_grayscale_multiscale(he_crop, tmp_path: Path) -> None:

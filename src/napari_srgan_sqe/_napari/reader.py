@@ -72,7 +72,9 @@ def slide_layer_data(slide: Any) -> list[LayerData]:
     metadata's `downsamples` are those of the layer's levels; `file_levels` counts
     the file's own (the first ones).
     The layer scale is the pixel size in um (with units "um" on napari >= 0.6), or 1
-    when the file records none; the metadata keep mpp, path, format and the coding
+    when the file records none; the translate is `slide.origin` (in the same units),
+    so an export of a region lies on its source; the metadata keep mpp, path, format
+    and the coding
     (`coding_metadata`: the Enhance widget shows it and picks its default model by it).
     """
     from napari_srgan_sqe.io.slides import display_levels, downsamples_of
@@ -80,11 +82,13 @@ def slide_layer_data(slide: Any) -> list[LayerData]:
     levels = display_levels(list(slide.levels))
     multiscale = len(levels) > 1
     mpp = slide.mpp
+    origin = tuple(float(v) for v in getattr(slide, "origin", (0.0, 0.0)))
     meta: dict[str, Any] = {
         "name": layer_name(slide.path),
         "rgb": True,
         "multiscale": multiscale,
         "scale": (mpp, mpp) if mpp else (1.0, 1.0),
+        "translate": origin,
         "contrast_limits": [0, 255],
         "metadata": {
             "mpp": mpp,

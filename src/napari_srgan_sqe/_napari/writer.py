@@ -5,14 +5,16 @@ replicated, RGBA on white, uint16 / 257, float [0, 1] x 255). napari's save dial
 has already confirmed replacing an existing file, so these overwrite (an existing
 OME-Zarr is replaced only once the new one is complete). A save interrupted part-way
 resumes when the same layer is saved to the same path again. napari runs writers on
-the GUI thread: for large lazy SR layers use `srgan-sqe enhance`.
+the GUI thread: for large lazy SR layers use `srgan-sqe enhance`. The layer's place
+(its translate) is written as the export's origin (`layer_origin`), so the saved file
+reopens where the layer was.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["layer_levels_and_mpp", "write_ome_tiff", "write_ome_zarr"]
+__all__ = ["layer_levels_and_mpp", "layer_origin", "write_ome_tiff", "write_ome_zarr"]
 
 
 def layer_levels_and_mpp(data: Any, meta: dict[str, Any]) -> tuple[list[Any], float | None]:
@@ -37,6 +39,19 @@ def layer_levels_and_mpp(data: Any, meta: dict[str, Any]) -> tuple[list[Any], fl
     return levels, pixel_size_um(meta.get("metadata"), meta.get("scale"), meta.get("units"))
 
 
+def layer_origin(meta: dict[str, Any], mpp: float | None) -> tuple[float, float] | None:
+    """Where the layer's pixel (0, 0) lies, in the units the export's scale is written
+    in (um with a pixel size `mpp`, else level-0 pixels): its translate over its scale,
+    in pixels, times `mpp`. None when the layer is not moved (translate 0)."""
+    translate = meta.get("translate")
+    if translate is None or len(translate) < 2 or not any(translate[-2:]):
+        return None
+    scale = meta.get("scale")
+    scale = scale[-2:] if scale is not None and len(scale) >= 2 else (1.0, 1.0)
+    px = [float(t) / float(s) if s else 0.0 for t, s in zip(translate[-2:], scale)]
+    return (px[0] * mpp, px[1] * mpp) if mpp else (px[0], px[1])
+
+
 def _write(kind: str, path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     from dask.base import tokenize
     from napari.utils import progress as napari_progress
@@ -59,6 +74,7 @@ def _write(kind: str, path: str, data: Any, meta: dict[str, Any]) -> list[str]:
             levels,
             path,
             mpp=mpp,
+            origin=layer_origin(meta, mpp),
             overwrite=True,
             resume=True,
             progress=report,

@@ -7,7 +7,8 @@ several at once so the engine batches them), builds the coarser levels by 2 x 2
 mean from the level just written, and records progress so an interrupted export
 resumes where it stopped (only by a run with the same model, source file, region,
 tile and options: `export_fingerprint`; otherwise it restarts). Memory stays bounded by the units in flight plus a small
-tile cache, whatever the slide size. The pixel size is divided by the scale.
+tile cache, whatever the slide size. The pixel size is divided by the scale, and the
+export is placed where the region lies on the slide (`export_origin`).
 A `region` is super-resolved on the whole slide's level 0 with the region as the
 engine's window, so its tiles' halos read the real pixels around it: the result
 equals the crop of the whole-slide SR.
@@ -54,6 +55,7 @@ __all__ = [
     "RegionError",
     "default_model_for",
     "enhance_slide",
+    "export_origin",
     "output_format",
     "writer_chunk",
     "tissue_mask",
@@ -199,6 +201,34 @@ def _scaled_mpp(mpp: Any, scale: int) -> Any:
     return float(mpp) / scale
 
 
+def export_origin(
+    region: tuple[int, int, int, int],
+    scale: int,
+    *,
+    mpp: float | None,
+    source_origin: tuple[float, float] = (0.0, 0.0),
+    source_mpp: float | None = None,
+) -> tuple[float, float]:
+    """Where the centre of an export's pixel (0, 0) lies, (y, x), in its own units: um
+    when the input's pixel size `mpp` is known, else the export's level-0 (SR) pixels,
+    the units its scale is written in then.
+
+    SR pixel (0, 0) of a `region` (x, y, w, h in LR level-0 px) covers the top-left
+    1 / `scale` of LR pixel (y, x), so its centre lies (scale - 1) / (2 scale) LR px
+    up and left of that pixel's (docs/architecture.md, pixel-centre convention); the
+    corners of the export then meet the region's corners. `source_origin` (the
+    input's own `Slide.origin`, in um or, with no `source_mpp`, in its pixels) is
+    added, so an export of an export lands on the first one's source too.
+    """
+    from napari_srgan_sqe.degradation import lr_translate
+
+    x, y, _, _ = region
+    shift = lr_translate(scale) / scale  # LR px from an LR pixel's centre to SR (0, 0)'s
+    oy, ox = (float(v) / source_mpp if source_mpp else float(v) for v in source_origin)
+    unit = float(mpp) if mpp else float(scale)  # one LR px in the export's units
+    return (oy + y - shift) * unit, (ox + x - shift) * unit
+
+
 def default_model_for(coding: Any) -> tuple[str, str]:
     """The bundled model for a slide stored with `coding` (a `SlideCoding`, or None
     when not known), and why, in words: the clean model only for lossless input."""
@@ -264,7 +294,9 @@ def enhance_slide(
     process, and the chunks read, computed and written at once); None: all cores. A
     cluster's workers keep their own.
     The output records how it was made (`export_provenance`: model, its identity, the
-    seed of a stochastic model, the source's file name and the region) in its metadata.
+    seed of a stochastic model, the source's file name and the region) in its metadata,
+    and where it lies on the input (`export_origin`: an NGFF translation, an OME-TIFF
+    plane position), so that opened beside the input it covers the region.
 
     Running out of main memory for the tiles (a huge `tile` or `batch`) raises
     `OutOfMemoryError` (a `DataError`) saying so; a `scheduler` address where no
@@ -362,6 +394,13 @@ def enhance_slide(
             )
             kwargs = {
                 "mpp": _scaled_mpp(mpp, sr.scale),
+                "origin": export_origin(
+                    region,
+                    sr.scale,
+                    mpp=mpp,
+                    source_origin=getattr(slide, "origin", (0.0, 0.0)),
+                    source_mpp=slide.mpp,
+                ),
                 **codec,
                 "progress": progress,
                 "resume": resume,

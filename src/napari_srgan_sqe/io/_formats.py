@@ -7,6 +7,7 @@ importing dask or zarr, whether a path is ours.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from pathlib import Path
 
@@ -150,6 +151,19 @@ def to_um(value: float, unit: str | None) -> float | None:
     if factor is None or not value or float(value) <= 0:
         return None
     return float(value) * factor
+
+
+def position_to_um(value: float, unit: str | None) -> float | None:
+    """A position `value` in the length `unit` as micrometres (any sign, unlike a pixel
+    size: `to_um`); None for an unknown unit or a value that is not a finite number."""
+    if unit is None or value is None:
+        return None
+    factor = UM_PER_UNIT.get(str(unit).strip()) or UM_PER_UNIT.get(str(unit).strip().lower())
+    try:
+        um = float(value) * factor if factor else None
+    except (TypeError, ValueError):
+        return None
+    return um if um is not None and math.isfinite(um) else None
 
 
 def metadata_text(text: str) -> str:

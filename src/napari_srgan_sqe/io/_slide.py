@@ -51,7 +51,11 @@ class Slide:
     size of level 0 over level i (1.0 for level 0); `mpp` is micrometres per pixel at
     level 0, or None when the file does not record it. `coding` is how level 0's
     pixels are stored (JPEG / JPEG 2000 and their quality, lossless, or unknown),
-    read from the file's metadata and at most one tile's raw bytes.
+    read from the file's metadata and at most one tile's raw bytes. `origin` (y, x) is
+    where the centre of level-0 pixel (0, 0) lies: in um when `mpp` is known, else in
+    level-0 pixels; (0, 0) unless the file places the image (an NGFF translation, an
+    OME-TIFF plane position: what this plugin's exports of a region record), so that
+    pixel (i, j) lies at `origin + (i, j) * mpp`, as napari's `translate` has it.
     """
 
     levels: list[Any]
@@ -61,6 +65,7 @@ class Slide:
     format: str
     metadata: dict[str, Any] = field(default_factory=dict)
     coding: SlideCoding = field(default_factory=SlideCoding)
+    origin: tuple[float, float] = (0.0, 0.0)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -70,9 +75,13 @@ class Slide:
     def __repr__(self) -> str:  # the vendor metadata (hundreds of keys) stay in .metadata
         h, w = self.shape[:2]
         mpp = f"{self.mpp:.4g} um/px" if self.mpp else "pixel size unknown"
+        at = ""
+        if any(self.origin):
+            unit = "um" if self.mpp else "px"
+            at = f", at (y, x) = ({self.origin[0]:.6g}, {self.origin[1]:.6g}) {unit}"
         return (
             f"Slide({self.path.name!r}, {self.format}, {w} x {h} px, {len(self.levels)} "
-            f"level(s), {mpp}, {self.coding})"
+            f"level(s), {mpp}{at}, {self.coding})"
         )
 
     def close(self) -> None:

@@ -15,12 +15,16 @@ level it cuts into: a reduced level whose directory (IFD) lies past the end of t
 file, that tifffile could not parse, or whose tiles run past the end, even when
 level 0 is whole. tifffile would drop such a level with a log message and the
 pyramid would open one level short.
+
+An OME-TIFF's first Plane position (PositionY / PositionX in a length unit, or in
+pixels) is the image's `Slide.origin`, as this plugin's exports of a region write it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import struct
 import threading
 import xml.etree.ElementTree as ET
@@ -208,6 +212,45 @@ def _ome_mpp(xml: str | None) -> float | None:
             except ValueError:
                 return None
     return None
+
+
+def _ome_origin(xml: str | None, mpp: float | None) -> tuple[float, float]:
+    """Where the first OME image's first Plane puts its pixel (0, 0): PositionY /
+    PositionX in um (a length unit), or in pixels (unit "pixel"; times `mpp` when
+    known); (0, 0) when there is no such position, or it is in the default unit
+    "reference frame" (a stage's own frame, which says nothing about the image)."""
+    if not xml:
+        return 0.0, 0.0
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return 0.0, 0.0
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    plane = next(
+        (el for el in (pixels if pixels is not None else []) if el.tag.endswith("Plane")), None
+    )
+    if plane is None:
+        return 0.0, 0.0
+    out = []
+    for axis in "YX":
+        value = plane.attrib.get(f"Position{axis}")
+        unit = plane.attrib.get(f"Position{axis}Unit", "reference frame")
+        if value is None:
+            return 0.0, 0.0
+        try:
+            number = float(value)
+        except ValueError:
+            return 0.0, 0.0
+        if unit == "pixel" and math.isfinite(number):
+            um: float | None = number * mpp if mpp else number
+        elif mpp:
+            um = _formats.position_to_um(number, unit)
+        else:  # no pixel size: a length cannot be put in pixels
+            um = None
+        if um is None:
+            return 0.0, 0.0
+        out.append(um)
+    return out[0], out[1]
 
 
 def _tag_mpp(page: Any) -> float | None:
@@ -557,12 +600,14 @@ def open_tiff(path: Path, *, chunk: int) -> Slide:
         "tile": _tile(page),
         "icc_profile": _icc_profile(page),
     }
+    mpp = _mpp(tif, page)
     return Slide(
         levels=levels,
-        mpp=_mpp(tif, page),
+        mpp=mpp,
         downsamples=downsamples_of(shapes),
         path=path,
         format="ome-tiff" if tif.is_ome else "tiff",
         metadata=metadata,
         coding=coding_or_unknown(page_coding, page, path),
+        origin=_ome_origin(tif.ome_metadata, mpp) if tif.is_ome else (0.0, 0.0),
     )

@@ -2,7 +2,9 @@
 
 Axes may come in any order ("cyx", "yxc", "tczyx" ...); axes other than c, y, x must
 have size 1. The pixel size is the x scale of level 0 (dataset and multiscale
-`coordinateTransformations` multiplied) when the x axis has a length unit.
+`coordinateTransformations` multiplied) when the x axis has a length unit; the
+origin (`Slide.origin`) is where level 0's translations (the dataset's, then the
+multiscale's) put its pixel (0, 0).
 
 A level named in the metadata but absent from the store is refused at open
 (`SlideError` naming it). A missing chunk is refused when it is read, for images
@@ -17,6 +19,7 @@ reader. The check costs one `stat` per chunk (or shard) the first time it is rea
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from pathlib import Path
@@ -204,6 +207,54 @@ def _scale(transforms: Any, ndim: int) -> list[float]:
     return scale
 
 
+def _translation(transforms: Any, ndim: int) -> list[float] | None:
+    """The offset that a list of NGFF transformations adds to index 0 (scales after a
+    translation scale it); None when there is no translation."""
+    offset: list[float] | None = None
+    for t in transforms or []:
+        if not isinstance(t, dict):
+            continue
+        if t.get("type") == "scale" and offset is not None and len(t.get("scale", [])) == ndim:
+            offset = [a * float(b) for a, b in zip(offset, t["scale"])]
+        elif t.get("type") == "translation" and len(t.get("translation", [])) == ndim:
+            base = offset or [0.0] * ndim
+            offset = [a + float(b) for a, b in zip(base, t["translation"])]
+    return offset
+
+
+def _origin(
+    ms: dict[str, Any], ndim: int, letters: str, units: list[str | None], mpp: float | None
+) -> tuple[float, float]:
+    """Where the centre of level-0 pixel (0, 0) lies, (y, x): the translations of level
+    0's dataset and of the multiscale (applied after it), in um when the pixel size is
+    known, else in level-0 pixels (world units over the scale); (0, 0) without any, or
+    when they are not numbers."""
+    try:
+        inner = ms["datasets"][0].get("coordinateTransformations")
+        outer = ms.get("coordinateTransformations")
+        first = _translation(inner, ndim)
+        second = _translation(outer, ndim)
+        if first is None and second is None:
+            return 0.0, 0.0
+        offset = [0.0] * ndim if first is None else first
+        offset = [a * b for a, b in zip(offset, _scale(outer, ndim))]  # the outer scale
+        if second is not None:
+            offset = [a + b for a, b in zip(offset, second)]
+        scale = _scale(inner, ndim)
+        scale = [a * b for a, b in zip(scale, _scale(outer, ndim))]
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        return 0.0, 0.0
+    out = []
+    for axis in "YX":
+        i = letters.index(axis)
+        um = _formats.position_to_um(offset[i], units[i]) if mpp else None
+        if um is None:  # no length unit: in pixels (as the layer's scale is then 1)
+            px = offset[i] / scale[i] if scale[i] else 0.0
+            um = px * mpp if mpp else px
+        out.append(float(um) if math.isfinite(um) else 0.0)
+    return out[0], out[1]
+
+
 def _axis_letters(axes: list[Any] | None, ndim: int) -> tuple[str, list[str | None]]:
     """Axes as tifffile-style letters (C, Y, X; others T, Z, Q) and their units."""
     if axes is None:  # NGFF 0.1 / 0.2: always t, c, z, y, x
@@ -288,6 +339,7 @@ def open_ome_zarr(path: Path, *, chunk: int) -> Slide:
     scale = [a * b for a, b in zip(scale, _scale(ms.get("coordinateTransformations"), ndim))]
     x = letters.index("X")
     mpp = _formats.to_um(scale[x], units[x])
+    origin = _origin(ms, ndim, letters, units, mpp)
     version = ms.get("version") or group.attrs.asdict().get("ome", {}).get("version")
     metadata = {
         "ngff_version": version,
@@ -304,4 +356,5 @@ def open_ome_zarr(path: Path, *, chunk: int) -> Slide:
         format="ome-zarr",
         metadata=metadata,
         coding=coding_or_unknown(array_coding, arrays[0]),
+        origin=origin,
     )

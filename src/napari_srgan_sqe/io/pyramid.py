@@ -18,6 +18,13 @@ a chunk lost from the store from a blank one. A progress record (`.incomplete`) 
 the units written; a rerun after an interruption skips them and redoes the unit that
 was being written. The NGFF metadata are written last, then the record is removed.
 
+Where the image lies: `origin` (y, x), the position of the centre of level-0 pixel
+(0, 0) in the units of the pixel size (um, or level-0 pixels when there is none), as
+napari's `translate` has it. OME-Zarr: an NGFF `translation` after the `scale` of every
+dataset (a coarser level's adds the half-pixel shift of its box filter); OME-TIFF: the
+OME-XML `Plane`'s PositionY / PositionX with their unit. An export of a region of a
+slide is so placed on the slide (`inference.export.export_origin`).
+
 OME-TIFF: BigTIFF, tiled, lossless zlib with horizontal predictor by default (or
 JPEG with a quality), pixel size in the OME-XML and in the resolution tags, the
 input's ICC profile where given. Reduced levels are SubIFDs of level 0 (the OME-TIFF
@@ -74,6 +81,7 @@ __all__ = [
     "SHARD_CHUNKS",
     "TIFF_LAYOUTS",
     "ExportError",
+    "check_origin",
     "check_target",
     "codec_options",
     "export_lock",
@@ -510,25 +518,45 @@ def _write_levels(
     return group, total
 
 
+def check_origin(origin: Any) -> tuple[float, float] | None:
+    """`origin` as (y, x) floats, or None; ValueError for anything but two finite numbers."""
+    if origin is None:
+        return None
+    try:
+        oy, ox = (float(v) for v in origin)
+    except (TypeError, ValueError):
+        raise ValueError(f"origin must be two numbers (y, x), got {origin!r}") from None
+    if not (math.isfinite(oy) and math.isfinite(ox)):
+        raise ValueError(f"origin must be finite, got {origin!r}")
+    return oy, ox
+
+
 def _ngff_attrs(
-    pyr: _Pyramid, mpp: float | None, name: str, version: str = NGFF_VERSION
+    pyr: _Pyramid,
+    mpp: float | None,
+    name: str,
+    version: str = NGFF_VERSION,
+    origin: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The group attributes of an NGFF `version` ("0.4" or "0.5") multiscale image.
 
     The channel axis comes before y and x, as NGFF requires, with `omero` rendering
     metadata naming the channels red, green and blue (see docs/formats.md for what
-    napari-ome-zarr makes of it).
+    napari-ome-zarr makes of it). `origin` (y, x): where the centre of level-0 pixel
+    (0, 0) lies, in the scale's units; a translation follows every dataset's scale.
     """
     unit = {"unit": "micrometer"} if mpp else {}
     base = mpp or 1.0
+    oy, ox = origin or (0.0, 0.0)
     datasets = []
     for i, (fy, fx) in enumerate(pyr.factors):
         transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [1.0, base * fy, base * fx]}]
-        if i:  # pixel centres of a box-filtered level sit (f - 1) / 2 level-0 px inwards
+        if i or origin is not None:
+            # pixel centres of a box-filtered level sit (f - 1) / 2 level-0 px inwards
             transforms.append(
                 {
                     "type": "translation",
-                    "translation": [0.0, base * (fy - 1) / 2, base * (fx - 1) / 2],
+                    "translation": [0.0, oy + base * (fy - 1) / 2, ox + base * (fx - 1) / 2],
                 }
             )
         datasets.append({"path": str(i), "coordinateTransformations": transforms})
@@ -640,6 +668,7 @@ def write_ome_zarr(
     fingerprint: str | None = None,
     ngff: str = NGFF_VERSION,
     provenance: Mapping[str, str] | None = None,
+    origin: tuple[float, float] | None = None,
 ) -> Path:
     """Write a pyramid as an OME-Zarr, chunk by chunk: NGFF 0.4 in zarr format 2 (the
     default), or with `ngff="0.5"` NGFF 0.5 in zarr format 3, `SHARD_CHUNKS` x
@@ -653,6 +682,9 @@ def write_ome_zarr(
     export with another one is restarted from scratch).
     `provenance`: how the pixels were made (model, seed ...), stored as the root
     group's `PROVENANCE_KEY` attribute (in an OME-TIFF: the image's OME Description).
+    `origin` (y, x): where the centre of level-0 pixel (0, 0) lies, in um (or, without
+    `mpp`, in level-0 pixels): an NGFF translation after every dataset's scale (in an
+    OME-TIFF: the Plane's PositionY / PositionX); None writes none (level 0 at 0).
     `overwrite`: replace an existing complete export; the new one is written into a
     hidden sibling `.NAME.overwrite.zarr` (resumable) and swapped in only when
     complete, so a failure keeps the old export. `concurrency`: units computed
@@ -664,6 +696,7 @@ def write_ome_zarr(
     root = Path(path)
     if ngff not in NGFF_VERSIONS:
         raise ValueError(f"ngff must be one of {', '.join(NGFF_VERSIONS)}, got {ngff!r}")
+    origin = check_origin(origin)
     check_target(root, "zarr", overwrite=overwrite)
     pyr = _pyramid(levels, chunk=chunk, n_levels=n_levels)
     replace = root.exists() and not (root / INCOMPLETE_MARKER).exists()
@@ -684,7 +717,7 @@ def write_ome_zarr(
             shard=None if ngff == "0.4" else chunk * SHARD_CHUNKS,
         )
         name = root.name.removesuffix(".zarr").removesuffix(".ome")
-        group.attrs.update(_ngff_attrs(pyr, mpp, name, ngff))
+        group.attrs.update(_ngff_attrs(pyr, mpp, name, ngff, origin))
         if provenance:
             group.attrs[PROVENANCE_KEY] = dict(provenance)
         (target / INCOMPLETE_MARKER).unlink()
@@ -735,6 +768,7 @@ def write_ome_tiff(
     concurrency: int | None = None,
     fingerprint: str | None = None,
     provenance: Mapping[str, str] | None = None,
+    origin: tuple[float, float] | None = None,
 ) -> Path:
     """Write a pyramid as a tiled BigTIFF OME-TIFF, atomically.
 
@@ -747,7 +781,8 @@ def write_ome_tiff(
     keeps them in SubIFDs only, as the OME-TIFF specification has it (OpenSlide then
     sees level 0 alone). `icc_profile`: an ICC profile (bytes) written
     to every level's InterColorProfile tag (34675), which OpenSlide reports as the
-    slide's `color_profile`.
+    slide's `color_profile`. `origin` (y, x): the OME-XML Plane's PositionY / PositionX
+    (unit "µm", or "pixel" without `mpp`): where the centre of level-0 pixel (0, 0) lies.
 
     Progress counts the staging units, then the TIFF tiles. Nothing appears under
     `path` until the file is complete; an interrupted call leaves a hidden
@@ -761,6 +796,7 @@ def write_ome_tiff(
         raise ValueError(f"tile must be a multiple of 16, got {tile}")
     if layout not in TIFF_LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(TIFF_LAYOUTS)}, got {layout!r}")
+    origin = check_origin(origin)
     check_target(final, "tiff", overwrite=overwrite)
     pyr = _pyramid(levels, chunk=tile, n_levels=n_levels)
     staging = final.with_name(f".{final.name}.partial.zarr")
@@ -801,6 +837,7 @@ def write_ome_tiff(
                 # tiles are coded here, also for a cluster's export: at most our cores
                 maxworkers=min(concurrency, os.cpu_count() or 1) if concurrency else None,
                 description=provenance_text(provenance),
+                origin=origin,
             )
             if layout == "both":
                 _chain_subifds(tmp)
@@ -842,6 +879,7 @@ def _stream_tiff(
     tick: Callable[[], None],
     description: str | None = None,
     maxworkers: int | None = None,
+    origin: tuple[float, float] | None = None,
 ) -> None:
     metadata: dict[str, Any] = {"axes": "YXS", "Name": metadata_text(name)}
     if description:
@@ -850,6 +888,14 @@ def _stream_tiff(
         metadata.update(
             PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm"
         )
+    if origin is not None:  # the one plane's position: where pixel (0, 0)'s centre lies
+        unit = "µm" if mpp else "pixel"
+        metadata["Plane"] = {
+            "PositionX": origin[1],
+            "PositionXUnit": unit,
+            "PositionY": origin[0],
+            "PositionYUnit": unit,
+        }
     with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
         for i, (h, w) in enumerate(pyr.shapes):
             options: dict[str, Any] = {
