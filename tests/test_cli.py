@@ -358,3 +358,169 @@ def test_a_negative_seed_in_a_train_config_is_refused_before_the_run_starts(tmp_
     assert main(["train", "--config", str(cfg)]) == 2
     assert "seed" in capsys.readouterr().err
     assert not out.exists()  # no empty log left to block the corrected config
+
+
+# ---------------------------------------------------------------- `sample`, help, progress
+# every argument that takes a slide or image: (command, argv with SLIDE for it, dest)
+SLIDE_ARGUMENTS = [
+    ("enhance", ["SLIDE", "out.ome.zarr"], "input"),
+    ("view", ["SLIDE"], "path"),
+    ("finetune", ["SLIDE", "--region", "0,0,64,64", "--out", "f.safetensors"], "slide"),
+    ("finetune", ["s.svs", "--hr", "SLIDE", "--region", "0,0,64,64", "--out", "f.safetensors"],
+     "hr"),
+    ("zero-shot", ["SLIDE", "--region", "0,0,64,64", "--out", "z.safetensors"], "slide"),
+    ("bench", ["--input", "SLIDE"], "input"),
+    ("evaluate", ["--model", "bicubic-x4", "--data", "SLIDE"], "data"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("command", "argv", "dest"), SLIDE_ARGUMENTS)
+def test_sample_names_the_bundled_slide_unless_a_file_is_called_so(
+    command, argv, dest, tmp_path: Path, monkeypatch
+):
+    from napari_srgan_sqe.cli import parse_command
+    from napari_srgan_sqe.io.sample import sample_slide_path
+
+    def parsed(word: str) -> Path:
+        _, args = parse_command(command, [word if a == "SLIDE" else a for a in argv])
+        value = getattr(args, dest)
+        return value[0] if isinstance(value, list) else value  # --data is repeatable
+
+    monkeypatch.chdir(tmp_path)
+    assert parsed("sample") == sample_slide_path() == SAMPLE
+    assert parsed("other.svs") == Path("other.svs")  # any other name is a path, unchanged
+    (tmp_path / "sample").mkdir()  # a folder (a DICOM slide) or file of that name wins
+    assert parsed("sample") == Path("sample")
+
+
+@pytest.mark.parametrize("command", sorted({c for c, _, _ in SLIDE_ARGUMENTS}))
+def test_slide_arguments_say_sample_in_their_help(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    squeezed = "".join(capsys.readouterr().out.split())  # argparse wraps at hyphens too
+    assert "'sample'namesthebundledsampleslide(CMU-1-Small-Region.svs)" in squeezed
+
+
+def test_view_sample_simulates_lr_as_the_default_view_does(monkeypatch, capsys):
+    """`view sample` is `view` without a path: LR simulated from the sample; a path of
+    the user's is super-resolved itself."""
+    from napari_srgan_sqe._napari import launch
+
+    calls: list[dict] = []
+    monkeypatch.setattr(launch, "launch_viewer", lambda slide, **kw: calls.append(kw) or 0)
+    assert main(["view", "sample", "--no-enhance"]) == 0
+    assert main(["view", "--no-enhance"]) == 0
+    assert main(["view", str(SAMPLE), "--no-enhance", "--no-simulate-lr"]) == 0
+    assert [c["simulate_lr"] for c in calls] == [True, True, False]
+    assert "CMU-1-Small-Region.svs: JPEG Q=30" in capsys.readouterr().out
+
+
+def test_enhance_sample_writes_it_and_draws_100_percent_once(tmp_path: Path, monkeypatch, capsys):
+    """`srgan-sqe enhance sample OUT` super-resolves the bundled slide; the progress bar's
+    final state is drawn once (tqdm's close() drew the 100 % line again)."""
+    from napari_srgan_sqe.io.slides import open_slide
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "x.ome.zarr"
+    assert main(["enhance", "sample", str(out), "--region", "0,0,128,128", "--threads", "1"]) == 0
+    cap = capsys.readouterr()
+    assert "input: JPEG Q=30" in cap.out and f"wrote {out}" in cap.out
+    assert open_slide(out).levels[0].shape == (512, 512, 3)
+    assert cap.err.count("100%") == 1, cap.err
+    assert cap.err.rstrip().endswith("chunk]") or "chunk/s]" in cap.err
+
+
+def test_progress_bar_draws_its_final_state_once():
+    import io
+
+    from tqdm import tqdm
+
+    from napari_srgan_sqe.cli.progress import progress_bar
+
+    def drawn(make, steps: int, postfix_last: bool = False, write: bool = False) -> str:
+        f = io.StringIO()
+        bar = make(total=steps, file=f, mininterval=0)
+        for i in range(steps):
+            bar.set_postfix(loss=f"{1 / (i + 1):.3f}", refresh=False)
+            bar.update(1)
+        if write:
+            bar.write("step 3: validation", file=f)  # clears, writes, draws the bar again
+        if postfix_last:  # a new state after the last update: drawn by close()
+            bar.set_postfix(loss="0.100", refresh=False)
+        bar.close()
+        return f.getvalue()
+
+    assert drawn(tqdm, 3).count("100%") == 2  # tqdm's own bar: why this exists
+    assert drawn(progress_bar, 3).count("100%") == 1
+    text = drawn(progress_bar, 3, postfix_last=True)
+    assert text.count("100%") == 2 and text.rstrip().endswith("loss=0.100]")
+    text = drawn(progress_bar, 3, write=True)  # redrawn under the line, not again at close
+    assert text.count("100%") == 2 and text.index("step 3") < text.rindex("100%")
+    assert text.endswith("\n") and drawn(progress_bar, 3).rstrip().endswith("loss=0.333]")
+
+
+def test_every_command_help_imports_neither_torch_nor_napari():
+    """`srgan-sqe COMMAND --help` builds the command's parser only: no torch, napari or
+    Qt before argparse is done (`finetune --help` imported torch: 3-5 s)."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from napari_srgan_sqe.cli import SUBCOMMANDS, main\n"
+        "for name in SUBCOMMANDS:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        try:\n"
+        "            main([name, '--help'])\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "    assert f'srgan-sqe {name}' in out.getvalue(), name\n"
+        "    heavy = [m for m in ('torch', 'napari', 'qtpy', 'dask.array', 'scipy', 'zarr')\n"
+        "             if m in sys.modules]\n"
+        "    print(name, *heavy)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    from napari_srgan_sqe.cli import SUBCOMMANDS
+
+    assert res.stdout.split("\n")[:-1] == list(SUBCOMMANDS)  # each line: the name alone
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines()}
+    assert not {"torch", "napari", "qtpy"} & imported  # -X importtime: what was imported
+
+
+def _readme_rows() -> dict[str, str]:
+    """README's command table: command name -> the row's first cell."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("| `srgan-sqe "):
+            cell = line.split("` |")[0]
+            rows[cell.split()[2]] = cell
+    return rows
+
+
+def _options(command: str) -> set[str]:
+    import argparse
+
+    from napari_srgan_sqe.cli import SUBCOMMANDS
+
+    module = __import__(SUBCOMMANDS[command][0], fromlist=["add_arguments"])
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return {o for a in parser._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
+
+
+def test_readme_command_table_names_real_options_and_all_of_views():
+    import re
+
+    from napari_srgan_sqe.cli import SUBCOMMANDS
+
+    rows = _readme_rows()
+    assert set(rows) == set(SUBCOMMANDS)
+    for command, cell in rows.items():
+        named = set(re.findall(r"--[a-z][a-z0-9-]*", cell))
+        assert named <= _options(command), (command, named - _options(command))
+    assert set(re.findall(r"--[a-z][a-z0-9-]*", rows["view"])) == _options("view")
+    for command in {c for c, _, _ in SLIDE_ARGUMENTS}:
+        assert "sample" in rows[command], command

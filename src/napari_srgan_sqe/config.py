@@ -25,6 +25,7 @@ from pydantic import (
 
 __all__ = [
     "ARCH_NAMES",
+    "FINETUNE_LOSS_PRESETS",
     "ArchConfig",
     "AutoencoderConfig",
     "ConfigError",
@@ -54,6 +55,9 @@ Scale = Annotated[int, Field(description="Integer up-scaling factor (2, 4 or 8).
 Variant = Literal["srgan", "srgan_e", "srgan_qe", "srgan_sqe", "bicubic", "l1", "sr3"]
 """The loss presets of `loss_preset` (SPEC section 3), and "sr3" for diffusion models."""
 VARIANTS: tuple[str, ...] = ("srgan", "srgan_e", "srgan_qe", "srgan_sqe", "bicubic", "l1")
+FINETUNE_LOSS_PRESETS: tuple[str, ...] = ("srgan_sqe", "srgan_qe", "srgan_e", "srgan", "l1")
+"""The loss presets (`loss_preset`) offered for fine-tuning, its GAN term dropped; here,
+torch-free, so `srgan-sqe finetune --help` and the GUI list them without torch."""
 
 
 class ConfigError(ValueError):

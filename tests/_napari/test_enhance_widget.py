@@ -302,3 +302,26 @@ def test_model_box_follows_the_sr_layers_model(viewer, qtbot, sample_hr, tiny_mo
     assert widget.model_box.currentText() == tiny_model.name
     viewer.add_points([[1, 1]])  # other layer events do not bring the default back
     assert widget.model_box.currentData() == str(tiny_model)
+
+
+def test_enhance_status_names_the_resolved_device_from_the_start(tiny_model, sample_hr):
+    """The progress messages an Enhance shows name the device 'auto' resolved to (here
+    the CPU), never 'auto' itself."""
+    from napari_srgan_sqe._napari.enhance_widget import prepare_enhance
+    from napari_srgan_sqe.models.predictor import resolve_device
+
+    gen = prepare_enhance(
+        model=str(tiny_model), device="auto", tile=None, lr_levels=[sample_hr[:64, :64]]
+    )
+    said: list[str] = []
+    while True:
+        try:
+            said.append(next(gen))
+        except StopIteration as stop:
+            prepared = stop.value
+            break
+    assert prepared.error is None and prepared.pyramid is not None
+    device = str(resolve_device("auto"))
+    assert f"preparing tiny-test on {device} ..." in said, said
+    assert not [s for s in said if "auto" in s], said
+    assert prepared.pyramid.predictor.device_name.startswith(device)

@@ -204,7 +204,43 @@ def test_mode_switches_to_paired_when_an_hr_layer_first_appears(
     assert widget.mode_box.currentText() == "self-supervised"  # the HR did not just appear
 
 
+def test_a_refusal_toast_shows_the_whole_message(
+    make_napari_viewer, qtbot, tiny_model, sample_hr, tmp_path
+):
+    """napari opens a toast collapsed to one elided line of about 300 px: "paired mode
+    needs an HR layer; use self-supervised" lost its end where the line wrapped, after
+    the ';'. The widgets' toasts open expanded when the line cuts them."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from qtpy.QtWidgets import QLabel
+
+    viewer = make_napari_viewer(show=True)  # toasts appear only in a shown window
+    _, enhance = viewer.window.add_plugin_dock_widget(PLUGIN, "Enhance")
+    lr = viewer.add_image(sample_hr[:64, :80], name="LR")
+    assert enhance.enhance(lr, model=str(tiny_model), device="cpu", wait=True) is not None
+    widget = _widget(viewer, tmp_path)
+    assert widget.mode_box.currentText() == "self-supervised"  # no HR layer
+    widget.mode_box.setCurrentIndex(0)  # paired, e.g. set by a script
+    assert widget.start() is False
+    message = "Fine-tune: paired mode needs an HR layer; use self-supervised"
+    toasts = [t for t in NapariQtNotification._instances if t.message.text() == message]
+    assert len(toasts) == 1
+    toast = toasts[0]
+    assert toast.property("expanded")
+    qtbot.waitUntil(lambda: QLabel.text(toast.message) == message, timeout=2000)
+    assert toast.message.height() >= 2 * toast.message.fontMetrics().height()  # two lines
+    toast.close()
+
+    from napari_srgan_sqe._napari import _dock
+
+    _dock.notify_error("Fine-tune: short")  # one line holds it: left as napari shows it
+    short = [t for t in NapariQtNotification._instances if t.message.text() == "Fine-tune: short"]
+    assert len(short) == 1 and not short[0].property("expanded")
+    short[0].close()
+
+
 def test_enhance_refuses_to_switch_a_busy_sr_layer(viewer, pair, tiny_model):
+    from napari.utils.notifications import notification_manager
+
     from napari_srgan_sqe._napari import _layers
     from napari_srgan_sqe._napari.finetune_widget import _set_busy
 
@@ -212,7 +248,10 @@ def test_enhance_refuses_to_switch_a_busy_sr_layer(viewer, pair, tiny_model):
     _, enhance = viewer.window.add_plugin_dock_widget(PLUGIN, "Enhance")
     before = _layers.pyramid_of(sr).model
     _set_busy(sr, True)
+    start = len(notification_manager.records)
     assert enhance.set_model("bicubic-x4", sr_layer=sr, wait=True) is None
+    said = [str(n.message) for n in notification_manager.records[start:]]
+    assert said == [f"Enhance: {sr.name!r} is being fine-tuned; switch its model when that ends"]
     assert _layers.pyramid_of(sr).model is before
     _set_busy(sr, False)
     assert enhance.set_model("bicubic-x4", sr_layer=sr, wait=True) is sr

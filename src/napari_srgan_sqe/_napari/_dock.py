@@ -22,6 +22,7 @@ __all__ = [
     "fit_width",
     "main_window",
     "notify_error",
+    "notify_warning",
     "scroll_contents",
     "tabify_if_short",
 ]
@@ -31,17 +32,56 @@ _PATH = re.compile(r"(?:[A-Za-z]:[\\/]|~?/)(?:[^\s:'\"\\/]+[\\/])+([^\s:'\"\\/]+
 
 
 def brief(message: str) -> str:
-    """`message` with every file path cut to its last part: a notification shows one
-    line, and a long folder would push the reason out of it (the widgets' status
-    lines and logs keep the whole message)."""
+    """`message` with every file path cut to its last part: a long folder would push
+    the reason out of the notification (the widgets' status lines and logs keep the
+    whole message)."""
     return _PATH.sub(r"\1", message)
 
 
 def notify_error(message: str) -> None:
-    """napari's error notification of `message`, its paths cut to file names."""
+    """napari's error notification of `message`, its paths cut to file names, shown
+    whole (`show_whole`)."""
     from napari.utils.notifications import show_error
 
-    show_error(brief(message))
+    text = brief(message)
+    show_error(text)
+    show_whole(text)
+
+
+def notify_warning(message: str) -> None:
+    """napari's warning notification of `message`, like `notify_error`."""
+    from napari.utils.notifications import show_warning
+
+    text = brief(message)
+    show_warning(text)
+    show_whole(text)
+
+
+def show_whole(text: str) -> bool:
+    """Expand the newest toast showing `text` when its one line cuts it; True if it did.
+
+    napari's toast opens collapsed to one line of about 300 px, elided: a longer
+    message lost its end where the line wrapped ("paired mode needs an HR layer;"
+    without "use self-supervised"), and only a double-click showed the rest. The toast
+    is made at once when the notification is sent from the GUI thread, as the widgets
+    send theirs; from another thread, or with no window shown, there is none to expand.
+    """
+    from qtpy.QtWidgets import QLabel
+
+    try:  # napari's toast class: private, so a napari without it shows toasts as before
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+    except ImportError:
+        return False
+    for toast in reversed(getattr(NapariQtNotification, "_instances", [])):
+        label = getattr(toast, "message", None)
+        if not isinstance(label, QLabel) or label.text() != text:
+            continue
+        shown = QLabel.text(label)  # the elided line on screen (text() is the whole)
+        if shown == text or toast.property("expanded"):
+            return False
+        toast.expand()
+        return True
+    return False
 
 
 def main_window(widget: QWidget) -> QMainWindow | None:

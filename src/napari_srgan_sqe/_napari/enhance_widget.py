@@ -149,7 +149,10 @@ def prepare_enhance(
         from napari_srgan_sqe.inference.engine import super_resolve
         from napari_srgan_sqe.models.coding import describe_coding
         from napari_srgan_sqe.models.modelfile import load_model, reads_coding
+        from napari_srgan_sqe.models.predictor import resolve_device
 
+        # the device 'auto' stands for, so every message names the one that computes
+        device = str(resolve_device(device))
         if model is None:
             model = default_model_name(preset=degradation if hr_levels is not None else None)
         yield f"loading model {Path(str(model)).name if _is_path(model) else model} ..."
@@ -431,9 +434,7 @@ class EnhanceWidget(QWidget):
         if pyramid is None:
             return None
         if _is_busy(sr_layer):
-            from napari.utils.notifications import show_warning
-
-            show_warning(
+            _dock.notify_warning(
                 f"Enhance: {sr_layer.name!r} is being fine-tuned; switch its model when that ends"
             )
             return None

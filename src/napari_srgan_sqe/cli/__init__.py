@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from napari_srgan_sqe import __version__
@@ -57,6 +58,44 @@ def parse_region(text: str) -> tuple[int, int, int, int]:
             f"region {text!r} must be four integers x,y,w,h (level-0 pixels)"
         ) from None
     return x, y, w, h
+
+
+SAMPLE_WORD = "sample"
+SAMPLE_HELP = (
+    "'sample' names the bundled sample slide (CMU-1-Small-Region.svs) unless a file or "
+    "folder of that name is in the current folder"
+)
+"""The words every slide argument's help ends with (`slide_path`)."""
+
+
+def slide_path(text: str) -> Path:
+    """A slide or image argument as a path; an argparse type, used by every command
+    that reads a slide. The word 'sample' names the bundled sample slide, unless a file
+    or folder called `sample` is in the current folder: that is then what is meant."""
+    path = Path(text)
+    if text != SAMPLE_WORD or path.exists() or path.is_symlink():
+        return path
+    from napari_srgan_sqe.io.sample import sample_slide_path
+
+    try:
+        return sample_slide_path()
+    except FileNotFoundError as exc:
+        raise argparse.ArgumentTypeError(
+            f"'{SAMPLE_WORD}' names the bundled sample slide, but it is not installed "
+            f"({exc.filename})"
+        ) from None
+
+
+def is_sample(path: Path | None) -> bool:
+    """True when `path` is the bundled sample slide (named or found by `slide_path`)."""
+    from napari_srgan_sqe.io.sample import sample_slide_path
+
+    if path is None:
+        return False
+    try:
+        return path.expanduser().resolve() == sample_slide_path().resolve()
+    except (OSError, RuntimeError):  # a missing sample, a symbolic-link loop
+        return False
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -10,10 +10,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "CMU-1-Small-Region.svs"
+from napari_srgan_sqe.cli import SAMPLE_HELP, slide_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "each batch size: 8x this in all or more (much more on a busy machine)",
     )
     parser.add_argument(
-        "--input", type=Path, default=SAMPLE, help="slide to read (default: the sample)"
+        "--input",
+        type=slide_path,
+        default=None,
+        help=f"slide to read (default: the bundled sample); {SAMPLE_HELP}",
     )
     parser.add_argument(
         "--json", action="store_true", help="print the full result as JSON instead of a summary"
@@ -82,11 +84,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from napari_srgan_sqe.inference.bench import bench_model, measure_pipeline, peak_rss_mb
+    from napari_srgan_sqe.io.sample import sample_slide_path
     from napari_srgan_sqe.io.slides import open_slide
 
     model = bench_model(args.model)
-    progress(f"opening {args.input.name}")
-    slide = open_slide(args.input)
+    source = args.input if args.input is not None else sample_slide_path()
+    progress(f"opening {source.name}")
+    slide = open_slide(source)
     result = measure_pipeline(
         slide,
         model,
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result.update(
         {
-            "input": str(args.input),
+            "input": str(source),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_srgan_sqe.cli import UserError, parse_region
+from napari_srgan_sqe.cli import SAMPLE_HELP, UserError, parse_region, slide_path
 
 TILE_RANGE = (8, 4096)
 """Allowed --tile, in input pixels: a tile of 4096 already needs several GiB for the
@@ -17,8 +17,9 @@ network's activations; beyond, memory runs out before the halo saving matters.""
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input",
-        type=Path,
-        help="slide or image (.svs .ndpi .dcm .tif .ome.zarr .png ...; a folder of DICOM files)",
+        type=slide_path,
+        help="slide or image (.svs .ndpi .dcm .tif .ome.zarr .png ...; a folder of DICOM "
+        f"files); {SAMPLE_HELP}",
     )
     parser.add_argument(
         "output",
@@ -181,8 +182,7 @@ def compression_text(output: Path, compression: str, quality: int | None) -> str
 def run(args: argparse.Namespace) -> int:
     import warnings
 
-    from tqdm import tqdm
-
+    from napari_srgan_sqe.cli.progress import progress_bar
     from napari_srgan_sqe.inference.bench import peak_rss_mb
     from napari_srgan_sqe.inference.export import (
         PixelSizeWarning,
@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             if done:
                 resumed[:] = [done, total]
                 print(f"resuming an interrupted export: {done} of {total} chunks were written")
-            bars.append(tqdm(total=total, unit="chunk", dynamic_ncols=True, desc="enhance"))
+            bars.append(progress_bar(total=total, unit="chunk", desc="enhance"))
         bars[0].total = total
         bars[0].update(done - bars[0].n)
 

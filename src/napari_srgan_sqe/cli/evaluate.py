@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_srgan_sqe.cli import UserError
+from napari_srgan_sqe.cli import SAMPLE_HELP, UserError, slide_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         action="append",
         required=True,
-        type=Path,
-        help="folder or image file of HR images (repeatable)",
+        type=slide_path,
+        help=f"folder or image file of HR images (repeatable); {SAMPLE_HELP}",
     )
     parser.add_argument(
         "--split",
@@ -160,8 +160,7 @@ def lr_conditions(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from napari_srgan_sqe.cli.progress import progress_bar
     from napari_srgan_sqe.training.data import resolve_split
     from napari_srgan_sqe.training.evaluate import evaluate
 
@@ -170,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         _, data = resolve_split(args.data, args.split, need=("val",))
     baselines = ("bicubic",) if args.no_lanczos else ("bicubic", "lanczos")
     conditions = lr_conditions(args)
-    bar = tqdm(unit="image", dynamic_ncols=True, delay=0.5)
+    bar = progress_bar(unit="image", delay=0.5)
 
     def progress(done: int, total: int) -> None:
         bar.total = total

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-from napari_srgan_sqe.cli import UserError, parse_region, stop_on_signals
+from napari_srgan_sqe.cli import SAMPLE_HELP, UserError, parse_region, slide_path, stop_on_signals
 
 __all__ = [
     "add_arguments",
@@ -72,12 +72,19 @@ def check_common(args: argparse.Namespace) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from napari_srgan_sqe.training.finetune import LOSS_PRESETS
+    from napari_srgan_sqe.config import FINETUNE_LOSS_PRESETS
 
-    parser.add_argument("slide", type=Path, help="the (LR) slide or image to adapt the model to")
+    parser.add_argument(
+        "slide",
+        type=slide_path,
+        help=f"the (LR) slide or image to adapt the model to; {SAMPLE_HELP}",
+    )
     add_region_argument(parser)
     parser.add_argument(
-        "--hr", type=Path, default=None, help="HR slide of the same tissue (s x); paired mode"
+        "--hr",
+        type=slide_path,
+        default=None,
+        help=f"HR slide of the same tissue (s x); paired mode; {SAMPLE_HELP}",
     )
     parser.add_argument(
         "--model",
@@ -97,7 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default 5e-5)")
     parser.add_argument("--layers", choices=("all", "last"), default="all", help="layers to train")
     parser.add_argument(
-        "--loss", choices=LOSS_PRESETS, default="srgan_sqe", help="loss preset (no GAN term)"
+        "--loss",
+        choices=FINETUNE_LOSS_PRESETS,
+        default="srgan_sqe",
+        help="loss preset (no GAN term)",
     )
     parser.add_argument("--val-fraction", type=float, default=None, help="held-out stripe (0.25)")
     parser.add_argument("--batch-size", type=int, default=None, help="patches per step (4)")
@@ -190,9 +200,10 @@ def drive(events: Any, total: int, stop: threading.Event) -> Any:
     return the FinetuneResult."""
     from tqdm import tqdm
 
+    from napari_srgan_sqe.cli.progress import progress_bar
     from napari_srgan_sqe.training.finetune import Finished, Started, Step, Validated
 
-    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=total, unit="step")
     result = None
     try:
         with stop_on_signals(stop):
@@ -201,8 +212,9 @@ def drive(events: Any, total: int, stop: threading.Event) -> Any:
                     for note in ev.notes:
                         tqdm.write(f"note: {note}")
                 elif isinstance(ev, Step):
-                    bar.update(ev.step - bar.n)
+                    # the loss first: the update draws the step with its own loss
                     bar.set_postfix(loss=f"{ev.loss:.4g}", refresh=False)
+                    bar.update(ev.step - bar.n)
                 elif isinstance(ev, Validated) and ev.step > 0:
                     tqdm.write(
                         f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB, SSIM {ev.ssim:.4f}"

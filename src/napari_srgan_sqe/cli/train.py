@@ -69,8 +69,7 @@ def run_files(out_dir: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from napari_srgan_sqe.cli.progress import progress_bar
     from napari_srgan_sqe.config import TrainConfig, load_config
     from napari_srgan_sqe.training.trainer import Trainer
 
@@ -110,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if trainer.vgg_content is not None:
         print(f"VGG19 content loss: {trainer.vgg_content}")
     stop = threading.Event()
-    bar = tqdm(total=trainer.total, unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=trainer.total, unit="step")
 
     def show(ev) -> None:
         bar.n = ev.step

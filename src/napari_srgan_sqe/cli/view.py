@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from napari_srgan_sqe.cli import UserError
+from napari_srgan_sqe.cli import SAMPLE_HELP, UserError, is_sample, slide_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "path",
         nargs="?",
-        type=Path,
+        type=slide_path,
         default=None,
         metavar="PATH",
         help="slide or image to open (.svs .ndpi .mrxs .tif .ome.tif .ome.zarr .png ...); "
-        "default: the bundled sample slide",
+        f"default: the bundled sample slide; {SAMPLE_HELP}",
     )
     sim = parser.add_mutually_exclusive_group()
     sim.add_argument(
@@ -31,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-simulate-lr",
         dest="simulate_lr",
         action="store_false",
-        help="super-resolve the slide itself (default for a slide you name)",
+        help="super-resolve the slide itself (default for a slide you name other than the sample)",
     )
     parser.add_argument(
         "--degradation",
@@ -60,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"pixel size: {slide.mpp:.4g} um (scale bar on)")
     else:
         print("pixel size: not recorded in the file; shown in pixels, no scale bar")
-    simulate_lr = args.path is None if args.simulate_lr is None else args.simulate_lr
+    sample = args.path is None or is_sample(args.path)
+    simulate_lr = sample if args.simulate_lr is None else args.simulate_lr
     if args.enhance:  # the model the Enhance widget will pick, and why
         from napari_srgan_sqe.inference.export import default_model_for
         from napari_srgan_sqe.models.registry import model_for_coding

@@ -13,13 +13,18 @@ import json
 import threading
 from pathlib import Path
 
+from napari_srgan_sqe.cli import SAMPLE_HELP, slide_path
 from napari_srgan_sqe.cli.finetune import add_out_arguments, add_region_argument, check_common
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("slide", type=Path, help="the slide or image to train on and enhance")
+    parser.add_argument(
+        "slide",
+        type=slide_path,
+        help=f"the slide or image to train on and enhance; {SAMPLE_HELP}",
+    )
     add_region_argument(parser, "; at least about 200 x 100 px")
     parser.add_argument(
         "--degradation",

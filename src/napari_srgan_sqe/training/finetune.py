@@ -25,7 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_srgan_sqe.config import ConfigError, DegradationConfig, FinetuneConfig
+from napari_srgan_sqe.config import (
+    FINETUNE_LOSS_PRESETS,
+    ConfigError,
+    DegradationConfig,
+    FinetuneConfig,
+)
 from napari_srgan_sqe.degradation import degrade, degrade_torch, degrade_with
 from napari_srgan_sqe.io.errors import RegionError
 from napari_srgan_sqe.losses import GeneratorObjective
@@ -68,7 +73,7 @@ __all__ = [
 ]
 
 # Loss presets (`config.loss_preset`) offered for fine-tuning; the GAN term is dropped.
-LOSS_PRESETS = ("srgan_sqe", "srgan_qe", "srgan_e", "srgan", "l1")
+LOSS_PRESETS = FINETUNE_LOSS_PRESETS
 # Generator children that form the residual trunk; everything after them is "last".
 
 
