@@ -524,3 +524,54 @@ def test_readme_command_table_names_real_options_and_all_of_views():
     assert set(re.findall(r"--[a-z][a-z0-9-]*", rows["view"])) == _options("view")
     for command in {c for c, _, _ in SLIDE_ARGUMENTS}:
         assert "sample" in rows[command], command
+
+
+def test_every_error_a_user_can_cause_is_one_line_through_one_base(monkeypatch, capsys):
+    """`errors.UserFacingError` is the one base the command line recognises (no list of
+    class names): each module's error derives from it and keeps its old built-in base,
+    and any error of a new kind deriving from it is printed as one line, exit 2; any
+    other exception is a bug and propagates with its traceback."""
+    from napari_srgan_sqe._napari.launch import NoDisplayError
+    from napari_srgan_sqe.cli import enhance
+    from napari_srgan_sqe.config import ConfigError
+    from napari_srgan_sqe.errors import UserFacingError
+    from napari_srgan_sqe.inference.distributed import SchedulerError
+    from napari_srgan_sqe.inference.export import OutOfMemoryError
+    from napari_srgan_sqe.io.checkpoints import CheckpointError
+    from napari_srgan_sqe.io.errors import DataError, RegionError
+    from napari_srgan_sqe.io.pyramid import ExportError
+    from napari_srgan_sqe.io.slides import SlideError
+    from napari_srgan_sqe.models.device import DeviceError
+    from napari_srgan_sqe.models.method import StochasticModelError
+    from napari_srgan_sqe.models.modelfile import ModelFileError
+    from napari_srgan_sqe.models.predictor import NonFiniteOutputError
+
+    kept = {
+        ConfigError: ValueError, DataError: ValueError, RegionError: ValueError,
+        OutOfMemoryError: ValueError, ModelFileError: ValueError, CheckpointError: ValueError,
+        StochasticModelError: ValueError, DeviceError: RuntimeError,
+        NonFiniteOutputError: RuntimeError, SchedulerError: RuntimeError,
+        NoDisplayError: RuntimeError, ExportError: OSError, SlideError: Exception,
+    }  # fmt: skip
+    for cls, builtin in kept.items():
+        assert issubclass(cls, UserFacingError) and issubclass(cls, builtin), cls
+
+    class NewKind(UserFacingError):
+        pass
+
+    def fails(args):  # noqa: ANN001, ANN202
+        raise NewKind("the slide's tiles are upside down; flip them first")
+
+    monkeypatch.setattr(enhance, "run", fails)
+    assert main(["enhance", "in.svs", "out.ome.zarr"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "srgan-sqe enhance: error: the slide's tiles are upside down; flip them first\n"
+    )
+
+    def bug(args):  # noqa: ANN001, ANN202
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(enhance, "run", bug)
+    with pytest.raises(KeyError):
+        main(["enhance", "in.svs", "out.ome.zarr"])

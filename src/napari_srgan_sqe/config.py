@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from napari_srgan_sqe.errors import UserFacingError
+
 __all__ = [
     "ARCH_NAMES",
     "FINETUNE_LOSS_PRESETS",
@@ -60,7 +62,7 @@ FINETUNE_LOSS_PRESETS: tuple[str, ...] = ("srgan_sqe", "srgan_qe", "srgan_e", "s
 torch-free, so `srgan-sqe finetune --help` and the GUI list them without torch."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 

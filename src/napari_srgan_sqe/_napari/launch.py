@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Any
 
+from napari_srgan_sqe.errors import UserFacingError
+
 __all__ = [
     "NO_DISPLAY",
     "NoDisplayError",
@@ -27,7 +29,7 @@ WIDGETS = ("Enhance", "Compare")
 NO_DISPLAY = "no display: run under a desktop session or `xvfb-run -a srgan-sqe view`"
 
 
-class NoDisplayError(RuntimeError):
+class NoDisplayError(UserFacingError, RuntimeError):
     """No graphical display to open napari on."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_srgan_sqe import __version__
+from napari_srgan_sqe.errors import UserFacingError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -44,8 +45,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class UserError(Exception):
-    """An error caused by the user's input; printed without a traceback."""
+class UserError(UserFacingError):
+    """An error caused by the user's input, found by the command line itself."""
 
 
 def parse_region(text: str) -> tuple[int, int, int, int]:
@@ -254,21 +255,9 @@ def _terminate_like_ctrl_c() -> Any:
 
 
 def _is_user_error(exc: BaseException) -> bool:
-    from napari_srgan_sqe.config import ConfigError
-
-    names = {
-        "SlideError",
-        "ModelFileError",
-        "ConfigError",
-        "UserError",
-        "DataError",
-        "RegionError",
-        "ExportError",
-        "DeviceError",
-        "CheckpointError",
-        "StochasticModelError",
-    }
-    return isinstance(exc, UserError | ConfigError) or type(exc).__name__ in names
+    """Whether `exc` is meant for people (`errors.UserFacingError`): printed as one line,
+    exit status 2; anything else is a bug and keeps its traceback."""
+    return isinstance(exc, UserFacingError)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_srgan_sqe.cli import SAMPLE_HELP, UserError, parse_region, slide_path
+from napari_srgan_sqe.errors import UserFacingError
 
 TILE_RANGE = (8, 4096)
 """Allowed --tile, in input pixels: a tile of 4096 already needs several GiB for the
@@ -280,19 +281,14 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         raise
-    except DataError as exc:  # also export.OutOfMemoryError
+    except UserFacingError as exc:  # bad input, device, model, disk full (ExportError) ...
         raise UserError(str(exc)) from exc
     except MemoryError as exc:  # out of memory outside the tile computation
         raise UserError(
             f"out of memory ({exc or 'MemoryError'}); use a smaller --tile or --batch"
         ) from None
-    except RuntimeError as exc:  # models.predictor.DeviceError: e.g. no CUDA here
-        names = ("DeviceError", "NonFiniteOutputError", "SchedulerError")
-        if type(exc).__name__ in names:  # SchedulerError: inference.distributed
-            raise UserError(str(exc)) from exc
-        raise
-    except OSError as exc:  # io.pyramid.ExportError (disk full ...) and friends
-        if type(exc).__name__ == "ExportError" or exc.filename:
+    except OSError as exc:  # an OSError naming a file (permission, missing folder)
+        if exc.filename:
             raise UserError(str(exc)) from exc
         raise
     finally:

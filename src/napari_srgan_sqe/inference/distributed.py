@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_srgan_sqe.errors import UserFacingError
+
 try:  # distributed is a dependency, but keep this module importable without it
     from distributed.diagnostics.plugin import WorkerPlugin
 except ImportError:  # pragma: no cover
@@ -56,7 +58,7 @@ CONNECT_TIMEOUT = 10.0
 address fails at once."""
 
 
-class SchedulerError(RuntimeError):
+class SchedulerError(UserFacingError, RuntimeError):
     """The dask.distributed scheduler cannot be reached; the message names its address."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from napari_srgan_sqe.errors import UserFacingError
 from napari_srgan_sqe.io.codecs import SlideCoding
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ DEFAULT_CHUNK = 512
 """Target chunk edge in pixels; rounded to a multiple of the file's tile size."""
 
 
-class SlideError(Exception):
+class SlideError(UserFacingError):
     """A slide or image that cannot be read; the message names the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

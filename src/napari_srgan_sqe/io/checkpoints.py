@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from napari_srgan_sqe.errors import UserFacingError
 from napari_srgan_sqe.io.atomic import atomic_path
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ _PICKLE_MSG = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserFacingError, ValueError):
     """A weights file is missing, not safetensors, truncated or has a bad header."""
 
 

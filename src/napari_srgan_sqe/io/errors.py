@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from napari_srgan_sqe.errors import UserFacingError
+
 __all__ = ["DataError", "RegionError", "check_unit_range"]
 
 UNIT_TOLERANCE = 1e-3
 """How far float pixels may stray outside [0, 1] (rounding) before they are refused."""
 
 
-class DataError(ValueError):
+class DataError(UserFacingError, ValueError):
     """Input that cannot be used (images, shapes, dtypes, scales), with the reason in words."""
 
 

@@ -62,6 +62,7 @@ import numpy as np
 import tifffile
 import zarr
 
+from napari_srgan_sqe.errors import UserFacingError
 from napari_srgan_sqe.io._formats import INCOMPLETE_MARKER, metadata_text
 from napari_srgan_sqe.io.atomic import (
     _fsync,
@@ -164,7 +165,7 @@ def output_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-class ExportError(OSError):
+class ExportError(UserFacingError, OSError):
     """Writing an export failed (disk full, folder not writable ...); names the path."""
 
     def __str__(self) -> str:

@@ -1,6 +1,6 @@
 """Choosing the device a model runs on: 'auto', 'cuda[:i]', 'mps' or 'cpu', checked to
 exist here, and the device's out-of-memory signals. Used by model loading
-(`models.modelfile`) and by `Predictor`; imports no other module of the package."""
+(`models.modelfile`) and by `Predictor`; imports neither."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import contextlib
 
 import torch
 
+from napari_srgan_sqe.errors import UserFacingError
+
 __all__ = ["DeviceError", "empty_cache", "is_out_of_memory", "resolve_device"]
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserFacingError, RuntimeError):
     """The requested device does not exist here, or is out of memory even for one tile."""
 
 

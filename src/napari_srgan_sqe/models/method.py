@@ -18,6 +18,8 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from napari_srgan_sqe.errors import UserFacingError
+
 __all__ = [
     "KINDS",
     "InferenceCancelled",
@@ -43,7 +45,7 @@ mirrored margin), for methods whose output depends on position (seeded noise).""
 KINDS: tuple[str, ...] = ("deterministic", "stochastic", "zero-shot")
 
 
-class StochasticModelError(ValueError):
+class StochasticModelError(UserFacingError, ValueError):
     """A stochastic model was given to a path that needs a deterministic one."""
 
 

@@ -26,6 +26,7 @@ from napari_srgan_sqe.config import (
     ZSSRConfig,
     validate,
 )
+from napari_srgan_sqe.errors import UserFacingError
 from napari_srgan_sqe.io.checkpoints import (
     CheckpointError,
     is_pickle,
@@ -58,7 +59,7 @@ FORMAT = "napari-srgan-sqe"
 FORMAT_VERSION = 1
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserFacingError, ValueError):
     """A model cannot be loaded: missing, not safetensors, damaged, or the wrong kind."""
 
 

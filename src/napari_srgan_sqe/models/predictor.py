@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_srgan_sqe.errors import UserFacingError
 from napari_srgan_sqe.io.errors import check_unit_range
 from napari_srgan_sqe.models.coding import CodingLike, coding_vector, normalise_coding
 from napari_srgan_sqe.models.device import (
@@ -27,7 +28,7 @@ __all__ = ["DeviceError", "NonFiniteOutputError", "Predictor", "resolve_device"]
 log = logging.getLogger(__name__)
 
 
-class NonFiniteOutputError(RuntimeError):
+class NonFiniteOutputError(UserFacingError, RuntimeError):
     """The network returned NaN or infinite values (they would be written as black)."""
 
 
