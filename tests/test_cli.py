@@ -565,9 +565,7 @@ def test_every_error_a_user_can_cause_is_one_line_through_one_base(monkeypatch, 
     monkeypatch.setattr(enhance, "run", fails)
     assert main(["enhance", "in.svs", "out.ome.zarr"]) == 2
     err = capsys.readouterr().err
-    assert err == (
-        "srgan-sqe enhance: error: the slide's tiles are upside down; flip them first\n"
-    )
+    assert err == ("srgan-sqe enhance: error: the slide's tiles are upside down; flip them first\n")
 
     def bug(args):  # noqa: ANN001, ANN202
         raise KeyError("a bug")
