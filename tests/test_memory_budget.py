@@ -5,9 +5,10 @@ peak resident memory (VmHWM) is then compared with the budget: `BUDGET` for
 anything read in tiles or strips, plus three times the decoded RGB size for a plain
 PNG (decoded whole by design, up to Pillow's decompression-bomb limit, through
 Pillow's own buffers and a conversion to RGB). The inputs are the
-reported ones: a tile bomb, a strip bomb, a zlib tile inflating past its tile, a
-JPEG tile whose frame header claims 65000 px, a header claiming 10^6 px, a truncated
-pyramid, and, for scale, a valid 20000 x 20000 px tiled TIFF and a large PNG.
+reported ones: a tile bomb (read by tifffile, and named .svs by OpenSlide), a strip
+bomb, a zlib tile inflating past its tile, a JPEG tile whose frame header claims
+65000 px, a header claiming 10^6 px, a truncated pyramid, an OME-Zarr with one
+16384 px chunk, and, for scale, a valid 20000 x 20000 px tiled TIFF and a large PNG.
 """
 
 from __future__ import annotations
@@ -80,6 +81,37 @@ def _truncated_pyramid(path: Path) -> Path:
     return path
 
 
+def _zarr_chunk_bomb(path: Path) -> Path:
+    """An OME-Zarr whose one chunk is 3 x 16384 x 16384 zeros (100 KB stored, 768 MiB
+    decoded), made by rewriting the array metadata of a small export."""
+    import json
+
+    import numcodecs
+
+    from napari_srgan_sqe.io.pyramid import write_ome_zarr
+
+    write_ome_zarr(np.full((64, 64, 3), 100, np.uint8), path, chunk=64)
+    level = path / "0"
+    meta = json.loads((level / ".zarray").read_text())
+    n = 16384
+    meta["shape"] = meta["chunks"] = [3, n, n]
+    (level / ".zarray").write_text(json.dumps(meta))
+    stream = numcodecs.get_codec(meta["compressor"]).encode(np.zeros((3, n, n), np.uint8))
+    for old in level.iterdir():
+        if old.is_dir():
+            import shutil
+
+            shutil.rmtree(old)
+    (level / "0" / "0").mkdir(parents=True)
+    (level / "0" / "0" / "0").write_bytes(stream)
+    return path
+
+
+def _svs_tile_bomb(path: Path) -> Path:
+    """The tile bomb named .svs: read through OpenSlide (its generic TIFF driver)."""
+    return tiffcraft.tile_bomb(path, 16384)
+
+
 def _large_png(path: Path) -> Path:
     from PIL import Image
 
@@ -97,15 +129,18 @@ CASES = {
     "truncated-pyramid": (_truncated_pyramid, True, 0),
     "big-tiled": (_big_tiled, False, 0),
     "large-png": (_large_png, False, 3 * 8000 * 8000 * 3),
+    "zarr-chunk-bomb": (_zarr_chunk_bomb, True, 0),
+    "svs-tile-bomb": (_svs_tile_bomb, True, 0),
 }
+SUFFIX = {"large-png": ".png", "zarr-chunk-bomb": ".ome.zarr", "svs-tile-bomb": ".svs"}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_reading_any_input_stays_within_the_memory_budget(name, tmp_path) -> None:
     make, refused, decoded = CASES[name]
-    suffix = ".png" if name.endswith("png") else ".tif"
-    path = make(tmp_path / f"{name}{suffix}")
-    assert path.stat().st_size < 64 * 2**20  # small files, however large they claim to be
+    path = make(tmp_path / f"{name}{SUFFIX.get(name, '.tif')}")
+    stored = sum(f.stat().st_size for f in path.rglob("*")) if path.is_dir() else None
+    assert (stored or path.stat().st_size) < 64 * 2**20  # small, however large they claim
     run = subprocess.run(
         [sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, timeout=300
     )

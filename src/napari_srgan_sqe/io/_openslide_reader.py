@@ -20,6 +20,7 @@ import openslide
 
 from napari_srgan_sqe.io import _formats
 from napari_srgan_sqe.io._slide import (
+    MAX_SEGMENT_BYTES,
     LevelSource,
     Slide,
     SlideError,
@@ -240,6 +241,13 @@ def open_vendor(path: Path, *, chunk: int, shown_as: Path | None = None) -> Slid
     for i, (w, h) in enumerate(handle.level_dimensions):
         tw = int(props.get(f"openslide.level[{i}].tile-width", 0) or 0)
         th = int(props.get(f"openslide.level[{i}].tile-height", 0) or 0)
+        if tw * th * 4 > MAX_SEGMENT_BYTES:  # OpenSlide decodes a whole tile, as RGBA
+            raise SlideError(
+                path,
+                f"level {i} is stored in tiles of {tw} x {th} px, {tw * th * 4 / 2**20:,.0f} "
+                f"MiB to decode for any read of a tile (limit {MAX_SEGMENT_BYTES / 2**20:,.0f}"
+                " MiB); a file with such tiles is corrupt or crafted",
+            )
         src = OpenSlideLevel(
             path, i, (h, w, 3), downsample=float(handle.level_downsamples[i]), background=background
         )

@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK = 512
 """Target chunk edge in pixels; rounded to a multiple of the file's tile size."""
 
+MAX_SEGMENT_BYTES = 256 * 2**20
+"""Largest decoded size of one stored piece (TIFF tile or strip, zarr chunk) that is
+read: 256 MiB, a 9000 x 9000 RGB strip. Reading any pixel of a piece decodes all of
+it, so a file with larger ones (a "tile bomb": one 16384 x 16384 zlib tile is 0.8 MB
+on disk and 768 MiB decoded) is refused at open, before anything is decoded. With it
+a read of a region decodes at most the pieces the region touches, each under this
+budget."""
+
 
 class SlideError(UserFacingError):
     """A slide or image that cannot be read; the message names the file and the reason."""

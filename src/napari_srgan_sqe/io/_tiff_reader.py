@@ -39,6 +39,7 @@ import zarr
 from napari_srgan_sqe.io import _formats
 from napari_srgan_sqe.io._slide import (
     HEAD_BYTES,
+    MAX_SEGMENT_BYTES,
     LevelSource,
     Slide,
     SlideError,
@@ -287,14 +288,6 @@ def _tile(page: Any) -> tuple[int, int]:
     if page.is_tiled:
         return int(page.tilelength), int(page.tilewidth)
     return int(min(page.rowsperstrip or page.imagelength, page.imagelength)), int(page.imagewidth)
-
-
-MAX_SEGMENT_BYTES = 256 * 2**20
-"""Largest decoded size of one tile or strip that is read (256 MiB, a 9000 x 9000 RGB
-strip); reading any pixel of a segment decodes all of it, so a file with larger ones
-(a "tile bomb": one 16384 x 16384 zlib tile is 0.8 MB on disk and 768 MiB decoded) is
-refused at open, before anything is decoded. With it a read of a region decodes at
-most the segments the region touches, each under this budget."""
 
 
 def segment_problem(page: Any) -> str | None:

@@ -30,6 +30,7 @@ import zarr
 
 from napari_srgan_sqe.io import _formats
 from napari_srgan_sqe.io._slide import (
+    MAX_SEGMENT_BYTES,
     LevelSource,
     Slide,
     SlideError,
@@ -320,6 +321,15 @@ def open_ome_zarr(path: Path, *, chunk: int) -> Slide:
     channel_sizes = [n for ax, n in zip(letters, arrays[0].shape) if ax == "C" and n > 1]
     check_convertible(path, arrays[0].dtype, channel_sizes[0] if channel_sizes else 1)
 
+    for i, arr in enumerate(arrays):  # what one read decodes at least: a whole chunk
+        nbytes = int(np.prod(arr.chunks)) * np.dtype(arr.dtype).itemsize
+        if nbytes > MAX_SEGMENT_BYTES:
+            raise SlideError(
+                path,
+                f"level {i} is stored in chunks of {' x '.join(map(str, arr.chunks))}, "
+                f"{nbytes / 2**20:,.0f} MiB to decode for any read of a chunk (limit "
+                f"{MAX_SEGMENT_BYTES / 2**20:,.0f} MiB); rewrite it with smaller chunks",
+            )
     extra = ms.get("metadata")
     every_chunk = isinstance(extra, dict) and extra.get("every_chunk_stored") is True
     levels = []
