@@ -212,12 +212,11 @@ def test_one_metric_table_drives_all_metrics_evaluate_and_the_readouts():
 
 
 def test_compare_readouts_are_labelled_from_the_metric_table():
-    pytest.importorskip("qtpy")
-    from napari_srgan_sqe._napari import compare_widget
+    from napari_srgan_sqe.inference import readouts
     from napari_srgan_sqe.metrics import METRICS
 
-    assert compare_widget.METRICS == tuple((m.key, m.label) for m in METRICS)
-    assert compare_widget.METRIC_TIPS["rrmse"].startswith("Relative root-mean-square")
-    gain = compare_widget._gain({"psnr": 30.0, "rrmse": 0.1}, {"psnr": 29.0, "rrmse": 0.2})
+    assert readouts.METRICS == tuple((m.key, m.label) for m in METRICS)
+    assert readouts.METRIC_TIPS["rrmse"].startswith("Relative root-mean-square")
+    gain = readouts.gain({"psnr": 30.0, "rrmse": 0.1}, {"psnr": 29.0, "rrmse": 0.2})
     assert gain["psnr"] == pytest.approx(1.0) and gain["rrmse"] == pytest.approx(0.1)
     assert gain["ssim"] is None

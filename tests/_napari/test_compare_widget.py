@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 
 from napari_srgan_sqe._napari import _layers
-from napari_srgan_sqe._napari.compare_widget import (
-    BICUBIC_VS_HR,
-    CONSISTENCY,
-    SR_VS_HR,
-    CompareWidget,
-    ReadoutColumn,
-)
+from napari_srgan_sqe._napari.compare.widget import CompareWidget
 from napari_srgan_sqe.degradation import degrade
+from napari_srgan_sqe.inference.readouts import BICUBIC_VS_HR, CONSISTENCY, SR_VS_HR, ReadoutColumn
 from napari_srgan_sqe.metrics import all_metrics, psnr, ssim
 
 pytestmark = pytest.mark.gui

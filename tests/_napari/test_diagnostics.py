@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 
 from napari_srgan_sqe._napari import _layers
-from napari_srgan_sqe._napari.compare_widget import (
-    DEPARTURE_CLEAR,
-    MAP_KEY,
-    CompareWidget,
-)
+from napari_srgan_sqe._napari.compare.maps import DEPARTURE_CLEAR, MAP_KEY
+from napari_srgan_sqe._napari.compare.widget import CompareWidget
 from napari_srgan_sqe.inference.diagnostics import DEPARTURE_LIMIT, departure_map
 
 pytestmark = pytest.mark.gui

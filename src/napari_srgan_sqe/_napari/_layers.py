@@ -19,7 +19,8 @@ geometry. Without HR, SR is placed from LR: scale `p_lr / s`, translate
 which field-of-view crops are taken.
 
 Nothing here touches torch or dask at import, nor the viewer from a worker thread:
-`fov_box` runs on the GUI thread; `read_crop` only slices arrays.
+`fov_box` runs on the GUI thread. `CropBox`, `read_crop` and `crop_margins` live in
+`inference.readouts` (no Qt) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from __future__ import annotations
 import math
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from napari_srgan_sqe.degradation import lr_translate
+from napari_srgan_sqe.inference.readouts import CropBox, crop_margins, read_crop
 
 __all__ = [
     "META_KEY",
@@ -421,31 +423,6 @@ def view_rect_world(viewer: Any) -> tuple[float, float, float, float]:
     return cy - hy, cx - hx, cy + hy, cx + hx
 
 
-@dataclass(frozen=True)
-class CropBox:
-    """A crop [y0, y1) x [x0, x1) of the SR level-0 (HR) grid, corners multiples of `scale`.
-
-    `capped` says the view was larger than the crop (the crop is its centre).
-    """
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-    scale: int
-    capped: bool = False
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.y1 - self.y0, self.x1 - self.x0
-
-    @property
-    def lr(self) -> tuple[int, int, int, int]:
-        """The same region on the LR level-0 grid: (y0, y1, x0, x1)."""
-        s = self.scale
-        return self.y0 // s, self.y1 // s, self.x0 // s, self.x1 // s
-
-
 def _axis_range(lo: float, hi: float, n: int, s: int, max_side: int, min_side: int):
     """Pixel range [a, b) covering data coords [lo, hi], snapped to s, clipped to n."""
     a, b = math.floor(lo + 0.5), math.ceil(hi + 0.5)
@@ -489,25 +466,3 @@ def fov_box(
     if y1 - y0 < s or x1 - x0 < s:
         return None
     return CropBox(y0, y1, x0, x1, s, cap_y or cap_x)
-
-
-def read_crop(
-    level: Any, y0: int, y1: int, x0: int, x1: int, *, margin: int = 0
-) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """`level[y0:y1, x0:x1]` as numpy, with up to `margin` px more on each side.
-
-    Returns the array and the margins actually read (top, bottom, left, right), which
-    are smaller at the image border. Any array-like (numpy, dask, zarr) works.
-    """
-    h, w = level.shape[:2]
-    ty, by = min(margin, y0), min(margin, h - y1)
-    lx, rx = min(margin, x0), min(margin, w - x1)
-    region = level[y0 - ty : y1 + by, x0 - lx : x1 + rx]
-    region = region.compute() if hasattr(region, "compute") else region
-    return np.asarray(region), (ty, by, lx, rx)
-
-
-def crop_margins(img: np.ndarray, margins: Sequence[int], factor: int = 1) -> np.ndarray:
-    """Remove `margins` (top, bottom, left, right) x `factor` px from `img`."""
-    t, b, left, r = (int(m) * factor for m in margins)
-    return img[t : img.shape[0] - b, left : img.shape[1] - r]
