@@ -257,3 +257,26 @@ def test_models_listing_shows_kind_and_speed_class(tmp_path: Path, capsys):
     assert main(["models", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "zero-shot" and info["arch"] == "zssr"
+
+
+def test_every_architecture_describes_itself_without_torch():
+    """Listings and errors name a network by its config's own `summary()`: a new
+    architecture brings its description with its config class, and nothing outside the
+    registry dispatches on `arch` to describe it."""
+    import subprocess
+    import sys
+
+    from napari_srgan_sqe.models.architectures import ARCHITECTURES
+    from napari_srgan_sqe.models.modelfile import arch_summary
+
+    for name, arch in ARCHITECTURES.items():
+        cfg = arch.config(arch=name) if "arch" in arch.config.model_fields else arch.config()
+        text = arch_summary(cfg)
+        assert text.startswith(f"{name} (") and text.endswith(")"), text
+        assert f"x{cfg.scale}" in text
+    code = (
+        "import sys; from napari_srgan_sqe.config import SR3Config; "
+        "print(SR3Config().summary()); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["sr3 (U-Net 48/96/96 ch, 8 steps, x4)", "False"]

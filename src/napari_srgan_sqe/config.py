@@ -113,6 +113,10 @@ class GeneratorConfig(_Strict):
             raise ValueError("activation 'prelu' is for arch 'srresnet'; 'lrnet' uses relu")
         return self
 
+    def summary(self) -> str:
+        """'lrnet (12 blocks x 48 ch, x4)': the network in a few words (no torch)."""
+        return f"{self.arch} ({self.n_blocks} blocks x {self.channels} ch, x{self.scale})"
+
 
 class MedicalSRGANConfig(_Strict):
     """The multi-scale medical SRGAN generator (Ahmad et al. 2022).
@@ -135,6 +139,9 @@ class MedicalSRGANConfig(_Strict):
     bicubic_skip: bool = True
     """Add the bicubic up-sampling of the input (the network learns the residual)."""
 
+    def summary(self) -> str:
+        return f"medsrgan ({self.n_blocks} blocks x {self.channels} ch, x{self.scale})"
+
 
 class ZSSRConfig(_Strict):
     """ZSSR's image-specific network (Shocher et al. 2018): the bicubic up-sampling of
@@ -148,6 +155,9 @@ class ZSSRConfig(_Strict):
     self_ensemble: bool = True
     """Average the outputs of the 8 flips / 90-degree rotations of the input at inference
     (geometric self-ensemble); training uses the plain network."""
+
+    def summary(self) -> str:
+        return f"zssr ({self.n_layers} layers x {self.channels} ch, x{self.scale})"
 
 
 class SR3Config(_Strict):
@@ -173,6 +183,10 @@ class SR3Config(_Strict):
     """Scale of the starting noise at inference: 1 samples as trained; lower values trade
     the samples' diversity (and invented detail) for closeness to the LR's most likely
     image; 0 gives one deterministic image for every seed."""
+
+    def summary(self) -> str:
+        levels = "/".join(str(self.channels * m) for m in self.mults)
+        return f"sr3 (U-Net {levels} ch, {self.steps} steps, x{self.scale})"
 
 
 class UnpairedConfig(_Strict):
@@ -205,6 +219,12 @@ class UnpairedConfig(_Strict):
         """Trunk channels of the SR network U."""
         return self.sr.channels
 
+    def summary(self) -> str:
+        return (
+            f"unpaired (correction {self.correction_layers} layers x "
+            f"{self.correction_channels} ch + {self.sr.summary()})"
+        )
+
 
 ARCH_NAMES: tuple[str, ...] = ("srresnet", "lrnet", "medsrgan", "zssr", "sr3", "unpaired")
 
@@ -233,7 +253,8 @@ ArchConfig = Annotated[
 ]
 """The network of a model: one validated config per architecture, chosen by `arch`
 ('srresnet', 'lrnet', 'medsrgan', 'zssr', 'sr3', 'unpaired'). A field of another
-architecture is refused."""
+architecture is refused. Each describes itself in a few words (`summary()`), so
+listings never dispatch on `arch`."""
 
 
 class AutoencoderConfig(_Strict):

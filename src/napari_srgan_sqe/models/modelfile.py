@@ -340,13 +340,9 @@ def _check_fit(path: Path, model: SRModel, tensors: dict[str, torch.Tensor]) -> 
 
 
 def arch_summary(cfg: Any) -> str:
-    """'lrnet (12 blocks x 48 ch, x4)', 'zssr (8 layers x 64 ch, x4)', ..."""
-    if cfg.arch == "zssr":
-        return f"zssr ({cfg.n_layers} layers x {cfg.channels} ch, x{cfg.scale})"
-    if cfg.arch == "sr3":
-        levels = "/".join(str(cfg.channels * m) for m in cfg.mults)
-        return f"sr3 (U-Net {levels} ch, {cfg.steps} steps, x{cfg.scale})"
-    return f"{cfg.arch} ({cfg.n_blocks} blocks x {cfg.channels} ch, x{cfg.scale})"
+    """'lrnet (12 blocks x 48 ch, x4)', 'zssr (8 layers x 64 ch, x4)', ...: the
+    architecture config's own `summary()`."""
+    return str(cfg.summary())
 
 
 def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
