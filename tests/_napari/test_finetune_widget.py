@@ -260,7 +260,7 @@ def test_enhance_refuses_to_switch_a_busy_sr_layer(viewer, pair, tiny_model):
 
 def test_eta_is_measured_from_the_steps_done(viewer, tmp_path, monkeypatch):
     """The first step (warm-up) takes long; the ETA follows the pace after it."""
-    from napari_srgan_sqe._napari import finetune_widget as module
+    from napari_srgan_sqe._napari.finetune import widget as module
 
     widget = _widget(viewer, tmp_path)
     clock = iter([0.0, 10.0, 11.0, 12.0, 13.0])  # step 1 ends at 10 s, then 1 s/step

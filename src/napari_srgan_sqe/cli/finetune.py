@@ -9,7 +9,6 @@ stays the better one, nothing is written and the exit status is 1.
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -118,68 +117,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_out_arguments(parser)
 
 
-def _config(args: argparse.Namespace, mode: str, degradation: str = "clean") -> Any:
-    from napari_srgan_sqe.config import FinetuneConfig, loss_preset, validate
-
-    data: dict[str, Any] = {"mode": mode, "steps": args.steps, "train_layers": args.layers}
-    data["seed"] = args.seed
-    data["degradation"] = degradation
-    for key, value in (
-        ("lr", args.lr),
-        ("val_fraction", args.val_fraction),
-        ("batch_size", args.batch_size),
-        ("patch_size", args.patch_size),
-    ):
-        if value is not None:
-            data[key] = value
-    loss = loss_preset(args.loss).model_copy(update={"lam_a": 0.0})
-    data["loss"] = loss.model_dump()
-    return validate(FinetuneConfig, data, source="command-line options")
-
-
 def run(args: argparse.Namespace) -> int:
     from napari_srgan_sqe.io.slides import open_slide
-    from napari_srgan_sqe.models.modelfile import load_model, save_model
-    from napari_srgan_sqe.models.registry import model_for_coding
-    from napari_srgan_sqe.training.finetune import cut_regions, iter_finetune
+    from napari_srgan_sqe.training.jobs import (
+        base_model,
+        finetune_config,
+        make_job,
+        run_job,
+        slide_degradation,
+    )
 
     check_common(args)
     mode: Literal["paired", "self-supervised"] = (
         "paired" if args.hr is not None else "self-supervised"
     )
     slide = open_slide(args.slide)
-    degradation = args.degradation or ("scanner" if slide.coding.lossy else "clean")
-    cfg = _config(args, mode, degradation)
-    model_name = args.model or model_for_coding(slide.codec)
-    model = load_model(model_name)
-    if model.variant == "bicubic":
-        raise UserError(f"{model_name} is the bicubic baseline; it has no weights to fine-tune")
-    if model.descriptor.kind == "zero-shot":
-        raise UserError(
-            f"{model_name} is a zero-shot model: train it on the slide with "
-            "`srgan-sqe zero-shot SLIDE --region X,Y,W,H --out M.safetensors`"
-        )
+    degradation = args.degradation or slide_degradation(slide)
+    options = {
+        "lr": args.lr,
+        "val_fraction": args.val_fraction,
+        "batch_size": args.batch_size,
+        "patch_size": args.patch_size,
+    }
+    cfg = finetune_config(
+        args.loss,
+        source="command-line options",
+        mode=mode,
+        steps=args.steps,
+        train_layers=args.layers,
+        seed=args.seed,
+        degradation=degradation,
+        **{key: value for key, value in options.items() if value is not None},
+    )
+    model = base_model(args.model, slide.codec)
     if mode == "self-supervised":
         print(f"input stored as {slide.coding}: model {model.name}, pseudo-LR {degradation}")
     hr = open_slide(args.hr) if args.hr is not None else None
-    regions = cut_regions(slide, args.region, hr=hr, scale=model.scale, config=cfg)
-    rects = [dict(zip("xywh", r, strict=True)) for r in args.region]
-    meta = {
-        "finetune_regions": json.dumps(rects),
-        "finetune_source": Path(args.slide).name,
-        "finetune_hr_source": "" if args.hr is None else Path(args.hr).name,
-    }
-    events = iter_finetune(
-        model,
-        regions,
-        mode=mode,
+    job = make_job(
+        "finetune",
+        slide,
+        args.region,
+        model=model,
         config=cfg,
-        device=args.device,
-        name=args.out.name.removesuffix(".safetensors"),
-        metadata=meta,
-        stop_event=(stop := threading.Event()),
+        hr=hr,
+        source=Path(args.slide).name,
+        hr_source=None if args.hr is None else Path(args.hr).name,
     )
-    print(f"{mode} fine-tuning of {model.name!r} on {len(regions)} region(s), {cfg.steps} steps")
+    stop = threading.Event()
+    events = run_job(job, args.out.expanduser(), stop_event=stop, device=args.device)
+    print(
+        f"{mode} fine-tuning of {model.name!r} on {len(job.regions)} region(s), {cfg.steps} steps"
+    )
     result = drive(events, cfg.steps, stop)
     if not result.improved:
         why = (
@@ -189,19 +177,19 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"{why}no model written; the base model stays the better one")
         return 1
-    save_model(result.model, args.out.expanduser())
     print(f"wrote {args.out}")
     return 0
 
 
 def drive(events: Any, total: int, stop: threading.Event) -> Any:
-    """Run a fine-tune event stream with a progress bar (Ctrl-C or SIGTERM, as batch
-    schedulers send, stops it keeping the best state), print before / after, and
-    return the FinetuneResult."""
+    """Run a fine-tune event stream (a job's: `training.jobs.run_job`) with a progress
+    bar (Ctrl-C or SIGTERM, as batch schedulers send, stops it keeping the best state),
+    print before / after, and return the FinetuneResult."""
     from tqdm import tqdm
 
     from napari_srgan_sqe.cli.progress import progress_bar
     from napari_srgan_sqe.training.finetune import Finished, Started, Step, Validated
+    from napari_srgan_sqe.training.jobs import Saved
 
     bar = progress_bar(total=total, unit="step")
     result = None
@@ -219,7 +207,7 @@ def drive(events: Any, total: int, stop: threading.Event) -> Any:
                     tqdm.write(
                         f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB, SSIM {ev.ssim:.4f}"
                     )
-                elif isinstance(ev, Finished):
+                elif isinstance(ev, Finished | Saved):  # Saved: a job's (`training.jobs`)
                     result = ev.result
     finally:
         bar.close()

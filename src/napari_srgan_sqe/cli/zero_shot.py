@@ -9,7 +9,6 @@ held out, and the model is written only when it beats its start (bicubic) there.
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 from pathlib import Path
 
@@ -51,52 +50,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from napari_srgan_sqe.cli.finetune import drive
+    from napari_srgan_sqe.config import ZSSRConfig, validate
     from napari_srgan_sqe.io.slides import open_slide
-    from napari_srgan_sqe.models.modelfile import save_model
-    from napari_srgan_sqe.training.finetune import cut_regions
-    from napari_srgan_sqe.training.zero_shot import (
-        ZERO_SHOT_MODEL,
-        iter_zero_shot,
-        new_zssr,
-        zero_shot_config,
-    )
+    from napari_srgan_sqe.training.jobs import make_job, run_job, slide_degradation, start_model
+    from napari_srgan_sqe.training.zero_shot import zero_shot_config
 
     check_common(args)
     slide = open_slide(args.slide)
-    degradation = args.degradation or ("scanner" if slide.coding.lossy else "clean")
+    degradation = args.degradation or slide_degradation(slide)
     cfg = zero_shot_config(
         args.steps, degradation=degradation, seed=args.seed, max_minutes=args.minutes
     )
-    from napari_srgan_sqe.config import ZSSRConfig, validate
-
     network = validate(
         ZSSRConfig, {"n_layers": args.layers, "channels": args.channels}, source="options"
     )
-    start = new_zssr(name=ZERO_SHOT_MODEL, network=network)
-    regions = cut_regions(slide, args.region, scale=start.scale, config=cfg)
-    meta = {
-        "training_data": f"zero-shot on {len(regions)} region(s) of {Path(args.slide).name}",
-        "finetune_regions": json.dumps([dict(zip("xywh", r, strict=True)) for r in args.region]),
-        "finetune_source": Path(args.slide).name,
-    }
+    start = start_model("zero-shot", network=network)
+    job = make_job(
+        "zero-shot", slide, args.region, model=start, config=cfg, source=Path(args.slide).name
+    )
     print(
-        f"input stored as {slide.coding}: zero-shot ZSSR on {len(regions)} region(s), "
+        f"input stored as {slide.coding}: zero-shot ZSSR on {len(job.regions)} region(s), "
         f"{cfg.steps} steps, pseudo-LR {degradation}"
     )
     stop = threading.Event()
-    events = iter_zero_shot(
-        regions,
-        model=start,
-        config=cfg,
-        stop_event=stop,
-        device=args.device,
-        name=args.out.name.removesuffix(".safetensors"),
-        metadata=meta,
-    )
+    events = run_job(job, args.out.expanduser(), stop_event=stop, device=args.device)
     result = drive(events, cfg.steps, stop)
     if not result.improved:
         print("ZSSR did not beat bicubic on the held-out part: no model written")
         return 1
-    save_model(result.model, args.out.expanduser())
     print(f"wrote {args.out} (use it with: srgan-sqe enhance {args.slide} OUT --model {args.out})")
     return 0
