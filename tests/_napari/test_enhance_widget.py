@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from napari_srgan_sqe._napari import _layers
-from napari_srgan_sqe._napari.enhance_widget import LOAD_FILE, EnhanceWidget
+from napari_srgan_sqe._napari.enhance.form import LOAD_FILE
+from napari_srgan_sqe._napari.enhance.widget import EnhanceWidget
 from napari_srgan_sqe.degradation import degrade, degrade_with
 
 pytestmark = pytest.mark.gui
@@ -307,7 +308,7 @@ def test_model_box_follows_the_sr_layers_model(viewer, qtbot, sample_hr, tiny_mo
 def test_enhance_status_names_the_resolved_device_from_the_start(tiny_model, sample_hr):
     """The progress messages an Enhance shows name the device 'auto' resolved to (here
     the CPU), never 'auto' itself."""
-    from napari_srgan_sqe._napari.enhance_widget import prepare_enhance
+    from napari_srgan_sqe.inference.enhancement import prepare_enhance
     from napari_srgan_sqe.models.predictor import resolve_device
 
     gen = prepare_enhance(
