@@ -259,7 +259,7 @@ def test_tile_cache_is_bounded() -> None:
     cache.get(5)
     cache.put(10, tile)
     assert 5 in cache
-    assert TileGrid(10, 10, 4).ny == 3
+    assert TileGrid(20, 20, 8).ny == 3
 
 
 def test_memoized_chunks_are_computed_once(lr) -> None:
@@ -492,3 +492,17 @@ def test_super_resolve_names_what_input_it_takes(bad):
 
     with pytest.raises(DataError, match=r"RGB|shape \(H, W, 3\)"):
         super_resolve(bad, "bicubic-x4")
+
+
+def test_one_tile_range_is_checked_where_tiles_are_made() -> None:
+    """The engine, export and bench make tiles through TileGrid, which holds the one
+    range (`tiling.TILE_RANGE`) that `enhance --tile` and the Enhance widget offer."""
+    from napari_srgan_sqe.cli import enhance
+    from napari_srgan_sqe.errors import UserFacingError
+    from napari_srgan_sqe.inference.tiling import TILE_RANGE
+
+    assert enhance.TILE_RANGE is TILE_RANGE == (8, 4096)
+    for bad in (0, 7, 4097):
+        with pytest.raises(UserFacingError, match=rf"tile must be 8 to 4096 LR px, got {bad}"):
+            TileGrid(100, 100, bad)
+    assert TileGrid(100, 100, 8).nx == 13 and TileGrid(100, 100, 4096).nx == 1

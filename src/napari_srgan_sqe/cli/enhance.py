@@ -9,10 +9,7 @@ from typing import Any
 
 from napari_srgan_sqe.cli import SAMPLE_HELP, UserError, parse_region, slide_path
 from napari_srgan_sqe.errors import UserFacingError
-
-TILE_RANGE = (8, 4096)
-"""Allowed --tile, in input pixels: a tile of 4096 already needs several GiB for the
-network's activations; beyond, memory runs out before the halo saving matters."""
+from napari_srgan_sqe.inference.tiling import TILE_RANGE  # one range: tiles, --tile, widget
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,6 +57,13 @@ def halo_overhead(tile: int, halo: int) -> float:
     return (tile + 2 * halo) ** 2 / tile**2
 
 
+TILE_RANGE = (8, 4096)
+"""Allowed tile side in LR pixels, wherever tiles are made (the engine, export, bench)
+and wherever a user picks one (`enhance --tile`, the Enhance widget): below 8 the halo
+is most of each tile's work; a tile of 4096 already needs several GiB for the
+network's activations, and beyond it memory runs out before the halo saving matters."""
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """A regular grid of `tile` x `tile` tiles over an image of `height` x `width`."""
@@ -66,8 +73,9 @@ class TileGrid:
     tile: int
 
     def __post_init__(self) -> None:
-        if self.tile < 1:
-            raise DataError(f"tile size must be at least 1 px, got {self.tile}")
+        lo, hi = TILE_RANGE
+        if not lo <= self.tile <= hi:
+            raise DataError(f"tile must be {lo} to {hi} LR px, got {self.tile}")
         if self.height < 1 or self.width < 1:
             raise DataError(f"empty image ({self.height} x {self.width})")
 

@@ -13,6 +13,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QSpinBox
 
 from napari_srgan_sqe._napari.enhance.status import CODING_TIP, simulated_by, stored_as
 from napari_srgan_sqe.inference.enhancement import default_model_name, is_model_path, layer_coding
+from napari_srgan_sqe.inference.tiling import TILE_RANGE
 
 __all__ = ["DEFAULT_ITEM", "DEVICES", "LOAD_FILE", "SIMULATE_CHOICES", "EnhanceForm"]
 
@@ -57,7 +58,9 @@ class EnhanceForm:
         self.device_box = QComboBox()
         self.device_box.addItems(DEVICES)
         self.tile_box = QSpinBox()
-        self.tile_box.setRange(0, 4096)
+        self.tile_box.setRange(
+            0, TILE_RANGE[1]
+        )  # 0: "auto"; below TILE_RANGE[0] the engine says why not
         self.tile_box.setSingleStep(64)
         self.tile_box.setSpecialValueText("auto")
         self.tile_box.setSuffix(" LR px")
