@@ -230,20 +230,20 @@ def _ms_ssim_or_none(estimate: Any, reference: Any) -> float | None:
 METRICS: tuple[Metric, ...] = (
     Metric("psnr", "PSNR (dB)", True, 2,
            "Peak signal-to-noise ratio, in decibels: higher is closer to the reference "
-           "(+1 dB is about 11% less error)", lambda e, r: psnr(e, r)),
+           "(+1 dB is about 11% less error)", psnr),
     Metric("ssim", "SSIM", True, 4,
            "Structural similarity, 0 to 1: do local brightness, contrast and structure "
-           "match? 1 is identical", lambda e, r: ssim(e, r)),
+           "match? 1 is identical", ssim),
     Metric("ms_ssim", "MS-SSIM", True, 4,
            "Multi-scale SSIM, 0 to 1: SSIM over five scales, from cells to tissue; "
            f"needs a view of at least {MS_SSIM_MIN_SIZE} px a side ('-' below that)",
            _ms_ssim_or_none),
     Metric("qilv", "QILV", True, 4,
            "Quality index based on local variance, 0 to 1: does the texture (local "
-           "contrast) match? 1 is identical", lambda e, r: qilv(e, r)),
+           "contrast) match? 1 is identical", qilv),
     Metric("rrmse", "RRMSE", False, 4,
            "Relative root-mean-square error: the size of the error divided by the "
-           "reference's; lower is closer, 0 is identical", lambda e, r: rrmse(e, r)),
+           "reference's; lower is closer, 0 is identical", rrmse),
 )  # fmt: skip
 """Every metric the product reports, in the order tables show them. A new metric is
 its function above and one entry here: `srgan-sqe evaluate` (tables, JSON, CSV) and

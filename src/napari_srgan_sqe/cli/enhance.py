@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from napari_srgan_sqe.cli import SAMPLE_HELP, UserError, parse_region, slide_path
-from napari_srgan_sqe.errors import UserFacingError
 from napari_srgan_sqe.inference.tiling import TILE_RANGE  # one range: tiles, --tile, widget
 
 
@@ -278,8 +277,6 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         raise
-    except UserFacingError as exc:  # bad input, device, model, disk full (ExportError) ...
-        raise UserError(str(exc)) from exc
     except MemoryError as exc:  # out of memory outside the tile computation
         raise UserError(
             f"out of memory ({exc or 'MemoryError'}); use a smaller --tile or --batch"

@@ -45,7 +45,6 @@ from napari_srgan_sqe.inference.engine import (
     super_resolve,
 )
 from napari_srgan_sqe.inference.tiling import TileGrid, TileMask, check_region
-from napari_srgan_sqe.io._formats import metadata_text
 from napari_srgan_sqe.io.errors import DataError, RegionError
 
 __all__ = [
@@ -536,7 +535,7 @@ def export_provenance(
         "scale": str(model.scale),
     }
     if source is not None:
-        out["source"] = metadata_text(Path(str(source)).name)  # a non-UTF-8 name escaped
+        out["source"] = Path(str(source)).name
     if region is not None:
         out["region"] = ",".join(str(int(v)) for v in region)
     if desc.stochastic:

@@ -11,6 +11,7 @@ re-exported by `napari_srgan_sqe.io.slides`; import them from there.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 import weakref
@@ -182,20 +183,36 @@ def shared_handle(kind: str, path: Path, opener: Callable[[Path], Any]) -> Any:
 
 _DIGEST_BLOCK = 64 * 1024
 _DIGEST_SAMPLES = 32
+_DIGEST_FILES = 64
 _DIGESTS: dict[tuple[object, ...], str] = {}
 
 
+def _digest_files(p: Path) -> list[Path]:
+    """The file itself, or the first `_DIGEST_FILES` files of a folder walked top-down
+    in name order (an OME-Zarr's metadata and its first chunks; a DICOM series' first
+    files): bounded however many chunks the folder holds."""
+    if not p.is_dir():
+        return [p]
+    found: list[Path] = []
+    for root, dirs, files in os.walk(p):
+        dirs.sort()
+        found += [Path(root) / f for f in sorted(files)][: _DIGEST_FILES - len(found)]
+        if len(found) >= _DIGEST_FILES:
+            break
+    return found
+
+
 def content_digest(path: str | Path) -> str:
-    """A short hash of what the file (or folder: a DICOM series) at `path` holds, cheap
-    for any size: its size and `_DIGEST_SAMPLES` blocks of 64 KiB spread evenly over
-    it, first and last included (2 MiB read at most). Unlike size and modification
-    time (which `cp -p` and `rsync -t` copy), another image with the same size and
-    time gets another digest; resume records and the disk cache use it. Remembered per
-    process by path, size, modification and change time, and inode."""
+    """A short hash of what the file (or folder: OME-Zarr, a DICOM series) at `path`
+    holds, cheap for any size: per file, its size and `_DIGEST_SAMPLES` blocks of 64
+    KiB spread evenly over it, first and last included (2 MiB read at most). Unlike
+    size and modification time (which `cp -p` and `rsync -t` copy), another image with
+    the same size and time gets another digest; resume records and the disk cache use
+    it. Remembered per process by path, size, modification and change time, and inode."""
     import hashlib
 
     p = Path(path).resolve()
-    files = sorted(f for f in p.rglob("*") if f.is_file())[:1000] if p.is_dir() else [p]
+    files = _digest_files(p)
     stats = [f.stat() for f in files]
     memo = tuple(
         (str(f), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for f, s in zip(files, stats)
@@ -206,9 +223,8 @@ def content_digest(path: str | Path) -> str:
     h = hashlib.sha256()
     for f, st in zip(files, stats):
         h.update(f"{f.relative_to(p) if f != p else ''}:{st.st_size}\n".encode())
-        size = st.st_size
-        span = max(size - _DIGEST_BLOCK, 0)
-        starts = sorted({span * k // max(_DIGEST_SAMPLES - 1, 1) for k in range(_DIGEST_SAMPLES)})
+        span = max(st.st_size - _DIGEST_BLOCK, 0)
+        starts = sorted({span * k // (_DIGEST_SAMPLES - 1) for k in range(_DIGEST_SAMPLES)})
         with f.open("rb") as fh:
             for start in starts:
                 fh.seek(start)

@@ -277,7 +277,7 @@ def provenance_text(provenance: Mapping[str, str] | None) -> str | None:
     """One line for an OME Description: 'super-resolved by napari-srgan-sqe: k=v; ...'."""
     if not provenance:
         return None
-    items = "; ".join(f"{k}={metadata_text(str(v))}" for k, v in provenance.items())
+    items = "; ".join(f"{k}={v}" for k, v in provenance.items())
     return f"super-resolved by napari-srgan-sqe: {items}"
 
 
@@ -345,10 +345,11 @@ def write_ome_zarr(
             zarr_format=2 if ngff == "0.4" else 3,
             shard=None if ngff == "0.4" else chunk * SHARD_CHUNKS,
         )
-        name = root.name.removesuffix(".zarr").removesuffix(".ome")
+        name = metadata_text(root.name.removesuffix(".zarr").removesuffix(".ome"))
         group.attrs.update(_ngff_attrs(pyr, mpp, name, ngff, origin))
         if provenance:
-            group.attrs[PROVENANCE_KEY] = dict(provenance)
+            # a non-UTF-8 source name as escapes, as the OME-TIFF writer does
+            group.attrs[PROVENANCE_KEY] = {k: metadata_text(str(v)) for k, v in provenance.items()}
         (target / INCOMPLETE_MARKER).unlink()
         if replace:
             _replace_dir(target, root, uuid.uuid4().hex[:8])

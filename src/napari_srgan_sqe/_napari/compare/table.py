@@ -47,8 +47,6 @@ CONSISTENCY_CAPTION = "No HR: SR shrunk back to LR size against the LR (higher a
 HR_COLUMNS = [SR_VS_HR, BICUBIC_VS_HR, "gain"]
 """The columns with HR; without it, `[CONSISTENCY]`."""
 
-_fmt = format_metric
-
 
 class ReadoutTable(QTableWidget):
     """The readouts of the view (`show`), with `caption`: a label saying what they compare.
@@ -108,10 +106,14 @@ class ReadoutTable(QTableWidget):
                 values = gain(readout.columns.get(SR_VS_HR), readout.columns.get(BICUBIC_VS_HR))
             for row, (key, _) in enumerate(METRICS):
                 value = None if values is None else values.get(key)
-                item = QTableWidgetItem(_fmt(key, value, signed=name == "gain"))
+                item = QTableWidgetItem(format_metric(key, value, signed=name == "gain"))
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 item.setToolTip(f"{COLUMN_LABELS[name][0]}, {METRICS[row][1]}")
-                if name == "gain" and value is not None and _fmt(key, abs(value)) != _fmt(key, 0.0):
+                if (
+                    name == "gain"
+                    and value is not None
+                    and format_metric(key, abs(value)) != format_metric(key, 0.0)
+                ):
                     item.setForeground(QColor("#4caf50" if value > 0 else "#e57373"))
                 self.setItem(row, col, item)
 
