@@ -80,6 +80,18 @@ def _enhanced_sample(model: str, *, set_simulate: bool = False, **kw) -> tuple:
     return viewer, hr, sr, float(hr.scale[-1])
 
 
+def _sr_complete(sr) -> None:
+    """Wait until the SR layer's view is computed SR everywhere (no placeholder left
+    under the camera), then let napari draw it: a picture must not show a guess."""
+    from napari_srgan_sqe._napari._layers import pyramid_of
+
+    _settle(1.0)
+    live = getattr(pyramid_of(sr), "live", None)
+    if live is not None:
+        _wait(lambda: not live.busy, timeout=600)
+    _settle(2.0)
+
+
 def _shoot(viewer, name: str) -> None:
     """The whole window (canvas and docked widgets) to docs/images/<name>."""
     viewer.screenshot(str(OUT / name), canvas_only=False)
@@ -154,7 +166,7 @@ def main() -> int:
     for layer in viewer.layers:
         layer.visible = layer == sr
     _aim(viewer, mpp, grid=False)
-    _settle(2.0)
+    _sr_complete(sr)
     _shoot(viewer, "enhance.png")
 
     for layer in viewer.layers:
@@ -163,7 +175,7 @@ def main() -> int:
     compare.arrange("side by side")
     _aim(viewer, mpp, grid=True)
     _wait(lambda: compare.last_readout is not None and not compare.busy)
-    _settle(2.0)
+    _sr_complete(sr)
     _shoot(viewer, "compare.png")
 
     if model != "bicubic-x4":
